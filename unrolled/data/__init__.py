@@ -1,0 +1,12 @@
+"""Data: readers for the input formats, a character vocabulary, and batching
+(padding with masks, length buckets, truncated-BPTT streams, forecasting windows)."""
+from .batching import bucket_batches, one_hot, pad, sliding_windows, stream_batches
+from .readers import (
+    CSVSeries,
+    bundled_path,
+    read_csv_series,
+    read_names_dir,
+    read_optdigits,
+    read_text,
+)
+from .vocab import Vocab
