@@ -1,0 +1,268 @@
+"""Losses: a value and its gradient with respect to the outputs, mask-aware.
+
+Each loss has ``value_and_grad(outputs, targets, mask=None) -> (value, d_outputs)``;
+``d_outputs`` has the shape and dtype of ``outputs`` and is what BPTT starts from.
+Reductions follow PyTorch: ``"mean"`` divides by the number of valid (unmasked)
+elements, ``"sum"`` adds them up. Masked positions give no loss and no gradient, and
+their targets are never read, so padded steps may hold anything (even NaN or -1).
+
+- :class:`CrossEntropy`: softmax cross-entropy over integer class targets, logits in
+  (``torch.nn.functional.cross_entropy`` on the valid steps).
+- :class:`MSE`: mean squared error (``torch.nn.functional.mse_loss`` on the valid part).
+- :class:`BCE`: binary cross-entropy with logits in
+  (``torch.nn.functional.binary_cross_entropy_with_logits`` on the valid part).
+"""
+import numpy as np
+
+from .backend import get_xp
+
+__all__ = ["CrossEntropy", "MSE", "BCE", "get_loss"]
+
+
+class _Loss:
+    """Shared plumbing: reduction, mask and finiteness checks."""
+
+    name = None
+
+    def __init__(self, reduction="mean"):
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+
+    def __repr__(self):
+        return f"{type(self).__name__}(reduction={self.reduction!r})"
+
+    def _scale(self, n_valid):
+        # "mean" averages over the valid elements, "sum" adds them
+        return 1.0 / n_valid if self.reduction == "mean" else 1.0
+
+
+def _as_float_outputs(outputs, ndims, what):
+    """Check that ``outputs`` is a floating array with one of the allowed ranks."""
+    xp = get_xp(outputs)
+    outputs = xp.asarray(outputs)
+    if outputs.dtype.kind != "f":
+        raise TypeError(
+            f"outputs must be a floating-point array ({what}), got dtype {outputs.dtype}; "
+            "pass the model's raw outputs")
+    if outputs.ndim not in ndims:
+        shapes = " or ".join({2: "(B, C)", 3: "(B, T, C)"}[d] for d in ndims)
+        raise ValueError(f"outputs must have shape {shapes} ({what}), got {outputs.shape}")
+    return xp, outputs
+
+
+def _as_mask(xp, mask, shape, name="mask"):
+    """A boolean array of ``shape`` from a bool or 0/1 integer mask."""
+    mask = xp.asarray(mask)
+    if mask.dtype.kind not in "biu":
+        raise TypeError(f"{name} must be boolean (True = valid step), got dtype {mask.dtype}; "
+                        f"use {name}.astype(bool)")
+    if mask.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {mask.shape}")
+    return mask if mask.dtype.kind == "b" else mask != 0
+
+
+def _count_valid(xp, valid, what):
+    n = int(xp.count_nonzero(valid))
+    if n == 0:
+        raise ValueError(f"no valid {what}: the mask is False everywhere; every batch needs "
+                         "at least one unmasked step (drop empty records before batching)")
+    return n
+
+
+def _check_finite(xp, outputs, valid):
+    bad = valid & ~xp.isfinite(outputs)
+    if bool(xp.any(bad)):
+        raise ValueError(
+            f"outputs hold NaN or inf at {int(xp.count_nonzero(bad))} valid positions; "
+            "training has diverged: lower the learning rate or clip the gradients")
+
+
+class CrossEntropy(_Loss):
+    """Softmax cross-entropy over integer class targets (logits in).
+
+    .. math:: \\ell_t = -\\log \\mathrm{softmax}(o_t)[y_t], \\qquad
+              \\partial \\ell_t / \\partial o_t = \\mathrm{softmax}(o_t) - \\mathrm{onehot}(y_t)
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum"}
+        ``"mean"`` divides by the number of valid steps.
+
+    Shapes: ``outputs`` (B, T, C) logits with ``targets`` (B, T) and ``mask`` (B, T)
+    bool, or ``outputs`` (B, C) with ``targets`` (B,) for classification at the last
+    step (``mask`` is then ignored: the model already picked each record's last valid
+    step). Targets are integers in ``[0, C)`` (floats holding whole numbers are accepted).
+    """
+
+    name = "cross_entropy"
+
+    def value_and_grad(self, outputs, targets, mask=None):
+        """Loss value (float) and ``d_outputs`` (shape and dtype of ``outputs``)."""
+        xp, outputs = _as_float_outputs(outputs, (2, 3), "logits")
+        C = outputs.shape[-1]  # number of classes
+        lead = outputs.shape[:-1]  # (B, T) or (B,)
+        targets = xp.asarray(targets)
+        if targets.shape != lead:
+            hint = ("; one-hot or probability targets are not supported, use "
+                    "targets.argmax(-1)" if targets.shape == outputs.shape else "")
+            raise ValueError(f"targets must have shape {lead} (class indices for outputs of "
+                             f"shape {outputs.shape}), got {targets.shape}{hint}")
+        if outputs.ndim == 3 and mask is not None:
+            valid = _as_mask(xp, mask, lead)
+        else:
+            valid = xp.ones(lead, dtype=bool)
+        n = _count_valid(xp, valid, "step")
+
+        # targets: integers at valid steps; masked ones are replaced by class 0, unread
+        if targets.dtype.kind == "f":
+            t = xp.where(valid, targets, 0)
+            if not bool(xp.all(xp.isfinite(t) & (t == xp.floor(t)))):
+                raise ValueError("cross-entropy targets must be integer class indices; got "
+                                 "non-integer values at valid steps (one-hot or soft labels? "
+                                 "use targets.argmax(-1))")
+        elif targets.dtype.kind in "iu":
+            t = xp.where(valid, targets, 0)
+        else:
+            raise TypeError(f"cross-entropy targets must be integer class indices, got dtype "
+                            f"{targets.dtype}; use targets.astype(int)")
+        out_of_range = (t < 0) | (t >= C)
+        if bool(xp.any(out_of_range)):
+            bad = t[out_of_range]
+            raise ValueError(f"cross-entropy targets must lie in [0, {C}) at valid steps, got "
+                             f"values from {bad.min()} to {bad.max()}; check the number of "
+                             "classes of the output layer, or mask the padded steps")
+        t = t.astype(np.int64)
+
+        _check_finite(xp, outputs, valid[..., None])
+        o = xp.where(valid[..., None], outputs, 0)  # garbage at masked steps cannot leak
+        # numerically stable log-softmax: shift by the max before exponentiating
+        z = o - o.max(axis=-1, keepdims=True)  # (..., C)
+        logp = z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))  # (..., C)
+        picked = xp.take_along_axis(logp, t[..., None], axis=-1)[..., 0]  # (...,)
+        total = -float(xp.where(valid, picked, 0).sum())
+        value = total / n if self.reduction == "mean" else total
+
+        # d/do of -log softmax(o)[y] is softmax(o) - onehot(y); zero at masked steps
+        onehot = xp.arange(C) == t[..., None]  # (..., C) bool
+        weight = valid.astype(outputs.dtype) * outputs.dtype.type(self._scale(n))
+        d_outputs = (xp.exp(logp) - onehot) * weight[..., None]
+        return value, d_outputs.astype(outputs.dtype, copy=False)
+
+
+class _Elementwise(_Loss):
+    """Losses on real-valued targets of the outputs' shape, with a step or element mask."""
+
+    def _prepare(self, outputs, targets, mask):
+        xp, outputs = _as_float_outputs(outputs, (2, 3), self.what)
+        targets = xp.asarray(targets)
+        if targets.shape != outputs.shape:
+            hint = (f"; reshape them, e.g. targets[..., None]"
+                    if targets.size == outputs.size else "")
+            raise ValueError(f"targets must have the outputs' shape {outputs.shape}, got "
+                             f"{targets.shape}{hint}")
+        if targets.dtype.kind not in "fiub":
+            raise TypeError(f"targets must be numeric, got dtype {targets.dtype}")
+        if mask is None:
+            valid = xp.ones(outputs.shape, dtype=bool)
+        else:
+            mask = xp.asarray(mask)
+            if mask.shape == outputs.shape:  # element mask (missing targets)
+                valid = _as_mask(xp, mask, outputs.shape)
+            elif outputs.ndim == 3 and mask.shape == outputs.shape[:2]:  # step mask
+                valid = xp.broadcast_to(_as_mask(xp, mask, outputs.shape[:2])[..., None],
+                                        outputs.shape)
+            else:
+                steps = f" or a step mask {outputs.shape[:2]}" if outputs.ndim == 3 else ""
+                raise ValueError(f"mask must be an element mask of the outputs' shape "
+                                 f"{outputs.shape}{steps}, got {mask.shape}")
+        n = _count_valid(xp, valid, "element")
+        _check_finite(xp, outputs, valid)
+        t = xp.where(valid, targets, 0).astype(outputs.dtype, copy=False)
+        if not bool(xp.all(xp.isfinite(t))):
+            raise ValueError("targets hold NaN or inf at valid positions; mark missing targets "
+                             "with an element mask (same shape as the outputs, False where "
+                             "missing)")
+        o = xp.where(valid, outputs, 0)
+        return xp, o, t, valid, n
+
+    def _finish(self, total, grad, valid, n, dtype):
+        value = total / n if self.reduction == "mean" else total
+        d_outputs = grad * (valid.astype(dtype) * dtype.type(self._scale(n)))
+        return value, d_outputs.astype(dtype, copy=False)
+
+
+class MSE(_Elementwise):
+    """Mean squared error, ``mean((outputs - targets)**2)`` over the valid elements.
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum"}
+        ``"mean"`` divides by the number of valid elements (valid steps x features).
+
+    Shapes: ``outputs`` and ``targets`` (B, T, F) or (B, F). ``mask`` is a step mask
+    (B, T) or an element mask of the outputs' full shape (False where a target is
+    missing; such targets may be NaN).
+    """
+
+    name = "mse"
+    what = "predictions"
+
+    def value_and_grad(self, outputs, targets, mask=None):
+        """Loss value (float) and ``d_outputs`` (shape and dtype of ``outputs``)."""
+        xp, o, t, valid, n = self._prepare(outputs, targets, mask)
+        diff = o - t  # zero at masked positions: both were zeroed
+        total = float((diff * diff).sum())
+        return self._finish(total, 2 * diff, valid, n, o.dtype)
+
+
+class BCE(_Elementwise):
+    """Binary cross-entropy with logits in (PyTorch's ``BCEWithLogitsLoss``).
+
+    .. math:: \\ell = \\max(x, 0) - x y + \\log(1 + e^{-|x|}), \\qquad
+              \\partial \\ell / \\partial x = \\sigma(x) - y
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum"}
+        ``"mean"`` divides by the number of valid elements.
+
+    Shapes as :class:`MSE`; targets lie in [0, 1] at valid positions.
+    """
+
+    name = "bce"
+    what = "logits"
+
+    def value_and_grad(self, outputs, targets, mask=None):
+        """Loss value (float) and ``d_outputs`` (shape and dtype of ``outputs``)."""
+        xp, x, y, valid, n = self._prepare(outputs, targets, mask)
+        if not bool(xp.all((y >= 0) & (y <= 1))):
+            raise ValueError("BCE targets must lie in [0, 1] at valid positions; rescale "
+                             "them, or mask the positions that hold no target")
+        # stable form: never exponentiate a positive number
+        e = xp.exp(-xp.abs(x))
+        loss = xp.maximum(x, 0) - x * y + xp.log1p(e)
+        total = float(xp.where(valid, loss, 0).sum())
+        sig = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))  # sigmoid(x)
+        return self._finish(total, sig - y, valid, n, x.dtype)
+
+
+_LOSSES = {"cross_entropy": CrossEntropy, "mse": MSE, "bce": BCE}
+
+
+def get_loss(loss):
+    """A loss instance from a name (``"cross_entropy"``, ``"mse"``, ``"bce"``).
+
+    An object with a ``value_and_grad(outputs, targets, mask)`` method is returned as is.
+    """
+    if isinstance(loss, str):
+        if loss not in _LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(_LOSSES)}, "
+                             "or pass an object with value_and_grad(outputs, targets, mask)")
+        return _LOSSES[loss]()
+    if isinstance(loss, type):
+        raise TypeError(f"pass a loss instance, e.g. {loss.__name__}(), not the class")
+    if not callable(getattr(loss, "value_and_grad", None)):
+        raise TypeError(f"loss must be a name ({', '.join(_LOSSES)}) or an object with "
+                        f"value_and_grad(outputs, targets, mask), got {type(loss).__name__}")
+    return loss
