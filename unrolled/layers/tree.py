@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.trees import TreeBatch, TreeVocab, batch_trees
-from ..tree import tree_map, tree_structure
+from ..tree import tree_map
+from .base import assign_like
 
 _ACTIVATIONS = ("tanh", "relu")
 
@@ -136,10 +137,8 @@ class RecursiveNet:
 
     @params.setter
     def params(self, new):
-        if tree_structure(new) != tree_structure(self._params):
-            raise ValueError(f"params must have the structure {tree_structure(self._params)}, "
-                             f"got {tree_structure(new)}")
-        self._params = tree_map(lambda a: np.asarray(a, dtype=self.dtype), new)
+        # same keys and shapes required; values are copied and cast to the network's dtype
+        self._params = assign_like(self._params, new, type(self).__name__)
 
     # ------------------------------------------------------------------ batching
 
