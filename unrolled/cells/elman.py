@@ -1,0 +1,39 @@
+"""Elman (vanilla) cell: a_t = x_t U^T + b_ih + h_{t-1} W^T + b_hh;  h_t = act(a_t)."""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ElmanCell:
+    nonlinearity: str = "tanh"
+    name = "elman"
+    gates = 1
+
+    def __post_init__(self):
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {self.nonlinearity!r}")
+
+    def param_shapes(self, input_size, hidden_size):
+        H = hidden_size
+        return {"weight_ih": (H, input_size), "weight_hh": (H, H), "bias_ih": (H,), "bias_hh": (H,)}
+
+    def state_sizes(self, hidden_size):
+        return (hidden_size,)
+
+    def prepare(self, params, xp):
+        return {**params, "W_hhT": xp.ascontiguousarray(params["weight_hh"].T)}
+
+    def step(self, p, xw, state, xp):
+        a = xw + state[0] @ p["W_hhT"] + p["bias_hh"]
+        h = xp.tanh(a) if self.nonlinearity == "tanh" else xp.maximum(a, 0)
+        return (h,), {}
+
+    def step_back(self, p, cache, prev, new, dnew, xp):
+        h, dh = new[0], dnew[0]
+        # backprop through the nonlinearity, written with the output h_t
+        da = dh * (1 - h * h) if self.nonlinearity == "tanh" else dh * (h > 0)
+        return da, (da @ p["weight_hh"],), {}
+
+    def weight_grads(self, p, prev_states, tape, dXW, saved, xp):
+        H = p["weight_hh"].shape[1]
+        G = dXW.reshape(-1, dXW.shape[-1])
+        return {"weight_hh": G.T @ prev_states[0].reshape(-1, H), "bias_hh": G.sum(0)}

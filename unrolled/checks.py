@@ -1,0 +1,63 @@
+"""Input checks that fail early, in unrolled's own words, with the fix in the message."""
+import numpy as np
+
+FLOATS = ("float32", "float64")
+
+
+def check_dtype_name(dtype):
+    name = np.dtype(dtype).name
+    if name not in FLOATS:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return name
+
+
+def check_float_input(X, input_size, dtype, who):
+    """X must be a (B, T, input_size) float array of the layer's dtype, all finite."""
+    if not hasattr(X, "ndim"):
+        raise TypeError(f"{who}: input must be an array of shape (batch, time, {input_size}), "
+                        f"got {type(X).__name__}; convert it with np.asarray(...)")
+    if X.ndim != 3:
+        raise ValueError(f"{who}: input must have shape (batch, time, {input_size}), got shape "
+                         f"{tuple(X.shape)}; a single record needs X[None], a univariate "
+                         f"series X[..., None]")
+    if X.shape[2] != input_size:
+        raise ValueError(f"{who}: input has {X.shape[2]} features per step but the layer was "
+                         f"built with input_size={input_size}; rebuild the layer or fix the data")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{who}: input has an empty batch or time axis (shape "
+                         f"{tuple(X.shape)}); every record needs at least one step")
+    if X.dtype.name != dtype:
+        raise TypeError(f"{who}: input is {X.dtype.name} but the layer is {dtype}; pass "
+                        f"X.astype('{dtype}') or build the layer with dtype='{X.dtype.name}'")
+
+
+def check_finite(X, who, mask=None):
+    xp_bad = ~np.isfinite(np.asarray(X) if not hasattr(X, "get") else X.get())
+    if mask is not None:
+        m = np.asarray(mask if not hasattr(mask, "get") else mask.get())
+        xp_bad &= m.reshape(m.shape + (1,) * (xp_bad.ndim - m.ndim))
+    if xp_bad.any():
+        idx = tuple(int(i) for i in np.argwhere(xp_bad)[0])
+        raise ValueError(f"{who}: input holds {int(xp_bad.sum())} non-finite value(s) (NaN or "
+                         f"inf), first at index {idx}; impute or mask them before training")
+
+
+def check_mask(mask, B, T, who):
+    """mask must be (B, T) bool with at least one valid step per record."""
+    if mask is None:
+        return None
+    if not hasattr(mask, "ndim") or mask.shape != (B, T):
+        shape = tuple(mask.shape) if hasattr(mask, "shape") else type(mask).__name__
+        raise ValueError(f"{who}: mask must have shape (batch, time) = ({B}, {T}), got {shape}")
+    if mask.dtype != bool:
+        if hasattr(mask, "dtype") and mask.dtype.kind in "iu" and ((mask == 0) | (mask == 1)).all():
+            mask = mask.astype(bool)
+        else:
+            raise TypeError(f"{who}: mask must be boolean (True = a real step), got "
+                            f"{mask.dtype}; pass mask.astype(bool)")
+    empty = ~mask.any(axis=1)
+    if empty.any():
+        i = int(np.argmax(np.asarray(empty if not hasattr(empty, "get") else empty.get())))
+        raise ValueError(f"{who}: record {i} has no valid step (its mask row is all False); "
+                         f"drop empty records before batching")
+    return mask

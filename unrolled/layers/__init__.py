@@ -1,0 +1,6 @@
+from .base import Module
+from .core import Dense, Dropout, Embedding, Sequential
+from .recurrent import GRU, LSTM, Elman, Jordan, Recurrent
+
+__all__ = ["Module", "Dense", "Dropout", "Embedding", "Sequential", "Recurrent", "Elman",
+           "LSTM", "GRU", "Jordan"]

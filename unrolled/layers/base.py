@@ -1,0 +1,71 @@
+"""The layer protocol shared by every building block.
+
+A layer owns its parameters (``.params``, a nested dict of arrays) and has two methods
+written by hand, a forward that leaves a cache and a backward that consumes it:
+
+    out, state, cache = layer.forward(X, mask=None, initial_state=None, training=False)
+    grads, dX, d_initial_state = layer.backward(cache, d_out, d_state=None)
+
+``grads`` has the tree structure of ``.params``. Calling a layer runs the forward in
+inference mode and keeps no tape.
+"""
+import numpy as np
+
+from ..tree import tree_flatten, tree_structure
+
+
+class Module:
+    recurrent = False
+
+    def forward(self, X, mask=None, initial_state=None, training=False, keep_tape=True):
+        raise NotImplementedError
+
+    def backward(self, cache, d_out, d_state=None):
+        raise NotImplementedError
+
+    def __call__(self, X, mask=None, initial_state=None, return_state=False):
+        out, state, _ = self.forward(X, mask=mask, initial_state=initial_state,
+                                     training=False, keep_tape=False)
+        return (out, state) if return_state else out
+
+    @property
+    def params(self):
+        return self._params
+
+    @params.setter
+    def params(self, tree):
+        self._params = assign_like(self._params, tree, type(self).__name__)
+
+    def num_params(self):
+        return sum(int(np.prod(v.shape)) for v in tree_flatten(self.params).values())
+
+
+def assign_like(old, new, who):
+    """A copy of ``new`` checked against the structure, shapes and dtype of ``old``."""
+    if not isinstance(new, dict):
+        raise TypeError(f"{who}.params must be assigned a nested dict of arrays, "
+                        f"got {type(new).__name__}")
+    fo, fn = tree_flatten(old), tree_flatten(new)
+    if set(fo) != set(fn):
+        missing, extra = sorted(set(fo) - set(fn)), sorted(set(fn) - set(fo))
+        raise ValueError(f"{who}.params: the new tree has a different structure (missing "
+                         f"{missing}, unexpected {extra}); expected {tree_structure(old)}")
+    out = {}
+    for k, v in old.items():
+        if isinstance(v, dict):
+            out[k] = assign_like(v, new[k], f"{who}/{k}")
+            continue
+        a = new[k]
+        if tuple(getattr(a, "shape", ())) != tuple(v.shape):
+            raise ValueError(f"{who}.params['{k}'] has shape {tuple(getattr(a, 'shape', ()))}, "
+                             f"expected {tuple(v.shape)}")
+        xp = type(v).__module__.startswith("cupy") and __import__("cupy") or np
+        out[k] = xp.array(a, dtype=v.dtype, copy=True)
+    return out
+
+
+def make_rng(seed):
+    """Two independent generators from one seed: parameters, and dropout at run time."""
+    ss = np.random.SeedSequence(seed)
+    a, b = ss.spawn(2)
+    return np.random.default_rng(a), np.random.default_rng(b)

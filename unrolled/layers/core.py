@@ -1,0 +1,176 @@
+"""Feed-forward building blocks and the Sequential container."""
+import math
+
+import numpy as np
+
+from ..backend import get_xp
+from ..checks import check_dtype_name, check_mask
+from .base import Module, assign_like, make_rng
+
+
+def _zero_pads(Y, mask, xp):
+    if mask is not None and Y.ndim == 3:
+        return Y * mask[:, :, None]
+    return Y
+
+
+class Dense(Module):
+    """y = x W^T + b on the last axis; (B, T, I) -> (B, T, O) or (B, I) -> (B, O).
+
+    Initialised like PyTorch's ``nn.Linear``: U(-1/sqrt(I), 1/sqrt(I)).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype="float32", seed=None):
+        self.in_features, self.out_features, self.bias = int(in_features), int(out_features), bias
+        self.dtype = check_dtype_name(dtype)
+        rng, _ = make_rng(seed)
+        b = 1.0 / math.sqrt(in_features)
+        self._params = {"weight": rng.uniform(-b, b, (out_features, in_features)).astype(self.dtype)}
+        if bias:
+            self._params["bias"] = rng.uniform(-b, b, out_features).astype(self.dtype)
+
+    def forward(self, X, mask=None, initial_state=None, training=False, keep_tape=True):
+        xp = get_xp(X)
+        if X.ndim not in (2, 3) or X.shape[-1] != self.in_features:
+            raise ValueError(f"Dense: input must end with {self.in_features} features, got shape "
+                             f"{tuple(X.shape)}")
+        if X.dtype.name != self.dtype:
+            raise TypeError(f"Dense: input is {X.dtype.name} but the layer is {self.dtype}; "
+                            f"pass X.astype('{self.dtype}')")
+        Y = X @ self._params["weight"].T
+        if self.bias:
+            Y = Y + self._params["bias"]
+        Y = _zero_pads(Y, mask, xp)
+        return Y, None, (X, mask if X.ndim == 3 else None)
+
+    def backward(self, cache, d_out, d_state=None):
+        X, mask = cache
+        xp = get_xp(X)
+        d = _zero_pads(d_out, mask, xp)
+        d2, X2 = d.reshape(-1, self.out_features), X.reshape(-1, self.in_features)
+        grads = {"weight": d2.T @ X2}
+        if self.bias:
+            grads["bias"] = d2.sum(0)
+        return grads, d @ self._params["weight"], None
+
+
+class Embedding(Module):
+    """Integer symbols (B, T) -> vectors (B, T, E); initialised N(0, 1) like PyTorch."""
+
+    def __init__(self, num_embeddings, embedding_dim, dtype="float32", seed=None):
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.dtype = check_dtype_name(dtype)
+        rng, _ = make_rng(seed)
+        self._params = {"weight": rng.standard_normal((num_embeddings, embedding_dim))
+                        .astype(self.dtype)}
+
+    def forward(self, X, mask=None, initial_state=None, training=False, keep_tape=True):
+        xp = get_xp(X)
+        if not hasattr(X, "dtype") or X.dtype.kind not in "iu":
+            raise TypeError("Embedding: input must be integer symbols of shape (batch, time); "
+                            "encode text with a vocabulary first")
+        if X.ndim != 2:
+            raise ValueError(f"Embedding: input must have shape (batch, time), got "
+                             f"{tuple(X.shape)}")
+        mask = check_mask(mask, X.shape[0], X.shape[1], "Embedding")
+        idx = X if mask is None else xp.where(mask, X, 0)  # pads may hold anything
+        bad = (idx < 0) | (idx >= self.num_embeddings)
+        if bad.any():
+            v = int(idx[bad][0])
+            raise ValueError(f"Embedding: symbol {v} is outside the vocabulary of "
+                             f"{self.num_embeddings}; rebuild the vocabulary or the layer")
+        Y = _zero_pads(self._params["weight"][idx], mask, xp)
+        return Y, None, (idx, mask)
+
+    def backward(self, cache, d_out, d_state=None):
+        idx, mask = cache
+        xp = get_xp(d_out)
+        d = _zero_pads(d_out, mask, xp)
+        dW = xp.zeros_like(self._params["weight"])
+        xp.add.at(dW, idx.reshape(-1), d.reshape(-1, self.embedding_dim))
+        return {"weight": dW}, None, None
+
+
+class Dropout(Module):
+    """Inverted dropout: zero each value with probability ``p`` during training only."""
+
+    def __init__(self, p=0.5, seed=None):
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = float(p)
+        _, self.rng = make_rng(seed)
+        self._params = {}
+
+    def forward(self, X, mask=None, initial_state=None, training=False, keep_tape=True):
+        if not training or self.p == 0:
+            return X, None, None
+        xp = get_xp(X)
+        keep = xp.asarray(self.rng.random(X.shape) >= self.p).astype(X.dtype) / (1 - self.p)
+        return X * keep, None, keep
+
+    def backward(self, cache, d_out, d_state=None):
+        return {}, (d_out if cache is None else d_out * cache), None
+
+
+class Sequential(Module):
+    """Layers applied one after the other; ``params`` is ``{"0": ..., "1": ..., ...}``.
+
+    The mask follows the sequence until a layer folds it to one vector per record.
+    ``initial_state`` goes to the first recurrent layer; the state returned is that of the
+    last recurrent layer.
+    """
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        self.layers = list(layers)
+
+    @property
+    def params(self):
+        return {str(i): layer.params for i, layer in enumerate(self.layers)}
+
+    @params.setter
+    def params(self, tree):
+        new = assign_like(self.params, tree, "Sequential")
+        for i, layer in enumerate(self.layers):
+            layer._params = new[str(i)] if not isinstance(layer, Sequential) else layer._params
+            if isinstance(layer, Sequential):
+                layer.params = new[str(i)]
+
+    @property
+    def dtype(self):
+        return next((ly.dtype for ly in self.layers if hasattr(ly, "dtype")), "float32")
+
+    def forward(self, X, mask=None, initial_state=None, training=False, keep_tape=True):
+        caches, state, first = [], None, True
+        for layer in self.layers:
+            s0 = None
+            if layer.recurrent and first:
+                s0, first = initial_state, False
+            X, st, c = layer.forward(X, mask=mask, initial_state=s0, training=training,
+                                     keep_tape=keep_tape)
+            caches.append((c, mask))
+            if st is not None:
+                state = st
+            if X.ndim == 2:
+                mask = None  # folded: one vector per record from here on
+        return X, state, caches
+
+    def backward(self, cache, d_out, d_state=None):
+        grads = [None] * len(self.layers)
+        last_rec = max((i for i, ly in enumerate(self.layers) if ly.recurrent), default=None)
+        d, d0 = d_out, None
+        for i in reversed(range(len(self.layers))):
+            layer = self.layers[i]
+            ds = d_state if i == last_rec else None
+            g, d, dsi = layer.backward(cache[i][0], d, ds)
+            grads[i] = g
+            if layer.recurrent:
+                d0 = dsi
+        return {str(i): g for i, g in enumerate(grads)}, d, d0
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(ly) for ly in self.layers)
+        return f"Sequential(\n  {inner}\n)"

@@ -1,0 +1,350 @@
+"""Recurrent layers: every cell, stacked and bidirectional, over the one time loop.
+
+``Elman``, ``LSTM``, ``GRU`` and ``Jordan`` differ only in the cell they hand to
+:mod:`unrolled.unroll`. Batch-first (B, T, D) arrays at the surface, time-major inside.
+"""
+import math
+
+import numpy as np
+
+from .. import unroll
+from ..backend import get_xp
+from ..cells import ElmanCell, GRUCell, JordanCell, LSTMCell
+from ..checks import check_dtype_name, check_finite, check_float_input, check_mask
+from .base import Module, make_rng
+
+
+def _orthogonal(rng, rows, cols):
+    a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    return q if rows >= cols else q.T
+
+
+def reverse_index(mask, T, B, xp):
+    """(T, B) permutation that reverses each record's valid steps in place (pads stay)."""
+    t = xp.arange(T)[:, None].repeat(B, 1)
+    if mask is None:
+        return t[::-1].copy()
+    rank = xp.cumsum(mask, 0) - 1                 # position among the valid steps
+    n = mask.sum(0)                               # valid steps per record
+    target_rank = (n - 1 - rank)                  # the valid step to swap with
+    order = xp.argsort(~mask, axis=0, kind="stable")  # valid step positions first, in order
+    swapped = xp.take_along_axis(order, xp.clip(target_rank, 0, T - 1), 0)
+    return xp.where(mask, swapped, t)
+
+
+def _gather_time(a, idx, xp):
+    return a[idx, xp.arange(a.shape[1])[None, :]]
+
+
+class Recurrent(Module):
+    """A stack of recurrent layers over one cell.
+
+    Parameters
+    ----------
+    cell : a cell from :mod:`unrolled.cells`.
+    input_size, hidden_size : int
+    num_layers : int, stacked layers (the output sequence of one is the input of the next).
+    bidirectional : bool, run a second copy over each record reversed (valid steps only).
+    dropout : float, dropout on the outputs of every layer but the last (training only).
+    return_sequences : bool, True: outputs at every step (B, T, dirs*S);
+        False: the output at each record's last valid step (B, dirs*S); for a bidirectional
+        layer the forward final state next to the backward one (PyTorch's ``h_n``).
+    bias : bool
+    initial_state : "zeros", a float constant, or "learned" (a trainable ``h0``/``c0`` per
+        layer and direction); a per-record state can also be given at call time.
+    truncate : int or None, backpropagate through each record's last ``truncate`` steps only.
+    dtype : "float32" (default) or "float64".
+    seed : int or None, for the initialisation and for dropout.
+    input_init : "uniform" (PyTorch's U(-1/sqrt(H), 1/sqrt(H)), the default) or "glorot".
+    recurrent_init : "uniform" (default) or "orthogonal" (per gate block).
+    """
+
+    recurrent = True
+
+    def __init__(self, cell, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 dropout=0.0, return_sequences=True, bias=True, initial_state="zeros",
+                 truncate=None, dtype="float32", seed=None, input_init="uniform",
+                 recurrent_init="uniform"):
+        for what, v in (("input_size", input_size), ("hidden_size", hidden_size),
+                        ("num_layers", num_layers)):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{what} must be a positive integer, got {v!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if truncate is not None and (not isinstance(truncate, (int, np.integer)) or truncate < 1):
+            raise ValueError(f"truncate must be a positive number of steps or None, got {truncate!r}")
+        if not (initial_state in ("zeros", "learned") or isinstance(initial_state, (int, float))):
+            raise ValueError("initial_state must be 'zeros', 'learned' or a number, got "
+                             f"{initial_state!r}")
+        if input_init not in ("uniform", "glorot"):
+            raise ValueError(f"input_init must be 'uniform' or 'glorot', got {input_init!r}")
+        if recurrent_init not in ("uniform", "orthogonal"):
+            raise ValueError(f"recurrent_init must be 'uniform' or 'orthogonal', got {recurrent_init!r}")
+        self._cell = cell
+        self.cell = cell.name
+        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        self.num_layers, self.bidirectional = int(num_layers), bool(bidirectional)
+        self.dropout, self.return_sequences, self.bias = float(dropout), return_sequences, bias
+        self.initial_state, self.truncate = initial_state, truncate
+        self.dtype = check_dtype_name(dtype)
+        self.seed = seed
+        self.input_init, self.recurrent_init = input_init, recurrent_init
+        self.state_sizes = cell.state_sizes(self.hidden_size)
+        self.output_size = self.state_sizes[0] * (2 if bidirectional else 1)
+        init_rng, self.rng = make_rng(seed)
+        self._params = self._init_params(init_rng)
+
+    # -- parameters -----------------------------------------------------------------
+    @property
+    def names(self):
+        """Parameter groups in PyTorch's order: l0, l0_reverse, l1, ..."""
+        dirs = ("", "_reverse") if self.bidirectional else ("",)
+        return [f"l{k}{d}" for k in range(self.num_layers) for d in dirs]
+
+    def _layer_input_size(self, k):
+        return self.input_size if k == 0 else self.output_size
+
+    def _init_params(self, rng):
+        H, G = self.hidden_size, self._cell.gates
+        bound = 1.0 / math.sqrt(H)
+        params = {}
+        for name in self.names:
+            k = int(name[1:].split("_")[0])
+            shapes = self._cell.param_shapes(self._layer_input_size(k), H)
+            p = {}
+            for key, shape in shapes.items():
+                if key.startswith("bias") and not self.bias:
+                    continue
+                if key == "weight_ih" and self.input_init == "glorot":
+                    b = math.sqrt(6.0 / (shape[1] + shape[0] // G))
+                    w = rng.uniform(-b, b, shape)
+                elif key == "weight_hh" and self.recurrent_init == "orthogonal":
+                    rows = shape[0] // G
+                    w = np.concatenate([_orthogonal(rng, rows, shape[1]) for _ in range(G)], 0)
+                else:
+                    w = rng.uniform(-bound, bound, shape)
+                p[key] = w.astype(self.dtype)
+            if self.initial_state == "learned":
+                for sname, size in zip(("h0", "c0"), self.state_sizes):
+                    p[sname] = np.zeros(size, dtype=self.dtype)
+            params[name] = p
+        return params
+
+    def _prepared(self, name, xp):
+        p = self._params[name]
+        if not self.bias:
+            G = p["weight_ih"].shape[0]
+            p = {**p, "bias_ih": xp.zeros(G, self.dtype), "bias_hh": xp.zeros(G, self.dtype)}
+            if "weight_ho" in p:
+                p["bias_ho"] = xp.zeros(p["weight_ho"].shape[0], self.dtype)
+        return self._cell.prepare(p, xp)
+
+    # -- states ---------------------------------------------------------------------
+    def _state_keys(self):
+        return ("h", "c")[: len(self.state_sizes)]
+
+    def _initial_states(self, given, B, xp):
+        """{name: tuple of (B, S)} from the layer's policy or a state given at call time."""
+        n = len(self.names)
+        if given is not None and not isinstance(given, dict):
+            given = {"h": given}
+        out = {name: [] for name in self.names}
+        for j, (key, size) in enumerate(zip(self._state_keys(), self.state_sizes)):
+            arr = None if given is None else given.get(key)
+            if arr is not None:
+                if arr.ndim == 2 and n == 1:
+                    arr = arr[None]
+                if arr.shape != (n, B, size):
+                    raise ValueError(f"initial_state['{key}'] must have shape (num_layers * "
+                                     f"num_directions, batch, {size}) = ({n}, {B}, {size}), got "
+                                     f"{tuple(arr.shape)}")
+                if arr.dtype.name != self.dtype:
+                    raise TypeError(f"initial_state['{key}'] is {arr.dtype.name} but the layer "
+                                    f"is {self.dtype}; pass it as .astype('{self.dtype}')")
+            for i, name in enumerate(self.names):
+                if arr is not None:
+                    s = xp.ascontiguousarray(arr[i])
+                elif self.initial_state == "learned":
+                    s = xp.broadcast_to(self._params[name][key + "0"], (B, size)).copy()
+                else:
+                    value = 0.0 if self.initial_state == "zeros" else float(self.initial_state)
+                    s = xp.full((B, size), value, dtype=self.dtype)
+                out[name].append(s)
+        return {k: tuple(v) for k, v in out.items()}
+
+    # -- forward and backward -----------------------------------------------------------
+    def forward(self, X, mask=None, initial_state=None, training=False, keep_tape=True,
+                teacher=None):
+        who = type(self).__name__
+        xp = get_xp(X)
+        check_float_input(X, self.input_size, self.dtype, who)
+        B, T, _ = X.shape
+        mask = check_mask(mask, B, T, who)
+        check_finite(X, who, mask)
+        Xt = xp.ascontiguousarray(X.transpose(1, 0, 2))           # (T, B, D) time-major
+        mT = None if mask is None else xp.ascontiguousarray(mask.T)  # (T, B)
+        s0 = self._initial_states(initial_state, B, xp)
+        ridx = reverse_index(mT, T, B, xp) if self.bidirectional else None
+        prev = self._teacher_states(teacher, s0, mT, T, B, xp) if teacher is not None else None
+        S = self.state_sizes[0]
+        tapes, drops, finals = {}, [], {}
+        inp = Xt
+        for k in range(self.num_layers):
+            outs = []
+            for d, suffix in enumerate(("", "_reverse")[: 1 + self.bidirectional]):
+                name = f"l{k}{suffix}"
+                x_in = inp if d == 0 else _gather_time(inp, ridx, xp)
+                tp = unroll.forward(self._cell, self._prepared(name, xp), x_in, s0[name], xp,
+                                    mT, keep_tape, prev)
+                tapes[name] = tp
+                finals[name] = unroll.final_state(tp, xp)
+                y = tp.states[0][1:]
+                outs.append(y if d == 0 else _gather_time(y, ridx, xp))
+            y = outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=-1)
+            if mT is not None:
+                y = y * mT[:, :, None]  # outputs at padded steps are zero
+            if training and self.dropout > 0 and k < self.num_layers - 1:
+                keep = xp.asarray(self.rng.random(y.shape) >= self.dropout)
+                drop = keep.astype(self.dtype) / (1 - self.dropout)
+                y = y * drop
+                drops.append(drop)
+            else:
+                drops.append(None)
+            inp = y
+        state = {key: xp.stack([finals[n][j] for n in self.names])
+                 for j, key in enumerate(self._state_keys())}
+        if self.return_sequences:
+            out = xp.ascontiguousarray(inp.transpose(1, 0, 2))
+        else:
+            last = self.names[-1 - self.bidirectional:]
+            out = xp.concatenate([finals[n][0] for n in last], axis=-1)
+        cache = {"tapes": tapes, "drops": drops, "ridx": ridx, "mask": mT, "B": B, "T": T,
+                 "given_state": initial_state is not None, "xp": xp,
+                 "keep_tape": keep_tape}
+        return out, state, cache
+
+    def _teacher_states(self, teacher, s0, mT, T, B, xp):
+        """The state fed into each step under teacher forcing: the true previous output."""
+        if self.num_layers != 1 or self.bidirectional:
+            raise ValueError("teacher forcing needs a single unidirectional layer "
+                             "(num_layers=1, bidirectional=False)")
+        S = self.state_sizes[0]
+        if teacher.shape != (B, T, S):
+            raise ValueError(f"teacher must have shape (batch, time, {S}) = ({B}, {T}, {S}), "
+                             f"got {tuple(teacher.shape)}")
+        teacher = teacher.astype(self.dtype, copy=False)
+        tT = teacher.transpose(1, 0, 2)
+        first = s0[self.names[0]][0]
+        prev = xp.empty((T, B, S), dtype=self.dtype)
+        prev[0] = first
+        if T > 1:
+            given = tT[:-1] if mT is None else xp.where(mT[:-1, :, None], tT[:-1], first[None])
+            prev[1:] = given
+        return (prev,)
+
+    def backward(self, cache, d_out, d_state=None):
+        xp, mT, ridx = cache["xp"], cache["mask"], cache["ridx"]
+        tapes = cache["tapes"]
+        if not cache["keep_tape"]:
+            raise ValueError("backward needs the tape: run forward(..., keep_tape=True)")
+        S = self.state_sizes[0]
+        nd = 1 + self.bidirectional
+        # gradient w.r.t. each final state, from d_state and from a folded output
+        d_final = {n: [None] * len(self.state_sizes) for n in self.names}
+        if d_state is not None:
+            for j, key in enumerate(self._state_keys()):
+                if d_state.get(key) is not None:
+                    for i, n in enumerate(self.names):
+                        d_final[n][j] = d_state[key][i]
+        if self.return_sequences:
+            d_seq = None if d_out is None else xp.ascontiguousarray(d_out.transpose(1, 0, 2))
+        else:
+            d_seq = None
+            for d, n in enumerate(self.names[-nd:]):
+                part = d_out[:, d * S:(d + 1) * S]
+                d_final[n][0] = part if d_final[n][0] is None else d_final[n][0] + part
+        grads, d_s0 = {}, {}
+        for k in reversed(range(self.num_layers)):
+            if d_seq is not None and cache["drops"][k] is not None:
+                d_seq = d_seq * cache["drops"][k]
+            d_in = None
+            for d, suffix in enumerate(("", "_reverse")[:nd]):
+                name = f"l{k}{suffix}"
+                dd = None if d_seq is None else d_seq[..., d * S:(d + 1) * S]
+                if d == 1 and dd is not None:
+                    dd = _gather_time(dd, ridx, xp)
+                g, dX, ds0 = unroll.backward(self._cell, self._prepared(name, xp), tapes[name], xp,
+                                             dd, tuple(d_final[name]), self.truncate)
+                if d == 1:
+                    dX = _gather_time(dX, ridx, xp)
+                d_in = dX if d_in is None else d_in + dX
+                if not self.bias:
+                    g = {key: v for key, v in g.items() if not key.startswith("bias")}
+                if self.initial_state == "learned":
+                    for j, key in enumerate(self._state_keys()):
+                        g[key + "0"] = (xp.zeros_like(ds0[j][0]) if cache["given_state"]
+                                        else ds0[j].sum(0))
+                grads[name] = {key: g[key] for key in self._params[name]}
+                d_s0[name] = ds0
+            d_seq = d_in
+        grads = {n: grads[n] for n in self.names}
+        dX = xp.ascontiguousarray(d_seq.transpose(1, 0, 2))
+        d_initial = {key: xp.stack([d_s0[n][j] for n in self.names])
+                     for j, key in enumerate(self._state_keys())}
+        return grads, dX, d_initial
+
+    def __repr__(self):
+        extra = ", bidirectional=True" if self.bidirectional else ""
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+                f"num_layers={self.num_layers}{extra}, dtype='{self.dtype}')")
+
+
+class Elman(Recurrent):
+    """Elman (vanilla) RNN: h_t = act(x_t U^T + h_{t-1} W^T + b); PyTorch's ``nn.RNN``."""
+
+    def __init__(self, input_size, hidden_size, nonlinearity="tanh", **kw):
+        self.nonlinearity = nonlinearity
+        super().__init__(ElmanCell(nonlinearity), input_size, hidden_size, **kw)
+
+
+class LSTM(Recurrent):
+    """LSTM; gate order (input, forget, cell, output) as PyTorch's ``nn.LSTM``.
+
+    ``forget_bias=1.0`` starts the forget gate open (bias_ih's forget block set to the
+    value, bias_hh's to 0); the default keeps PyTorch's initialisation.
+    """
+
+    def __init__(self, input_size, hidden_size, forget_bias=None, **kw):
+        super().__init__(LSTMCell(), input_size, hidden_size, **kw)
+        self.forget_bias = forget_bias
+        if forget_bias is not None and self.bias:
+            H = self.hidden_size
+            for p in self._params.values():
+                p["bias_ih"][H:2 * H] = forget_bias
+                p["bias_hh"][H:2 * H] = 0
+
+
+class GRU(Recurrent):
+    """GRU; ``reset_after=True`` is PyTorch's ``nn.GRU`` (reset applied after the hidden
+    matmul), ``reset_after=False`` applies it before (Keras's other mode, CNTK)."""
+
+    def __init__(self, input_size, hidden_size, reset_after=True, **kw):
+        self.reset_after = reset_after
+        super().__init__(GRUCell(reset_after), input_size, hidden_size, **kw)
+
+
+class Jordan(Recurrent):
+    """Jordan (output-to-hidden) network: the previous output feeds the hidden layer.
+
+    ``output_size`` defaults to ``hidden_size``. Call ``forward(X, teacher=Y)`` to train
+    with teacher forcing (the true previous target replaces the previous output, and all
+    steps run at once without a sequential loop).
+    """
+
+    def __init__(self, input_size, hidden_size, output_size=None, nonlinearity="tanh",
+                 output_activation="identity", **kw):
+        self.nonlinearity, self.output_activation = nonlinearity, output_activation
+        cell = JordanCell(int(output_size or hidden_size), nonlinearity, output_activation)
+        super().__init__(cell, input_size, hidden_size, **kw)

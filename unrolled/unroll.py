@@ -1,0 +1,168 @@
+"""THE time loop, once, for every cell.
+
+Forward over T keeping a tape of exactly what the backward needs; backpropagation through
+time over that tape. Masks, truncation and teacher forcing are policies of this loop, so
+they work for every cell. Arrays are time-major here: X is (T, B, D).
+
+The work that does not depend on the recurrence is done at the size of the sequence:
+the input projection of all T steps is one matrix product before the loop, and the
+weight gradients are one matrix product over the whole tape after it. Only the recurrent
+product and the cell's own arithmetic stay inside the loop. The loop never names a gate.
+"""
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Tape:
+    """What the forward pass leaves for the backward pass of one direction of one layer."""
+
+    X: object                 # (T, B, D) inputs of this layer (a reference, not a copy)
+    states: tuple             # per state component (T+1, B, S); [0] is the initial state
+    tape: dict = field(default_factory=dict)  # per cache name (T, B, ...)
+    mask: object = None       # (T, B) bool or None
+    teacher: bool = False     # states[:-1] were given, not computed
+
+
+def _mask_col(mask, t):
+    return None if mask is None else mask[t][:, None]
+
+
+def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None):
+    """Run ``cell`` over ``X`` (T, B, D) from ``state0`` (tuple of (B, S) arrays).
+
+    ``p`` holds the cell's parameters after ``cell.prepare``. With ``prev_states`` (tuple of
+    (T, B, S): the state fed into each step, e.g. true previous targets under teacher
+    forcing) the steps are independent and run as one batched step with no sequential loop.
+    A masked (padded) step carries the state through unchanged.
+    Returns a :class:`Tape`; ``tape.states[0][1:]`` is the output sequence.
+    """
+    T, B, D = X.shape
+    # input projection of all T steps at once
+    XW = (X.reshape(T * B, D) @ p["weight_ih"].T + p["bias_ih"]).reshape(T, B, -1)
+    if prev_states is not None:
+        flat = tuple(s.reshape(T * B, -1) for s in prev_states)
+        new, cache = cell.step(p, XW.reshape(T * B, -1), flat, xp)
+        states = tuple(xp.concatenate([s0[None], n.reshape(T, B, -1)], 0)
+                       for s0, n in zip(state0, new))
+        tape = {k: v.reshape((T, B) + v.shape[1:]) for k, v in cache.items()} if keep_tape else {}
+        if mask is not None:  # padded steps output zero; the final state is the last valid one
+            for s in states:
+                s[1:] *= mask[:, :, None]
+        return Tape(X, tuple(states), tape, mask, teacher=prev_states)
+    states = tuple(xp.empty((T + 1,) + s.shape, dtype=s.dtype) for s in state0)
+    for s, s0 in zip(states, state0):
+        s[0] = s0
+    tape = {}
+    for t in range(T):
+        prev = tuple(s[t] for s in states)
+        new, cache = cell.step(p, XW[t], prev, xp)
+        m = _mask_col(mask, t)
+        for s, n, pr in zip(states, new, prev):
+            s[t + 1] = n if m is None else xp.where(m, n, pr)
+        if keep_tape:
+            for k, v in cache.items():
+                if t == 0:
+                    tape[k] = xp.empty((T,) + v.shape, dtype=v.dtype)
+                tape[k][t] = v
+    return Tape(X, states, tape, mask)
+
+
+def truncation_window(mask, T, B, k, xp, dtype):
+    """(T, B, 1) weights: 1 on each record's last ``k`` valid steps (and trailing pads)."""
+    valid = xp.ones((T, B), dtype=dtype) if mask is None else mask.astype(dtype)
+    rev_cum = xp.cumsum(valid[::-1], axis=0)[::-1]  # valid steps from t to the end
+    return (rev_cum <= k).astype(dtype)[:, :, None]
+
+
+def backward(cell, p, tp, xp, d_out=None, d_final=None, truncate=None):
+    """Backpropagation through time over the tape ``tp``.
+
+    ``d_out`` (T, B, S0): gradient of the loss w.r.t. the output sequence (ignored at
+    padded steps). ``d_final``: tuple of (B, S) gradients w.r.t. the final state (or None).
+    ``truncate=k``: the gradient reaches back only over each record's last k valid steps.
+    Returns ``(grads, dX, d_state0)``: parameter gradients (dict), dX (T, B, D), and the
+    gradient w.r.t. the initial state (tuple of (B, S)).
+    """
+    X, states, mask = tp.X, tp.states, tp.mask
+    T, B, D = X.shape
+    dtype = X.dtype
+    if tp.teacher is not False:
+        return _backward_decoupled(cell, p, tp, xp, d_out, d_final)
+    dstate = [xp.zeros(s.shape[1:], dtype=dtype) if d_final is None or d_final[k] is None
+              else d_final[k].copy() for k, s in enumerate(states)]
+    win = None if truncate is None else truncation_window(mask, T, B, truncate, xp, dtype)
+    dXW = None
+    saved = {}
+    for t in reversed(range(T)):
+        m = _mask_col(mask, t)
+        if d_out is not None:
+            dstate[0] += d_out[t] if m is None else d_out[t] * m
+        if win is not None:
+            dstate = [d * win[t] for d in dstate]
+        prev = tuple(s[t] for s in states)
+        new = tuple(s[t + 1] for s in states)
+        cache = {k: v[t] for k, v in tp.tape.items()}
+        dcell = dstate if m is None else [d * m for d in dstate]
+        dxw, dprev, sv = cell.step_back(p, cache, prev, new, dcell, xp)
+        if dXW is None:
+            dXW = xp.empty((T,) + dxw.shape, dtype=dtype)
+        dXW[t] = dxw
+        for k, v in sv.items():
+            if k not in saved:
+                saved[k] = xp.empty((T,) + v.shape, dtype=dtype)
+            saved[k][t] = v
+        # a padded step passes the gradient on untouched
+        dstate = list(dprev) if m is None else [dp + d * ~m for dp, d in zip(dprev, dstate)]
+    prev_states = tuple(s[:-1] for s in states)
+    return _finish(cell, p, tp, xp, dXW, saved, prev_states, tuple(dstate))
+
+
+def _backward_decoupled(cell, p, tp, xp, d_out, d_final):
+    """Backward of a teacher-forced run: all steps at once, no gradient into given states."""
+    X, states, mask = tp.X, tp.states, tp.mask
+    T, B, D = X.shape
+    d = [xp.zeros((T, B) + s.shape[2:], dtype=X.dtype) for s in states]
+    if d_out is not None:
+        d[0] += d_out
+    if d_final is not None:  # the final state is each record's last valid output
+        last = last_valid_index(mask, T, B, xp)
+        for k, df in enumerate(d_final):
+            if df is not None:
+                d[k][last, xp.arange(B)] += df
+    if mask is not None:
+        d = [g * mask[:, :, None] for g in d]
+    flat = lambda a: a.reshape((T * B,) + a.shape[2:])  # noqa: E731
+    prev = tuple(flat(s) for s in tp.teacher)
+    new = tuple(flat(s[1:]) for s in states)
+    cache = {k: flat(v) for k, v in tp.tape.items()}
+    dxw, dprev, sv = cell.step_back(p, cache, prev, new, tuple(flat(g) for g in d), xp)
+    dXW = dxw.reshape(T, B, -1)
+    saved = {k: v.reshape((T, B) + v.shape[1:]) for k, v in sv.items()}
+    d0 = tuple(g.reshape((T, B) + g.shape[1:])[0] for g in dprev)
+    return _finish(cell, p, tp, xp, dXW, saved, tp.teacher, d0)
+
+
+def _finish(cell, p, tp, xp, dXW, saved, prev_states, d_state0):
+    X = tp.X
+    T, B, D = X.shape
+    G = dXW.reshape(T * B, -1)
+    grads = {"weight_ih": G.T @ X.reshape(T * B, D), "bias_ih": G.sum(0)}
+    grads.update(cell.weight_grads(p, prev_states, tp.tape, dXW, saved, xp))
+    dX = (G @ p["weight_ih"]).reshape(T, B, D)
+    return grads, dX, d_state0
+
+
+def last_valid_index(mask, T, B, xp):
+    """(B,) index of each record's last valid step."""
+    if mask is None:
+        return xp.full((B,), T - 1)
+    return T - 1 - xp.argmax(mask[::-1], axis=0)
+
+
+def final_state(tp, xp):
+    """Tuple of (B, S): each record's state after its last valid step."""
+    if tp.teacher is False:
+        return tuple(s[-1] for s in tp.states)
+    T, B = tp.X.shape[:2]
+    last = last_valid_index(tp.mask, T, B, xp)
+    return tuple(s[1:][last, xp.arange(B)] for s in tp.states)
