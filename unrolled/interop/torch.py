@@ -40,6 +40,9 @@ def from_torch(module, **layer_options):
     tree = {name: {} for name in layer.names}
     for name, p in layer.params.items():
         for key in p:
+            if key in ("h0", "c0"):  # a learned initial state is ours alone; keep it
+                tree[name][key] = p[key]
+                continue
             src = f"{key}_{name}"
             if src not in sd:
                 raise ValueError(f"the torch module has no '{src}'; its keys are {sorted(sd)}")
