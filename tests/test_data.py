@@ -1,5 +1,6 @@
 """Tests of unrolled.data: batching, vocabulary, readers (on the real files where present)
 and the bundled samples."""
+
 import json
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def test_pad_places_records_and_mask(side):
 
 
 def test_pad_int_sequences_and_dtype():
-    X, mask = pad([[3, 1], [2, 2, 5]])
+    X, _ = pad([[3, 1], [2, 2, 5]])
     assert X.dtype == np.int64
     assert X.tolist() == [[3, 1, 0], [2, 2, 5]]
     X, _ = pad([[3, 1], [2]], dtype=np.float32, side="left")
@@ -82,6 +83,7 @@ def test_buckets_cover_every_record_once_and_group_lengths():
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(1003))
     assert all(b.dtype == np.int64 and 1 <= len(b) <= 16 for b in batches)
+
     # grouped by length: far less padding than random batches of the same size
     def padding(bs):
         return sum(lengths[b].max() * len(b) - lengths[b].sum() for b in bs)
@@ -148,7 +150,9 @@ def test_sliding_windows_match_a_loop():
         X, y = sliding_windows(series, window, horizon, stride)
         starts = range(0, 40 - window - horizon + 1, stride)
         np.testing.assert_array_equal(X, np.stack([series[s : s + window] for s in starts]))
-        np.testing.assert_array_equal(y, np.stack([series[s + window - 1 + horizon] for s in starts]))
+        np.testing.assert_array_equal(
+            y, np.stack([series[s + window - 1 + horizon] for s in starts])
+        )
     X, y = sliding_windows(series, 5, 2, target=1, copy=False)
     assert X.shape == (34, 5, 3) and y.shape == (34,)
     np.testing.assert_array_equal(y, series[6:, 1])
@@ -238,8 +242,9 @@ def test_read_text_real():
 
 
 def test_read_csv_airline():
-    s = read_csv_series(shared("airline-passengers", "airline-passengers.csv"),
-                        target="Passengers", index="Month")
+    s = read_csv_series(
+        shared("airline-passengers", "airline-passengers.csv"), target="Passengers", index="Month"
+    )
     assert s.columns == ["Passengers"] and s.values.shape == (144, 1)
     assert s.values[:3, 0].tolist() == [112, 118, 132] and s.values[-1, 0] == 432
     assert s.index[0] == "1949-01" and s.target_index == 0
@@ -251,8 +256,9 @@ def test_read_csv_airline():
 
 def test_read_csv_beijing_missing_and_categorical():
     path = shared("beijing-pm25", "pollution.csv")
-    s = read_csv_series(path, columns=["DEWP", "TEMP", "cbwd"], target="pm2.5",
-                        categorical=["cbwd"])
+    s = read_csv_series(
+        path, columns=["DEWP", "TEMP", "cbwd"], target="pm2.5", categorical=["cbwd"]
+    )
     assert s.values.shape == (43824, 7) and s.values.dtype == np.float64
     assert s.columns == ["DEWP", "TEMP", "cbwd=NE", "cbwd=NW", "cbwd=SE", "cbwd=cv", "pm2.5"]
     assert s.target_index == 6
@@ -287,12 +293,15 @@ def test_read_optdigits_real():
 
 def test_csv_with_missing_values_and_fixed_categories(tmp_path):
     p = tmp_path / "s.csv"
-    p.write_text("t,a,c\n1,2.5,x\n2,NA,y\n3,,x\n4,nan,\n")
+    p.write_text("t,a,c\n1,2.5,x\n2,NA,y\n\n3, ,x\n4,nan,\n,,\n")
     s = read_csv_series(p, categorical={"c": ["y", "x", "z"]})
     assert s.columns == ["t", "a", "c=y", "c=x", "c=z"]
-    assert s.missing_counts == {"t": 0, "a": 3, "c=y": 1, "c=x": 1, "c=z": 1}
+    assert s.missing_counts == {"t": 1, "a": 4, "c=y": 2, "c=x": 2, "c=z": 2}
+    assert s.values.shape == (5, 5)
     assert s.values[0].tolist() == [1, 2.5, 0, 1, 0]
-    assert np.isnan(s.values[3, 2:]).all()
+    assert s.values[1, 2:].tolist() == [1, 0, 0] and s.values[2, 2:].tolist() == [0, 1, 0]
+    assert np.isnan(s.values[3, 2:]).all() and np.isnan(s.values[4]).all()
+    np.testing.assert_array_equal(s.missing, np.isnan(s.values))
     with pytest.raises(ValueError, match=r"line 3, column 'c': category 'y'"):
         read_csv_series(p, categorical={"c": ["x"]})
 
@@ -400,7 +409,7 @@ def test_optdigits_bad_lines(tmp_path):
 
 
 def test_bundled_samples_read_and_stay_small():
-    names, labels, classes = read_names_dir(bundled_path("names"))
+    names, _, classes = read_names_dir(bundled_path("names"))
     assert len(classes) == 18 and len(names) == 17117
     text = read_text(bundled_path("tinyshakespeare.txt"))
     assert 150_000 < len(text) < 250_000 and text.startswith("First Citizen:")

@@ -1,5 +1,7 @@
 """Data: readers for the input formats, a character vocabulary, and batching
 (padding with masks, length buckets, truncated-BPTT streams, forecasting windows)."""
+
+# ruff: noqa: F401  (re-exports)
 from .batching import bucket_batches, one_hot, pad, sliding_windows, stream_batches
 from .readers import (
     CSVSeries,

@@ -15,9 +15,10 @@ Four ways to cut data into batches:
   walks them in chunks of ``k`` steps for truncated BPTT, as min-char-rnn and CNTK do;
 - :func:`sliding_windows` cuts a time series into (window, target) pairs for forecasting.
 """
+
 import numpy as np
 
-__all__ = ["pad", "bucket_batches", "stream_batches", "sliding_windows", "one_hot"]
+__all__ = ["bucket_batches", "one_hot", "pad", "sliding_windows", "stream_batches"]
 
 
 def pad(records, side="right", dtype=None, value=0):
@@ -117,7 +118,9 @@ def bucket_batches(lengths, batch_size, rng=None, shuffle=True, bucket_width=Non
     if bucket_width is None:
         bucket_width = 50
     if not isinstance(bucket_width, (int, np.integer)) or bucket_width < 1:
-        raise ValueError(f"bucket_width must be a positive int (batches per chunk), got {bucket_width!r}")
+        raise ValueError(
+            f"bucket_width must be a positive int (batches per chunk), got {bucket_width!r}"
+        )
     N = len(lengths)
     if not shuffle:
         order = np.argsort(lengths, kind="stable")
@@ -152,7 +155,7 @@ class StreamBatches:
         self.chunk = chunk
 
     def __len__(self):
-        return -(-self.steps // self.chunk)  # ceil
+        return (self.steps + self.chunk - 1) // self.chunk  # ceil
 
     def __iter__(self):
         for t in range(0, self.steps, self.chunk):

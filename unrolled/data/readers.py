@@ -7,6 +7,7 @@ place in it and the fix, so a command-line tool can print the message and exit.
 Missing values in CSV files are kept as NaN and counted; they are never dropped or
 replaced by zeros here.
 """
+
 import csv
 import io
 from dataclasses import dataclass, field
@@ -15,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "read_text",
-    "read_names_dir",
-    "read_csv_series",
     "CSVSeries",
-    "read_optdigits",
     "bundled_path",
+    "read_csv_series",
+    "read_names_dir",
+    "read_optdigits",
+    "read_text",
 ]
 
 # strings read as a missing value in CSV files (compared after stripping spaces)
@@ -207,6 +208,9 @@ def read_csv_series(
 ):
     """Read a CSV time series with a header line (one row per time step).
 
+    Blank lines are skipped; a row whose fields are all empty is a time step with every
+    value missing. Fields are stripped of surrounding spaces.
+
     Args:
         path: the CSV file (UTF-8; CRLF or LF line ends; quoted fields allowed).
         columns: names of the columns to read, in the order wanted. Default: every
@@ -258,14 +262,14 @@ def read_csv_series(
     # --- rows (blank lines are skipped)
     rows, lines = [], []
     for fields in reader:
-        if not any(f.strip() for f in fields):
-            continue
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            continue  # a blank line
         if len(fields) != len(header):
             raise ValueError(
                 f"{path}: line {reader.line_num} has {len(fields)} fields, the header has "
                 f"{len(header)}; fix that line (is the delimiter {delimiter!r} right?)"
             )
-        rows.append([f.strip() for f in fields])
+        rows.append(fields)
         lines.append(reader.line_num)
     if not rows:
         raise ValueError(f"{path}: only a header, no data rows; pass a file with data")
@@ -306,33 +310,29 @@ def read_csv_series(
                 "add it to columns"
             )
 
-    # --- parse column by column
-    na = set(na_values)
+    # --- parse column by column, vectorised over the rows
+    na = list(na_values)
     raw_columns = list(zip(*rows))
     out_values, out_missing, out_names, categories, dropped = [], [], [], {}, []
     for name in columns:
-        raw = raw_columns[header.index(name)]
-        miss = np.fromiter((s in na for s in raw), dtype=bool, count=len(raw))
+        raw = np.strings.strip(np.array(raw_columns[header.index(name)], dtype=str))  # (N,)
+        miss = np.isin(raw, na)  # (N,) bool
+        present = ~miss
         if name in categorical:
-            cats = fixed_categories.get(name)
-            present = sorted({s for s, m in zip(raw, miss) if not m})
-            if cats is None:
-                cats = present
-            else:
-                cats = list(cats)
-                unseen = [c for c in present if c not in cats]
-                if unseen:
-                    first = next(i for i, s in enumerate(raw) if s in unseen)
-                    raise ValueError(
-                        f"{path}: line {lines[first]}, column {name!r}: category "
-                        f"{raw[first]!r} is not among the known categories {cats}; "
-                        "use data with the same categories as the training data"
-                    )
-            codes = {c: i for i, c in enumerate(cats)}
-            onehot = np.zeros((len(raw), len(cats)))
-            for r, s in enumerate(raw):
-                if not miss[r]:
-                    onehot[r, codes[s]] = 1.0
+            # distinct values (sorted) and, for every present row, which one it holds
+            uniq, inv = np.unique(raw[present], return_inverse=True)
+            cats = uniq.tolist() if name not in fixed_categories else list(fixed_categories[name])
+            unseen = [u for u in uniq.tolist() if u not in cats]
+            if unseen:
+                i = int(np.flatnonzero(np.isin(raw, unseen))[0])
+                raise ValueError(
+                    f"{path}: line {lines[i]}, column {name!r}: category {str(raw[i])!r} "
+                    f"is not among the known categories {cats}; use data with the same "
+                    "categories as the training data"
+                )
+            col = np.array([cats.index(u) for u in uniq.tolist()], dtype=np.int64)
+            onehot = np.zeros((len(raw), len(cats)))  # (N, categories)
+            onehot[np.flatnonzero(present), col[inv]] = 1.0
             onehot[miss] = np.nan
             categories[name] = cats
             out_values.extend(onehot.T)
@@ -340,18 +340,20 @@ def read_csv_series(
             out_names.extend(f"{name}={c}" for c in cats)
             continue
         vals = np.full(len(raw), np.nan)
-        present = np.flatnonzero(~miss)
+        bad = None
         try:
-            vals[present] = np.array([raw[i] for i in present], dtype=np.float64)
-            bad = None
+            vals[present] = raw[present].astype(np.float64)
         except ValueError:
-            bad = [i for i in present if not _is_number(raw[i])]
+            bad = [int(i) for i in np.flatnonzero(present) if not _is_number(raw[i])]
+            if not bad:  # NumPy refused what Python's float() accepts
+                vals[present] = [float(v) for v in raw[present].tolist()]
         if bad:
-            if len(bad) * 2 > len(present) and not explicit and name != target:
+            n_present = int(present.sum())
+            if len(bad) * 2 > n_present and not explicit and name != target:
                 dropped.append(name)  # a text column (dates, labels): leave it out
                 continue
             i = bad[0]
-            if len(bad) * 2 > len(present):
+            if len(bad) * 2 > n_present:
                 fix = (
                     f"this column holds text; pass categorical=[{name!r}] to one-hot "
                     "encode it, or leave it out of columns"
@@ -359,13 +361,13 @@ def read_csv_series(
             else:
                 fix = "fix the value, or add it to na_values if it marks a missing value"
             raise ValueError(
-                f"{path}: line {lines[i]}, column {name!r}: {raw[i]!r} is not a number; {fix}"
+                f"{path}: line {lines[i]}, column {name!r}: {str(raw[i])!r} is not a number; {fix}"
             )
         inf = np.flatnonzero(np.isinf(vals))
         if inf.size:
             i = inf[0]
             raise ValueError(
-                f"{path}: line {lines[i]}, column {name!r}: {raw[i]!r} is not a finite "
+                f"{path}: line {lines[i]}, column {name!r}: {str(raw[i])!r} is not a finite "
                 "number; fix the value or mark it as missing"
             )
         miss = miss | np.isnan(vals)  # a literal "nan" not in na_values is missing too
@@ -384,7 +386,7 @@ def read_csv_series(
         columns=out_names,
         missing=np.stack(out_missing, axis=1),
         target=target,
-        index=None if index is None else list(raw_columns[header.index(index)]),
+        index=None if index is None else [v.strip() for v in raw_columns[header.index(index)]],
         categories=categories,
         dropped=dropped,
         path=str(path),
@@ -469,9 +471,7 @@ def bundled_path(name):
     """
     key = {v: k for k, v in _BUNDLED.items()}.get(name, name)
     if key not in _BUNDLED:
-        raise ValueError(
-            f"no bundled data set {name!r}; choose one of: {', '.join(_BUNDLED)}"
-        )
+        raise ValueError(f"no bundled data set {name!r}; choose one of: {', '.join(_BUNDLED)}")
     path = _BUNDLED_DIR / _BUNDLED[key]
     if not path.exists():
         raise ValueError(

@@ -5,6 +5,7 @@ the characters of the training text in sorted order, so the same text always giv
 same ids. Encoding a character the vocabulary has never seen is an error that names it;
 nothing is silently mapped to an "unknown" id.
 """
+
 import numpy as np
 
 __all__ = ["Vocab"]
@@ -92,7 +93,9 @@ class Vocab:
     def __repr__(self):
         shown = "".join(s for s in self.symbols[len(self.specials) :][:40])
         more = "..." if len(self.symbols) - len(self.specials) > 40 else ""
-        return f"Vocab({len(self)} symbols, specials={list(self.specials)!r}, chars={shown + more!r})"
+        return (
+            f"Vocab({len(self)} symbols, specials={list(self.specials)!r}, chars={shown + more!r})"
+        )
 
     def index(self, symbol):
         """The id of one symbol (a character or a special); ValueError if unknown."""
