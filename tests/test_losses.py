@@ -194,7 +194,7 @@ def test_mean_is_over_valid_steps():
 
 def test_float32_in_float32_out():
     rng = np.random.default_rng(8)
-    logits, targets, mask = ce_case(rng, masked=False)
+    logits, targets, _ = ce_case(rng, masked=False)
     _, g = CrossEntropy().value_and_grad(logits.astype(np.float32), targets)
     assert g.dtype == np.float32
     outputs, t, m, _ = real_case(rng, "bce", "step")
@@ -206,7 +206,7 @@ def test_float32_in_float32_out():
 
 def test_float_targets_holding_integers_are_accepted():
     rng = np.random.default_rng(9)
-    logits, targets, mask = ce_case(rng, masked=False)
+    logits, targets, _ = ce_case(rng, masked=False)
     a = CrossEntropy().value_and_grad(logits, targets)
     b = CrossEntropy().value_and_grad(logits, targets.astype(float))
     assert a[0] == b[0]

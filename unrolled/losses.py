@@ -16,7 +16,7 @@ import numpy as np
 
 from .backend import get_xp
 
-__all__ = ["CrossEntropy", "MSE", "BCE", "get_loss"]
+__all__ = ["BCE", "MSE", "CrossEntropy", "get_loss"]
 
 
 class _Loss:
@@ -157,7 +157,7 @@ class _Elementwise(_Loss):
         xp, outputs = _as_float_outputs(outputs, (2, 3), self.what)
         targets = xp.asarray(targets)
         if targets.shape != outputs.shape:
-            hint = (f"; reshape them, e.g. targets[..., None]"
+            hint = ("; reshape them, e.g. targets[..., None]"
                     if targets.size == outputs.size else "")
             raise ValueError(f"targets must have the outputs' shape {outputs.shape}, got "
                              f"{targets.shape}{hint}")
@@ -210,7 +210,7 @@ class MSE(_Elementwise):
 
     def value_and_grad(self, outputs, targets, mask=None):
         """Loss value (float) and ``d_outputs`` (shape and dtype of ``outputs``)."""
-        xp, o, t, valid, n = self._prepare(outputs, targets, mask)
+        _, o, t, valid, n = self._prepare(outputs, targets, mask)
         diff = o - t  # zero at masked positions: both were zeroed
         total = float((diff * diff).sum())
         return self._finish(total, 2 * diff, valid, n, o.dtype)

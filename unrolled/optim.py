@@ -16,13 +16,23 @@ PyTorch's convention of one ``scheduler.step()`` after each ``optimizer.step()``
 """
 import math
 
+import numpy as np
+
 from .backend import get_xp
 from .tree import tree_flatten, tree_map, tree_unflatten
 
 __all__ = [
-    "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "get_optimizer",
-    "StepLR", "CosineLR", "WarmupLR",
-    "clip_grad_norm", "clip_grad_value",
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "CosineLR",
+    "RMSprop",
+    "StepLR",
+    "WarmupLR",
+    "clip_grad_norm",
+    "clip_grad_value",
+    "get_optimizer",
 ]
 
 
@@ -63,7 +73,8 @@ class CosineLR:
 
     def __call__(self, step):
         s = min(step, self.total_steps)
-        return self.min_lr + (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * s / self.total_steps)) / 2
+        cos = math.cos(math.pi * s / self.total_steps)
+        return self.min_lr + (self.base_lr - self.min_lr) * (1 + cos) / 2
 
     def config(self):
         return {"schedule": "cosine", "base_lr": self.base_lr,
@@ -225,27 +236,36 @@ class Optimizer:
                 "state": state}
 
     def load_state_dict(self, d):
-        """Restore what :meth:`state_dict` returned; later steps continue bit for bit."""
+        """Restore what :meth:`state_dict` returned; later steps continue bit for bit.
+
+        Hyperparameters are restored too (as ``torch.optim`` does), except a learning
+        rate saved as None (a custom callable), which keeps the one given here.
+        """
         if d.get("optimizer") != self.name:
             raise ValueError(f"this state belongs to optimizer {d.get('optimizer')!r}, not "
                              f"{self.name!r}; build a {d.get('optimizer')!r} learner to load it")
-        for k, v in d["hyperparams"].items():
-            if k == "lr":
-                if v is not None:  # None: a custom callable, keep the one we were given
-                    self._lr = _schedule_from_config(v)
-            else:
-                setattr(self, k, tuple(v) if isinstance(v, list) else v)
-        self.step_count = int(d["step"])
+        hyper = dict(d["hyperparams"])
+        unknown = set(hyper) - set(self._hyper) - {"lr"}
+        if unknown:
+            raise ValueError(f"unknown hyperparameters {sorted(unknown)} for {self.name!r}; "
+                             "was this state saved by another version?")
+        lr = hyper.pop("lr", None)
+        old = {k: getattr(self, k) for k in hyper}
+        for k, v in hyper.items():
+            setattr(self, k, tuple(v) if isinstance(v, list) else v)
         state = d["state"]
-        if not state:
-            self.state = None
-            return
-        if set(state) != set(self._slots()):
-            raise ValueError(f"state slots {sorted(state)} do not match this learner's "
-                             f"{sorted(self._slots())} (were the options the same?)")
-        self.state = {slot: {k: get_xp(v).array(v, copy=True)
-                             for k, v in tree_flatten(tree).items()}
-                      for slot, tree in state.items()}
+        if state and set(state) != set(self._slots()):
+            for k, v in old.items():  # leave this learner as it was
+                setattr(self, k, v)
+            raise ValueError(f"state slots {sorted(state)} do not match the slots "
+                             f"{sorted(self._slots())} of {self.name!r} with these "
+                             "hyperparameters; the saved state is incomplete")
+        if lr is not None:  # None: a custom callable, keep the one we were given
+            self._lr = _schedule_from_config(lr)
+        self.step_count = int(d["step"])
+        self.state = None if not state else {
+            slot: {k: get_xp(v).array(v, copy=True) for k, v in tree_flatten(tree).items()}
+            for slot, tree in state.items()}
 
 
 def _plain(v):
@@ -312,7 +332,8 @@ class SGD(Optimizer):
             if t == 1:  # torch starts the buffer at the first gradient, undamped
                 s["momentum_buffer"] = g.copy()
             else:
-                s["momentum_buffer"] = s["momentum_buffer"] * self.momentum + (1 - self.dampening) * g
+                buf = s["momentum_buffer"]
+                s["momentum_buffer"] = buf * self.momentum + (1 - self.dampening) * g
             buf = s["momentum_buffer"]
             g = g + self.momentum * buf if self.nesterov else buf
         p -= lr * g
@@ -494,9 +515,10 @@ def clip_grad_norm(grads, max_norm):
     flat = tree_flatten(grads)
     # norm of the per-leaf norms, as torch computes it
     sq = 0.0
-    for g in flat.values():
-        n = float(get_xp(g).linalg.norm(g.ravel()))
-        sq += n * n
+    with np.errstate(over="ignore"):  # an overflow is reported below, by name
+        for g in flat.values():
+            n = float(get_xp(g).linalg.norm(g.ravel()))
+            sq += n * n
     total_norm = math.sqrt(sq)
     if not math.isfinite(total_norm):
         bad = [k for k, g in flat.items() if not bool(get_xp(g).all(get_xp(g).isfinite(g)))]
