@@ -266,6 +266,9 @@ def test_errors_name_the_problem():
         MSE().value_and_grad(outputs[..., :1], t[..., 0], m)
     with pytest.raises(ValueError, match="element mask"):
         MSE().value_and_grad(outputs, t, m[:, :-1])
+    last, t_last, _, _ = real_case(rng, "mse", None, seq=False)
+    with pytest.raises(ValueError, match="mask=None"):
+        MSE().value_and_grad(last, t_last, m)  # a step mask with last-step outputs
     with pytest.raises(ValueError, match="missing targets"):
         MSE().value_and_grad(outputs, t, None)  # NaN targets without a mask
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

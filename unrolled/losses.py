@@ -173,7 +173,9 @@ class _Elementwise(_Loss):
                 valid = xp.broadcast_to(_as_mask(xp, mask, outputs.shape[:2])[..., None],
                                         outputs.shape)
             else:
-                steps = f" or a step mask {outputs.shape[:2]}" if outputs.ndim == 3 else ""
+                steps = (f" or a step mask {outputs.shape[:2]}" if outputs.ndim == 3 else
+                         "; for last-step outputs the step mask does not apply: pass "
+                         "mask=None")
                 raise ValueError(f"mask must be an element mask of the outputs' shape "
                                  f"{outputs.shape}{steps}, got {mask.shape}")
         n = _count_valid(xp, valid, "element")
