@@ -18,6 +18,7 @@ from unrolled.data import (
     read_optdigits,
     read_text,
     sliding_windows,
+    split_indices,
     stream_batches,
 )
 
@@ -431,3 +432,38 @@ def test_bundled_names_equal_shared_copy():
     a = read_names_dir(shared("names"))
     b = read_names_dir(bundled_path("names"))
     assert a[0] == b[0] and a[2] == b[2] and np.array_equal(a[1], b[1])
+
+
+# --- split_indices ---------------------------------------------------------------------
+
+
+def test_split_covers_all_is_stratified_and_deterministic():
+    labels = np.repeat(np.arange(4), [500, 60, 7, 33])
+    parts = split_indices(
+        len(labels), (0.8, 0.1, 0.1), rng=np.random.default_rng(0), stratify=labels
+    )
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(labels)))
+    for c, n in enumerate([500, 60, 7, 33]):
+        got = [int((labels[p] == c).sum()) for p in parts]
+        want = np.diff(np.round(np.cumsum([0, 0.8, 0.1, 0.1]) * n))
+        assert got == want.tolist()  # every class split in the given fractions
+    again = split_indices(
+        len(labels), (0.8, 0.1, 0.1), rng=np.random.default_rng(0), stratify=labels
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    other = split_indices(
+        len(labels), (0.8, 0.1, 0.1), rng=np.random.default_rng(1), stratify=labels
+    )
+    assert not np.array_equal(parts[1], other[1])
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_indices(10, (0.8, 0.1))
+
+
+def test_split_keeps_duplicate_names_together():
+    names, labels, _ = read_names_dir(bundled_path("names"))
+    train, valid = split_indices(len(names), (0.9, 0.1), rng=7, stratify=labels, groups=names)
+    assert len(train) + len(valid) == len(names)
+    assert not {names[i] for i in train} & {names[i] for i in valid}
+    # plain record-wise splitting would leak duplicates (Arabic repeats 108 names)
+    train, valid = split_indices(len(names), (0.9, 0.1), rng=7, stratify=labels)
+    assert {names[i] for i in train} & {names[i] for i in valid}

@@ -2,7 +2,14 @@
 (padding with masks, length buckets, truncated-BPTT streams, forecasting windows)."""
 
 # ruff: noqa: F401  (re-exports)
-from .batching import bucket_batches, one_hot, pad, sliding_windows, stream_batches
+from .batching import (
+    bucket_batches,
+    one_hot,
+    pad,
+    sliding_windows,
+    split_indices,
+    stream_batches,
+)
 from .readers import (
     CSVSeries,
     bundled_path,

@@ -14,11 +14,21 @@ Four ways to cut data into batches:
 - :func:`stream_batches` cuts one long sequence (a text) into ``B`` parallel streams and
   walks them in chunks of ``k`` steps for truncated BPTT, as min-char-rnn and CNTK do;
 - :func:`sliding_windows` cuts a time series into (window, target) pairs for forecasting.
+
+:func:`split_indices` makes train / validation / test splits (stratified, and keeping
+duplicate records together), and :func:`one_hot` encodes symbol ids.
 """
 
 import numpy as np
 
-__all__ = ["bucket_batches", "one_hot", "pad", "sliding_windows", "stream_batches"]
+__all__ = [
+    "bucket_batches",
+    "one_hot",
+    "pad",
+    "sliding_windows",
+    "split_indices",
+    "stream_batches",
+]
 
 
 def pad(records, side="right", dtype=None, value=0):
@@ -292,3 +302,55 @@ def one_hot(ids, depth, dtype=np.float32):
             f"{ids.min()}..{ids.max()}; is depth the vocabulary size?"
         )
     return np.eye(depth, dtype=dtype)[ids]
+
+
+def split_indices(n, fractions, rng=None, stratify=None, groups=None):
+    """Split records ``0..n-1`` at random into parts (train / validation / test).
+
+    Args:
+        n: number of records.
+        fractions: the share of each part, e.g. ``(0.8, 0.1, 0.1)``; must sum to 1.
+        rng: a ``numpy.random.Generator`` or a seed; the split depends only on it.
+        stratify: optional ``(n,)`` class labels; each class is split in the given
+            fractions (up to rounding), so a rare class appears in every part.
+        groups: optional ``(n,)`` keys (e.g. the name strings); records with the same
+            key always land in the same part, so a duplicate cannot sit in both the
+            training and the test part. The fractions then count groups, not records;
+            with ``stratify``, a group counts under the label of its first record.
+
+    Returns:
+        A list of sorted int64 index arrays, one per part, together holding every
+        record exactly once.
+
+    >>> train, test = split_indices(4, (0.5, 0.5), rng=3, groups=["a", "b", "a", "c"])
+    >>> train.tolist(), test.tolist()  # both "a" records on the same side
+    ([1, 3], [0, 2])
+    """
+    fractions = np.asarray(fractions, dtype=np.float64)
+    if fractions.ndim != 1 or (fractions < 0).any() or abs(fractions.sum() - 1) > 1e-9:
+        raise ValueError(f"fractions must be non-negative and sum to 1, got {fractions.tolist()}")
+    rng = np.random.default_rng(rng)
+    # units: the groups (records sharing a key), else the records themselves
+    if groups is None:
+        unit_of = np.arange(n)
+    else:
+        if len(groups) != n:
+            raise ValueError(f"groups must have one key per record ({n}), got {len(groups)}")
+        _, first, unit_of = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    n_units = unit_of.max() + 1 if n else 0
+    if stratify is None:
+        strata = [np.arange(n_units)]
+    else:
+        labels = np.asarray(stratify)
+        if len(labels) != n:
+            raise ValueError(f"stratify must have one label per record ({n}), got {len(labels)}")
+        unit_label = labels if groups is None else labels[first]  # label of each unit
+        strata = [np.flatnonzero(unit_label == c) for c in np.unique(unit_label)]
+    part_of_unit = np.empty(n_units, dtype=np.int64)
+    for units in strata:
+        units = rng.permutation(units)
+        bounds = np.round(np.cumsum(fractions) * len(units)).astype(int)  # ends of parts
+        for p, (lo, hi) in enumerate(zip(np.r_[0, bounds[:-1]], bounds)):
+            part_of_unit[units[lo:hi]] = p
+    part = part_of_unit[unit_of]  # (n,) part of each record
+    return [np.flatnonzero(part == p) for p in range(len(fractions))]
