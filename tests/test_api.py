@@ -1,0 +1,114 @@
+"""The public contract: value_and_grad with named losses, params assignment, bad input."""
+import numpy as np
+import pytest
+from helpers import rel_err
+
+import unrolled as u
+from unrolled.interop import from_torch, to_torch_state_dict
+
+
+def test_value_and_grad_cross_entropy_matches_torch():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tm = torch.nn.LSTM(4, 5, num_layers=2, batch_first=True).double()
+    layer = from_torch(tm)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3, 6, 4))
+    lengths = [6, 2, 4]
+    mask = np.arange(6)[None] < np.array(lengths)[:, None]
+    Y = rng.integers(0, 5, (3, 6))
+    Y[~mask] = -7  # targets at padded steps are ignored whatever they hold
+    value, grads = u.value_and_grad(layer, "cross_entropy", X, Y, mask=mask)
+    out, _ = tm(torch.from_numpy(X))
+    m = torch.from_numpy(mask)
+    loss = torch.nn.functional.cross_entropy(out[m], torch.from_numpy(Y)[m])
+    loss.backward()
+    assert abs(value - loss.item()) < 1e-12
+    ours = to_torch_state_dict(layer, grads)
+    for k, p in tm.named_parameters():
+        assert rel_err(ours[k], p.grad.numpy()) < 1e-10, k
+
+
+def test_value_and_grad_mse_fold_and_learners_train():
+    rng = np.random.default_rng(0)
+    model = u.Sequential(u.GRU(1, 8, return_sequences=False, seed=0), u.Dense(8, 1, seed=1))
+    X = rng.standard_normal((64, 10, 1)).astype("float32")
+    Y = X.sum(1)  # (B, 1): the sum of the record
+    from unrolled.optim import Adam
+    opt = Adam(lr=0.02)
+    first, _ = u.value_and_grad(model, "mse", X, Y)
+    for _ in range(150):
+        value, grads = u.value_and_grad(model, "mse", X, Y)
+        opt.step(model.params, grads)
+    assert value < 0.1 * first
+
+
+def test_params_assignment():
+    layer = u.LSTM(3, 4, seed=0)
+    tree = {n: {k: np.ones_like(v) for k, v in p.items()} for n, p in layer.params.items()}
+    layer.params = tree
+    assert np.all(layer.params["l0"]["weight_hh"] == 1)
+    tree["l0"]["weight_hh"] = np.ones((4, 4))
+    with pytest.raises(ValueError, match="shape"):
+        layer.params = tree
+    with pytest.raises(ValueError, match="structure"):
+        layer.params = {"l0": {}}
+
+
+def test_seeded_initialisation_is_reproducible():
+    a, b = u.GRU(3, 4, seed=5), u.GRU(3, 4, seed=5)
+    assert all(np.array_equal(a.params["l0"][k], b.params["l0"][k]) for k in a.params["l0"])
+    c = u.GRU(3, 4, seed=6)
+    assert not np.array_equal(a.params["l0"]["weight_hh"], c.params["l0"]["weight_hh"])
+    o = u.LSTM(3, 8, recurrent_init="orthogonal", input_init="glorot", forget_bias=1.0, seed=0)
+    W = o.params["l0"]["weight_hh"][:8].astype(np.float64)
+    assert np.allclose(W @ W.T, np.eye(8), atol=1e-5)
+    assert np.all(o.params["l0"]["bias_ih"][8:16] == 1)
+
+
+def test_float64_end_to_end():
+    layer = u.Elman(2, 3, dtype="float64", seed=0)
+    out = layer(np.zeros((1, 4, 2)))
+    assert out.dtype == np.float64
+
+
+@pytest.mark.parametrize("bad,err,match", [
+    (np.zeros((4, 2)), ValueError, "shape \\(batch, time, 2\\)"),
+    (np.zeros((1, 4, 3), "float32"), ValueError, "input_size=2"),
+    (np.zeros((1, 4, 2), "float64"), TypeError, "astype"),
+    (np.full((1, 4, 2), np.nan, "float32"), ValueError, "non-finite"),
+    ([[1.0, 2.0]], TypeError, "np.asarray"),
+    (np.zeros((1, 0, 2), "float32"), ValueError, "at least one step"),
+])
+def test_bad_input_messages(bad, err, match):
+    with pytest.raises(err, match=match):
+        u.Elman(2, 3)(bad)
+
+
+def test_bad_mask_messages():
+    layer = u.GRU(2, 3)
+    X = np.zeros((2, 4, 2), "float32")
+    with pytest.raises(ValueError, match="mask must have shape"):
+        layer(X, mask=np.ones((4, 2), bool))
+    with pytest.raises(ValueError, match="record 1 has no valid step"):
+        layer(X, mask=np.array([[1, 1, 0, 0], [0, 0, 0, 0]], bool))
+    with pytest.raises(TypeError, match="boolean"):
+        layer(X, mask=np.ones((2, 4)) * 0.5)
+    # NaN at a padded step is fine: it is never read
+    X[0, 3] = np.nan
+    layer(X, mask=np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool))
+
+
+def test_bad_targets_and_state():
+    layer = u.Elman(2, 3, num_layers=2)
+    X = np.zeros((2, 4, 2), "float32")
+    with pytest.raises(ValueError, match="initial_state"):
+        layer(X, initial_state={"h": np.zeros((1, 2, 3), "float32")})
+    with pytest.raises(ValueError):
+        u.value_and_grad(layer, "cross_entropy", X, np.full((2, 4), 3))  # 3 classes: 0..2
+    with pytest.raises(ValueError, match="valid names|unknown|Unknown"):
+        u.value_and_grad(layer, "hinge", X, np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="nonlinearity"):
+        u.Elman(2, 3, nonlinearity="sigmoid")
+    with pytest.raises(TypeError, match="float32"):
+        u.LSTM(2, 3, dtype="int32")
