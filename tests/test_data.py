@@ -464,6 +464,6 @@ def test_split_keeps_duplicate_names_together():
     train, valid = split_indices(len(names), (0.9, 0.1), rng=7, stratify=labels, groups=names)
     assert len(train) + len(valid) == len(names)
     assert not {names[i] for i in train} & {names[i] for i in valid}
-    # plain record-wise splitting would leak duplicates (Arabic repeats 108 names)
+    # plain record-wise splitting would leak duplicates (Arabic.txt: 90 names, 1663 lines)
     train, valid = split_indices(len(names), (0.9, 0.1), rng=7, stratify=labels)
     assert {names[i] for i in train} & {names[i] for i in valid}
