@@ -179,6 +179,19 @@ def test_state_dict_round_trip_continues_bit_for_bit(name, kwargs, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_custom_schedule_is_kept_on_load(tmp_path):
+    rng = np.random.default_rng(10)
+    params = make_params(rng)
+    halve = lambda step: 0.1 / 2**step  # noqa: E731
+    opt = SGD(lr=halve)
+    opt.step(params, make_grads(rng, params, 1)[0])
+    sd = save_and_load(opt, tmp_path)
+    assert sd["hyperparams"]["lr"] is None  # a lambda cannot be saved
+    other = SGD(lr=halve)
+    other.load_state_dict(sd)
+    assert other.lr == 0.05 and other.step_count == 1
+
+
 def test_state_dict_is_a_copy_and_checks_the_learner():
     rng = np.random.default_rng(4)
     params = make_params(rng)
