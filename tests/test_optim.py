@@ -182,7 +182,7 @@ def test_state_dict_round_trip_continues_bit_for_bit(name, kwargs, tmp_path):
 def test_custom_schedule_is_kept_on_load(tmp_path):
     rng = np.random.default_rng(10)
     params = make_params(rng)
-    halve = lambda step: 0.1 / 2**step  # noqa: E731
+    halve = lambda step: 0.1 / 2**step
     opt = SGD(lr=halve)
     opt.step(params, make_grads(rng, params, 1)[0])
     sd = save_and_load(opt, tmp_path)
