@@ -328,6 +328,19 @@ def test_bad_csv_gives_one_line_error_naming_the_file(tmp_path, content, kwargs,
     assert str(e.value).startswith(str(p)) and "\n" not in str(e.value)
 
 
+def test_csv_error_becomes_value_error(tmp_path):
+    import csv
+
+    p = tmp_path / "wide.csv"
+    p.write_text("a,b\n1," + "9" * 300 + "\n")
+    old = csv.field_size_limit(100)
+    try:
+        with pytest.raises(ValueError, match=r"wide.csv: line 2: not readable as CSV"):
+            read_csv_series(p)
+    finally:
+        csv.field_size_limit(old)
+
+
 READERS = [read_text, read_csv_series, read_optdigits]
 
 

@@ -123,7 +123,10 @@ def read_names_dir(path):
         raise ValueError(
             f"{path}: is a file; pass the directory that holds the <Language>.txt files"
         )
-    files = sorted(p for p in path.iterdir() if p.suffix == ".txt" and p.is_file())
+    try:
+        files = sorted(p for p in path.iterdir() if p.suffix == ".txt" and p.is_file())
+    except OSError as e:
+        raise ValueError(f"{path}: cannot list it ({e.strerror}); check its permissions") from None
     if not files:
         raise ValueError(
             f"{path}: no .txt files in this directory; expected one <Language>.txt file "
@@ -197,6 +200,42 @@ def _is_number(s):
         return False
 
 
+def _csv_rows(reader, path, delimiter):
+    """The header (stripped names), the data rows and their line numbers."""
+    # --- header
+    header = None
+    for fields in reader:
+        if any(f.strip() for f in fields):
+            header = [f.strip() for f in fields]
+            header_line = reader.line_num
+            break
+    if header is None:  # pragma: no cover - _read_bytes already refuses blank files
+        raise ValueError(f"{path}: the file is empty; pass a file with data in it")
+    if all(_is_number(f) for f in header if f):
+        raise ValueError(
+            f"{path}: line {header_line} looks like data, not a header; add a first line "
+            "with the column names"
+        )
+    dups = sorted({h for h in header if header.count(h) > 1})
+    if dups:
+        raise ValueError(f"{path}: column names repeated in the header: {dups}; rename them")
+    # --- rows (blank lines are skipped)
+    rows, lines = [], []
+    for fields in reader:
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            continue  # a blank line
+        if len(fields) != len(header):
+            raise ValueError(
+                f"{path}: line {reader.line_num} has {len(fields)} fields, the header has "
+                f"{len(header)}; fix that line (is the delimiter {delimiter!r} right?)"
+            )
+        rows.append(fields)
+        lines.append(reader.line_num)
+    if not rows:
+        raise ValueError(f"{path}: only a header, no data rows; pass a file with data")
+    return header, rows, lines
+
+
 def read_csv_series(
     path,
     columns=None,
@@ -242,37 +281,12 @@ def read_csv_series(
     path = Path(path).expanduser()
     text = _decode(_read_bytes(path), path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    # --- header
-    header = None
-    for fields in reader:
-        if any(f.strip() for f in fields):
-            header = [f.strip() for f in fields]
-            header_line = reader.line_num
-            break
-    if header is None:  # pragma: no cover - _read_bytes already refuses blank files
-        raise ValueError(f"{path}: the file is empty; pass a file with data in it")
-    if all(_is_number(f) for f in header if f):
+    try:
+        header, rows, lines = _csv_rows(reader, path, delimiter)
+    except csv.Error as e:
         raise ValueError(
-            f"{path}: line {header_line} looks like data, not a header; add a first line "
-            "with the column names"
-        )
-    dups = sorted({h for h in header if header.count(h) > 1})
-    if dups:
-        raise ValueError(f"{path}: column names repeated in the header: {dups}; rename them")
-    # --- rows (blank lines are skipped)
-    rows, lines = [], []
-    for fields in reader:
-        if not fields or (len(fields) == 1 and not fields[0].strip()):
-            continue  # a blank line
-        if len(fields) != len(header):
-            raise ValueError(
-                f"{path}: line {reader.line_num} has {len(fields)} fields, the header has "
-                f"{len(header)}; fix that line (is the delimiter {delimiter!r} right?)"
-            )
-        rows.append(fields)
-        lines.append(reader.line_num)
-    if not rows:
-        raise ValueError(f"{path}: only a header, no data rows; pass a file with data")
+            f"{path}: line {reader.line_num}: not readable as CSV ({e}); fix that line"
+        ) from None
 
     # --- which columns
     if isinstance(categorical, str):
