@@ -1,0 +1,211 @@
+"""The Task interface: what the trainer, the model files and the CLI need from a task.
+
+A *task* (``names``, ``digits``, ``text``, ``series``, ...) turns files into batches,
+builds the model, computes its metrics and knows how to use a trained model. The
+trainer (:mod:`unrolled.train`) is generic: it asks the task for the batches of an
+epoch, runs forward, loss and BPTT, steps the learner, and asks the task to evaluate.
+
+Life of a task object
+---------------------
+Training (``unrolled train TASK``)::
+
+    task = TaskClass(config)          # config: the resolved dict (see below)
+    task.load(path)                   # read + split + fit vocab / stats on train only
+    model = task.build_model()        # a fresh Module, seeded from config["seed"]
+    ...trainer loop: task.epoch_batches(rng), task.get_batch("train", key),
+       task.evaluate(model, "val") each epoch...
+    task.report(model, out_dir)       # test metrics, confusion matrix / plots
+    save: config + task.state() + model params (unrolled.io)
+
+Using a saved model (``unrolled evaluate / predict / generate``)::
+
+    task = TaskClass(config, state)   # state: what task.state() returned; no data read
+    model = ...rebuilt by unrolled.io from the saved architecture, params loaded
+    task.load_eval(path); task.evaluate(model, "eval")
+    task.predict(model, ["Dostoevsky"]); task.generate(model, ...)
+
+Configuration
+-------------
+``Task.defaults`` is THE one source of defaults for a task's own options (hidden size,
+window, ...). It may also override the trainer's defaults (``epochs``, ``batch_size``,
+``lr``, ... listed in :data:`unrolled.config.TRAIN_DEFAULTS`). The resolved config is
+``TRAIN_DEFAULTS | Task.defaults | TOML file | --key value``; a key in neither defaults
+dict is an error. Values keep the type of their default (``None`` defaults accept any
+JSON-like value). ``config["data"]`` is the data path used (``None``: ``default_data``).
+
+Batches
+-------
+``epoch_batches(rng)`` returns the ordered list of *keys* for one training epoch (index
+arrays, chunk numbers, anything ``get_batch`` understands). It must draw its randomness
+only from ``rng`` (a ``numpy.random.Generator`` the trainer owns and checkpoints), so the
+plan of an epoch can be rebuilt exactly on resume. ``get_batch(split, key)`` returns a
+:class:`Batch`. ``stateful = True`` makes the trainer carry each batch's final
+recurrent state into the next one (truncated BPTT over streams; reset at each epoch);
+the batches of an epoch must then keep the same batch size and order of streams.
+
+Errors
+------
+Bad input (missing file, empty file, bad CSV, ...) raises ``ValueError`` with a one-line
+message that names the file and the fix; the CLI prints it and exits with code 2.
+"""
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Batch:
+    """One minibatch, in the form the model and the loss take.
+
+    Attributes
+    ----------
+    X : (B, T, D) float array, or (B, T) int symbols for a model starting with Embedding.
+    Y : targets in the loss's form: (B,) class ids for many-to-one classification,
+        (B, T) ids for many-to-many, (B, O) or (B, T, O) floats for regression.
+    mask : (B, T) bool, True at real steps, or None when every step is real.
+    size : number of records (B), used for examples per second and loss averaging.
+    """
+
+    X: Any
+    Y: Any
+    mask: Any = None
+    size: int = 0
+
+    def __post_init__(self):
+        if not self.size:
+            self.size = int(len(self.X))
+
+
+class Task:
+    """Base class of all tasks; subclasses fill in the methods marked *required*.
+
+    Class attributes
+    ----------------
+    name : str, the name used on the command line (``unrolled train NAME``).
+    summary : str, one line shown by ``unrolled train --help``.
+    defaults : dict, the task's options with their defaults, and overrides of the
+        trainer's defaults (see :data:`unrolled.config.TRAIN_DEFAULTS`).
+    help : dict, optional one-line help per option in ``defaults``.
+    default_data : str or None, a bundled data set name (``unrolled.data.bundled_path``)
+        used when no ``--data`` is given.
+    loss : str or loss object, given to :func:`unrolled.losses.get_loss`.
+    monitor : str, the validation metric for early stopping and the best model
+        (a key of ``evaluate``'s result, e.g. ``"loss"`` or ``"accuracy"``).
+    monitor_mode : ``"min"`` or ``"max"``.
+    stateful : bool, carry the recurrent state from batch to batch (see module doc).
+    """
+
+    name = ""
+    summary = ""
+    defaults: dict = {}
+    help: dict = {}
+    default_data = None
+    loss = "cross_entropy"
+    monitor = "loss"
+    monitor_mode = "min"
+    stateful = False
+
+    def __init__(self, config, state=None):
+        """Store the resolved config; ``state`` (from :meth:`state`) restores a trained
+        task's vocabulary / classes / normalisation statistics without reading data."""
+        self.config = dict(config)
+        self.saved_state = state
+
+    # -- required for training --------------------------------------------------------
+    def load(self, path):
+        """Read the data at ``path`` (a str or Path; the CLI resolves ``default_data``
+        first), split it into ``"train"``, ``"val"`` and ``"test"`` and fit anything
+        learned from data (vocabulary, classes, normalisation) on the training split only.
+        Raise ValueError (one line, naming the fix) on bad input."""
+        raise NotImplementedError
+
+    def describe(self):
+        """Lines printed before training: sizes of the splits, classes, missing values."""
+        return []
+
+    def build_model(self):
+        """A fresh model (a :class:`unrolled.layers.Module`) for ``self.config`` and the
+        loaded data, initialised from ``self.config["seed"]``."""
+        raise NotImplementedError
+
+    def epoch_batches(self, rng):
+        """The training batch keys of one epoch, in order; randomness from ``rng`` only."""
+        raise NotImplementedError
+
+    def get_batch(self, split, key):
+        """The :class:`Batch` for ``key`` of ``split`` (``"train"``, ...)."""
+        raise NotImplementedError
+
+    def evaluate(self, model, split):
+        """Metrics of ``model`` on ``split`` (``"val"``, ``"test"``, ``"train"``, or
+        ``"eval"`` after :meth:`load_eval`): a dict of floats that includes ``"loss"``
+        (mean per record or per predicted step), and fractions (not percents)."""
+        raise NotImplementedError
+
+    def state(self):
+        """A JSON-able dict of what was learned from data (vocabulary, classes,
+        normalisation statistics, split sizes); saved with the model."""
+        return {}
+
+    # -- optional ---------------------------------------------------------------------
+    def report(self, model, out_dir):
+        """Write the task's report files into ``out_dir`` (confusion matrix as text and
+        PNG, forecast plots, ...); return ``{"description": path}``. Called after training
+        with the final model; usually evaluates on ``"test"``."""
+        return {}
+
+    def load_eval(self, path):
+        """Read new data for ``unrolled evaluate`` into the split ``"eval"``, with the
+        saved vocabulary / statistics (``self.saved_state``)."""
+        raise ValueError(f"task {self.name!r} cannot evaluate on new data")
+
+    def predict(self, model, inputs, top=3):
+        """Lines of text answering ``unrolled predict MODEL INPUT...``."""
+        raise ValueError(f"task {self.name!r} has no predict; try `unrolled evaluate` or "
+                         "`unrolled generate`")
+
+    def generate(self, model, length=500, temperature=1.0, prime="", top_k=None, seed=None):
+        """Text sampled from ``model`` for ``unrolled generate``."""
+        raise ValueError(f"task {self.name!r} cannot generate; `unrolled generate` needs a "
+                         "model trained by the `text` task")
+
+
+def stratified_split(labels, fractions, rng, groups=None):
+    """Split records into parts with every class in the same proportions.
+
+    Parameters
+    ----------
+    labels : (N,) class ids.
+    fractions : sequence of floats, the share of each part after the first (e.g.
+        ``(0.1, 0.1)`` for val and test); the first part takes the rest.
+    rng : numpy Generator.
+    groups : (N,) hashable keys or None. Records with the same key always land in the
+        same part (e.g. the name string, so one name never sits in train and test).
+
+    Returns
+    -------
+    list of int64 index arrays, one per part (len(fractions) + 1), each sorted.
+    """
+    labels = np.asarray(labels)
+    if groups is None:
+        groups = np.arange(len(labels))
+    # one unit per distinct (group): assign whole groups, stratified by the group's label
+    keys = {}
+    for i, g in enumerate(groups):
+        keys.setdefault(g, []).append(i)
+    units = list(keys.values())
+    unit_label = np.array([np.bincount(labels[u]).argmax() for u in units])
+    parts = [[] for _ in range(len(fractions) + 1)]
+    for c in np.unique(unit_label):
+        idx = np.flatnonzero(unit_label == c)
+        idx = idx[rng.permutation(len(idx))]
+        start = 0
+        counts = [int(round(f * len(idx))) for f in fractions]
+        for p, n in enumerate(counts, start=1):
+            for j in idx[start:start + n]:
+                parts[p].extend(units[j])
+            start += n
+        for j in idx[start:]:
+            parts[0].extend(units[j])
+    return [np.array(sorted(p), dtype=np.int64) for p in parts]
