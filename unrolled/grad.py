@@ -27,6 +27,8 @@ def value_and_grad(model, loss, X, Y, mask=None, initial_state=None):
     """
     loss = _get_loss(loss)
     out, _, cache = model.forward(X, mask=mask, initial_state=initial_state, training=True)
-    value, d_out = loss.value_and_grad(out, Y, mask if out.ndim == 3 else None)
+    # a step mask follows the sequence; an element mask (e.g. missing targets) always applies
+    m = mask if (out.ndim == 3 or (mask is not None and mask.shape == out.shape)) else None
+    value, d_out = loss.value_and_grad(out, Y, m)
     grads, _, _ = model.backward(cache, d_out)
     return value, grads
