@@ -210,6 +210,8 @@ def test_vocab_unknown_symbols_are_named():
         v.encode(["a", "<bos>"])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         v.decode([0, 3])
+    with pytest.raises(ValueError, match="1-D"):
+        v.decode([[0, 1]])
     with pytest.raises(ValueError, match="format"):
         Vocab.from_dict({"symbols": ["a"]})
     with pytest.raises(ValueError, match="unique"):

@@ -138,7 +138,12 @@ class Vocab:
         Args:
             ids: a sequence or 1-D array of ints in ``0..len(self)-1``.
         """
-        ids = np.asarray(ids).reshape(-1)
+        ids = np.asarray(ids)
+        if ids.ndim != 1:
+            raise ValueError(
+                f"decode() takes one sequence of ids (1-D), got shape {ids.shape}; "
+                "decode each row of a batch separately"
+            )
         if ids.size and (ids.min() < 0 or ids.max() >= len(self.symbols)):
             bad = ids[(ids < 0) | (ids >= len(self.symbols))]
             raise ValueError(
