@@ -65,12 +65,16 @@ class Batch:
         (B, T) ids for many-to-many, (B, O) or (B, T, O) floats for regression.
     mask : (B, T) bool, True at real steps, or None when every step is real.
     size : number of records (B), used for examples per second and loss averaging.
+    loss_mask : what the trainer passes to the loss as its mask; ``None`` means ``mask``
+        for outputs with a time axis (B, T, ...) and no mask for folded outputs (B, ...).
+        Give e.g. a (B, O) bool array to leave missing regression targets out of the loss.
     """
 
     X: Any
     Y: Any
     mask: Any = None
     size: int = 0
+    loss_mask: Any = None
 
     def __post_init__(self):
         if not self.size:
