@@ -3,8 +3,18 @@ import numpy as np
 import pytest
 
 import unrolled.layers.tree as tree_mod
-from unrolled.data.trees import (Tree, TreeVocab, as_tree, batch_trees, binarize, flatten_tree,
-                                 format_tree, parse_tree, parse_trees, to_tuples)
+from unrolled.data.trees import (
+    Tree,
+    TreeVocab,
+    as_tree,
+    batch_trees,
+    binarize,
+    flatten_tree,
+    format_tree,
+    parse_tree,
+    parse_trees,
+    to_tuples,
+)
 from unrolled.layers.tree import RecursiveNet, softmax_cross_entropy
 
 SST = "(3 (2 It) (4 (2 's) (3 (2 very) (3 good))))"
@@ -222,7 +232,7 @@ def test_finite_differences_hidden_states_without_classifier():
     net = RecursiveNet(vocab=7, hidden_size=3, max_arity=3, dtype="float64", seed=4)
     batch = net.compile(trees)
     R = np.random.default_rng(5).normal(size=(batch.num_nodes, 3))
-    loss = lambda: float((net.forward(batch, all_nodes=True)[0] * R).sum())  # noqa: E731
+    loss = lambda: float((net.forward(batch, all_nodes=True)[0] * R).sum())
     _, cache = net.forward(batch, all_nodes=True)
     grads = net.backward(cache, R)
     num = numeric_grads(net, loss)

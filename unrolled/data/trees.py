@@ -213,7 +213,8 @@ def _build_node(items, open_pos, labelled, text) -> Tree:
     if not labelled:
         return Tree(children=tuple(leaf(it) for it in items))
     head, rest = items[0], items[1:]
-    if isinstance(head, Tree):
+    head_is_atom = isinstance(head, tuple)  # (atom, position); a bracket is already a Tree
+    if not head_is_atom:
         raise ValueError(f"labelled tree: the bracket at position {open_pos} starts with a "
                          f"bracket, not a label (near {_context(text, open_pos)}); give every "
                          f"node a label, or parse with labelled=False")
@@ -320,7 +321,7 @@ class TreeVocab:
                              f"pass unk=None to make unseen tokens an error")
 
     @classmethod
-    def build(cls, trees, min_count: int = 1, unk="<unk>") -> "TreeVocab":
+    def build(cls, trees, min_count: int = 1, unk="<unk>") -> TreeVocab:
         """Collect the leaf tokens of ``trees`` (most frequent first, ties in first-seen
         order); tokens seen fewer than ``min_count`` times map to ``unk``."""
         counts = Counter(t for tr in trees for t in as_tree(tr).leaves())

@@ -207,7 +207,7 @@ class RecursiveNet:
         """
         p, act = self._params, self.activation
         batch, H, X, sel, hs = (cache[k] for k in ("batch", "H", "X", "sel", "hs"))
-        N, D, A = batch.num_nodes, self.hidden_size, self.max_arity
+        D = self.hidden_size
         d_outputs = np.asarray(d_outputs, dtype=self.dtype)
         want = hs.shape if "out" not in p else (hs.shape[0], self.num_classes)
         if d_outputs.shape != want:
