@@ -213,3 +213,125 @@ def stratified_split(labels, fractions, rng, groups=None):
         for j in idx[start:]:
             parts[0].extend(units[j])
     return [np.array(sorted(p), dtype=np.int64) for p in parts]
+
+
+class SequenceClassification(Task):
+    """Shared machinery of the many-to-one classification tasks (``names``, ``digits``).
+
+    A subclass's :meth:`load` fills ``self.records[split]`` (a list of per-record arrays:
+    (n_i,) symbol ids or (n_i, D) floats), ``self.labels[split]`` ((N,) int64) and
+    ``self.classes`` (list of str); it implements :meth:`build_model` and
+    :meth:`encode` (raw input -> record). This class gives batching by length buckets,
+    evaluation (loss, accuracy, macro-F1, majority-class baseline), the confusion matrix
+    report and top-k prediction.
+    """
+
+    loss = "cross_entropy"
+    monitor = "loss"
+    monitor_mode = "min"
+    batch_dtype = None  # None: int64 symbols; else e.g. "float32"
+
+    def __init__(self, config, state=None):
+        super().__init__(config, state)
+        self.records, self.labels = {}, {}
+        self.classes = list(state["classes"]) if state else []
+
+    def _lengths(self, split):
+        return np.array([len(r) for r in self.records[split]])
+
+    def epoch_batches(self, rng):
+        from ..data import bucket_batches
+
+        return bucket_batches(self._lengths("train"), self.config["batch_size"], rng=rng)
+
+    def get_batch(self, split, key):
+        from ..data import pad
+
+        recs = [self.records[split][i] for i in key]
+        X, mask = pad(recs, dtype=self.batch_dtype)
+        if mask.all():
+            mask = None
+        return Batch(X, self.labels[split][key], mask, len(key))
+
+    def logits(self, model, split, batch_size=256):
+        """(N, C) logits for every record of ``split``, in the split's order."""
+        from ..data import bucket_batches
+
+        out = None
+        for idx in bucket_batches(self._lengths(split), batch_size, shuffle=False):
+            b = self.get_batch(split, idx)
+            o = model(b.X, mask=b.mask)
+            if out is None:
+                out = np.zeros((len(self.records[split]), o.shape[-1]), dtype=np.float64)
+            out[idx] = o
+        return out
+
+    def evaluate(self, model, split):
+        from .. import metrics as M
+
+        if not len(self.records.get(split, ())):
+            raise ValueError(f"the {split!r} split is empty; use more data or change the "
+                             "split fractions")
+        logits, y = self.logits(model, split), self.labels[split]
+        logp = logits - logits.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        pred = logits.argmax(1)
+        return {"loss": float(-logp[np.arange(len(y)), y].mean()),
+                "accuracy": M.accuracy(y, pred),
+                "macro_f1": M.macro_f1(y, pred, len(self.classes))}
+
+    def report(self, model, out_dir, split="test"):
+        """Test metrics, the majority-class baseline, and the confusion matrix as
+        ``confusion.txt`` and ``confusion.png`` in ``out_dir``."""
+        from pathlib import Path
+
+        from .. import metrics as M
+
+        out_dir = Path(out_dir)
+        y = self.labels[split]
+        pred = self.logits(model, split).argmax(1)
+        C = len(self.classes)
+        cm = M.confusion_matrix(y, pred, C)
+        counts = np.bincount(self.labels["train"], minlength=C)
+        major = int(counts.argmax())
+        res = self.evaluate(model, split)
+        lines = [f"{split} set: {len(y)} records, {C} classes",
+                 *(f"{k}: {v:.4f}" for k, v in res.items()),
+                 f"majority-class baseline ({self.classes[major]}): accuracy "
+                 f"{M.accuracy(y, np.full_like(y, major)):.4f}, macro_f1 "
+                 f"{M.macro_f1(y, np.full_like(y, major), C):.4f}",
+                 "", "confusion matrix (rows: true class, columns: predicted)",
+                 M.format_confusion(cm, self.classes)]
+        txt = out_dir / "confusion.txt"
+        from ..io import atomic_write_text
+
+        atomic_write_text(txt, "\n".join(lines) + "\n")
+        png = M.plot_confusion(cm, self.classes, out_dir / "confusion.png",
+                               title=f"{self.name}: {split} accuracy {res['accuracy']:.3f}, "
+                                     f"macro-F1 {res['macro_f1']:.3f}")
+        self.last_report = {"metrics": res, "text": "\n".join(lines)}
+        return {"confusion matrix (text)": txt, "confusion matrix (PNG)": png}
+
+    def encode(self, raw):
+        raise NotImplementedError
+
+    def probabilities(self, model, inputs):
+        """(N, C) class probabilities for raw inputs (strings, arrays) via :meth:`encode`."""
+        from ..data import pad
+        from ..metrics import softmax
+
+        recs = [self.encode(x) for x in inputs]
+        X, mask = pad(recs, dtype=self.batch_dtype)
+        return softmax(np.asarray(model(X, mask=mask), dtype=np.float64))
+
+    def predict(self, model, inputs, top=3):
+        from ..metrics import top_k
+
+        probs = self.probabilities(model, inputs)
+        lines = []
+        for x, p in zip(inputs, probs):
+            idx, ps = top_k(p, min(top, len(p)))
+            lines.append(str(x))
+            w = max(len(self.classes[i]) for i in idx)
+            lines += [f"  {self.classes[i]:<{w}}  {q:.3f}" for i, q in zip(idx, ps)]
+        return lines

@@ -1,0 +1,463 @@
+"""The training loop: epochs, minibatches, the learner, validation, checkpoints, resume.
+
+:class:`Trainer` is generic over tasks (:mod:`unrolled.tasks.base`): the task hands it the
+batches of each epoch and evaluates the model; the trainer runs forward, loss and BPTT,
+clips the gradient, steps the learner on a schedule, validates after every epoch, stops
+early, shows a progress bar and logs every epoch to ``log.csv`` and ``log.json``.
+
+Determinism and resume. Everything random comes from generators seeded by
+``config["seed"]``: the task's split, the initialisation, the shuffling generator owned by
+the trainer, and the dropout generators inside the layers. A checkpoint holds the
+parameters, the learner's state, the position in the epoch (the shuffling generator's
+state at the start of the epoch and the number of batches done), the state of every
+generator, the running sums and the history. Resuming rebuilds the epoch's batch order
+from the saved generator state and continues with the next batch, so an interrupted and
+resumed run ends with the same weights as an uninterrupted one, bit for bit.
+
+The loop, in labelled sections (see :meth:`Trainer.fit`)::
+
+    for each epoch:
+        plan = task.epoch_batches(shuffle_rng)
+        for each batch:   lr -> forward -> loss -> BPTT -> clip -> step -> log
+                          checkpoint every N batches
+        validate -> early stopping -> log -> checkpoint
+"""
+import csv
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+from .losses import get_loss
+from .optim import CosineLR, StepLR, WarmupLR, clip_grad_norm, get_optimizer
+from .tree import tree_flatten, tree_unflatten
+
+__all__ = ["Callback", "History", "Trainer"]
+
+
+class Callback:
+    """Hooks called by :class:`Trainer`; subclass and override the ones you need.
+
+    ``logs`` is a dict of floats: after a batch ``{"loss", "lr", "grad_norm"}``; after an
+    epoch the row written to the log (``epoch``, ``loss``, ``val_<metric>``, ``lr``, ...).
+    Set ``trainer.stop_training = True`` to stop after the current epoch.
+    """
+
+    def on_train_begin(self, trainer):
+        pass
+
+    def on_epoch_begin(self, trainer, epoch):
+        pass
+
+    def on_batch_end(self, trainer, batch, logs):
+        pass
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        pass
+
+    def on_train_end(self, trainer, logs):
+        pass
+
+
+class History:
+    """Keras-like record of training: ``history["val_loss"]`` is a list, one per epoch."""
+
+    def __init__(self, rows=()):
+        self.rows = [dict(r) for r in rows]
+
+    def append(self, row):
+        self.rows.append(dict(row))
+
+    @property
+    def history(self):
+        keys = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+        return {k: [r.get(k) for r in self.rows] for k in keys}
+
+    @property
+    def epoch(self):
+        return [r["epoch"] for r in self.rows]
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def __len__(self):
+        return len(self.rows)
+
+
+def _rng_layers(model):
+    """Every layer of ``model`` that owns a random generator (dropout), in a fixed order."""
+    out = []
+    if hasattr(model, "layers"):
+        for ly in model.layers:
+            out += _rng_layers(ly)
+    elif isinstance(getattr(model, "rng", None), np.random.Generator):
+        out.append(model)
+    return out
+
+
+def make_schedule(cfg, steps_per_epoch):
+    """The learning rate as a float or a schedule ``step -> lr`` from the config."""
+    lr = cfg["lr"]
+    total = max(1, cfg["epochs"] * steps_per_epoch)
+    if cfg["schedule"] == "cosine":
+        lr = CosineLR(lr, total)
+    elif cfg["schedule"] == "step":
+        lr = StepLR(lr, max(1, cfg["step_epochs"] * steps_per_epoch), cfg["gamma"])
+    if cfg["warmup"]:
+        lr = WarmupLR(lr, cfg["warmup"])
+    return lr
+
+
+def make_optimizer(cfg, steps_per_epoch):
+    """The learner named in the config, with its schedule."""
+    kw = {"lr": make_schedule(cfg, steps_per_epoch)}
+    if cfg["weight_decay"]:
+        kw["weight_decay"] = cfg["weight_decay"]
+    return get_optimizer(cfg["optimizer"], **kw)
+
+
+class Trainer:
+    """Train a task's model; see the module docstring.
+
+    Parameters
+    ----------
+    task : a loaded :class:`unrolled.tasks.base.Task` (``task.load(path)`` done).
+    config : the resolved config (defaults: ``task.config``).
+    out_dir : directory for ``checkpoint.npz``, ``log.csv``, ``log.json``; None: nothing
+        is written.
+    model : a model to train; default ``task.build_model()``.
+    callbacks : list of :class:`Callback`.
+    log : function for one-line messages (default ``print`` to stderr).
+
+    Attributes
+    ----------
+    model, optimizer, history (:class:`History`), epoch (epochs done), step (updates done).
+    """
+
+    def __init__(self, task, config=None, out_dir=None, model=None, callbacks=(), log=None):
+        self.task = task
+        self.config = dict(config or task.config)
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.model = model if model is not None else task.build_model()
+        self.callbacks = list(callbacks)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.loss = get_loss(task.loss)
+        cfg = self.config
+        # the shuffling generator is separate from those of the split and the weights
+        self.rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), 1]))
+        self.steps_per_epoch = self._plan_length()
+        self.optimizer = make_optimizer(cfg, self.steps_per_epoch)
+        self.history = History()
+        self.epoch = 0               # epochs completed
+        self.batch_in_epoch = 0      # batches completed in the current epoch
+        self.step = 0                # updates done
+        self.epoch_rng_state = self.rng.bit_generator.state
+        self.sums = {"loss": 0.0, "n": 0, "correct": 0, "count": 0}
+        self.best = {"value": None, "epoch": 0, "wait": 0, "params": None}
+        self.carry = None            # recurrent state carried between batches (stateful)
+        self.stop_training = False
+        self._interrupted = False
+
+    # -------------------------------------------------------------------- helpers
+    def _plan_length(self):
+        n = len(self.task.epoch_batches(np.random.default_rng(0)))
+        if self.config["max_batches"]:
+            n = min(n, self.config["max_batches"])
+        return max(n, 1)
+
+    def _better(self, value):
+        b = self.best["value"]
+        if b is None:
+            return True
+        d = self.config["min_delta"]
+        return value < b - d if self.task.monitor_mode == "min" else value > b + d
+
+    # -------------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self):
+        return None if self.out_dir is None else self.out_dir / "checkpoint.npz"
+
+    def save_checkpoint(self, path=None):
+        """Write everything needed to resume into ``path`` (atomically)."""
+        path = path or self.checkpoint_path
+        if path is None:
+            return None
+        arrays = {"params/" + k: v for k, v in tree_flatten(self.model.params).items()}
+        opt = self.optimizer.state_dict()
+        for slot, tree in opt.pop("state").items():
+            arrays.update({f"opt/{slot}/{k}": v for k, v in tree_flatten(tree).items()})
+        if self.best["params"] is not None:
+            arrays.update({"best/" + k: v for k, v in self.best["params"].items()})
+        if self.carry is not None:
+            arrays.update({"carry/" + k: v for k, v in self.carry.items()})
+        meta = {
+            "format": io.CHECKPOINT_FORMAT, "version": io.FORMAT_VERSION,
+            "config": self.config, "task_state": self.task.state(),
+            "architecture": io.model_spec(self.model),
+            "optimizer": opt, "opt_slots": sorted(self.optimizer.state or {}),
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+            "epoch_rng_state": self.epoch_rng_state,
+            "layer_rng_states": [ly.rng.bit_generator.state for ly in _rng_layers(self.model)],
+            "sums": self.sums,
+            "best": {k: v for k, v in self.best.items() if k != "params"},
+            "history": self.history.rows, "stop_training": self.stop_training,
+        }
+        return io.save_arrays(path, arrays, meta)
+
+    def load_checkpoint(self, path=None):
+        """Restore the state saved by :meth:`save_checkpoint`."""
+        path = path or self.checkpoint_path
+        arrays, meta = io.load_arrays(path, io.CHECKPOINT_FORMAT)
+        if meta.get("architecture") != io.model_spec(self.model):
+            raise ValueError(f"{path}: the checkpoint was made for another model "
+                             "architecture; resume with the same task options")
+
+        def sub(prefix):
+            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        self.model.params = tree_unflatten(sub("params/"))
+        opt = dict(meta["optimizer"])
+        opt["state"] = {slot: tree_unflatten(sub(f"opt/{slot}/")) for slot in meta["opt_slots"]}
+        self.optimizer.load_state_dict(opt)
+        best = sub("best/")
+        self.best = {**meta["best"], "params": best or None}
+        carry = sub("carry/")
+        self.carry = carry or None
+        self.epoch, self.batch_in_epoch = meta["epoch"], meta["batch_in_epoch"]
+        self.step = meta["step"]
+        self.epoch_rng_state = meta["epoch_rng_state"]
+        self.rng.bit_generator.state = self.epoch_rng_state
+        layers = _rng_layers(self.model)
+        if len(layers) != len(meta["layer_rng_states"]):
+            raise ValueError(f"{path}: the checkpoint's random generators do not match the "
+                             "model; resume with the same task options")
+        for ly, st in zip(layers, meta["layer_rng_states"]):
+            ly.rng.bit_generator.state = st
+        self.sums = dict(meta["sums"])
+        self.history = History(meta["history"])
+        self.stop_training = meta.get("stop_training", False)
+        return meta
+
+    # -------------------------------------------------------------------- logs
+    def write_logs(self):
+        if self.out_dir is None:
+            return
+        rows = self.history.rows
+        io.atomic_write_text(self.out_dir / "log.json", json.dumps(rows, indent=1) + "\n")
+        keys = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        lines = [",".join(keys)]
+        for r in rows:
+            lines.append(",".join(_fmt(r.get(k)) for k in keys))
+        io.atomic_write_text(self.out_dir / "log.csv", "\n".join(lines) + "\n")
+
+    # -------------------------------------------------------------------- one batch
+    def train_step(self, batch):
+        """Forward, loss, BPTT, clipping and one update on ``batch``; returns the loss."""
+        model, cfg = self.model, self.config
+        init = self.carry if self.task.stateful else None
+        if init is not None and next(iter(init.values())).shape[1] != batch.size:
+            init = None  # a batch of another size starts from the zero state
+        out, state, cache = model.forward(batch.X, mask=batch.mask, initial_state=init,
+                                          training=True)
+        lmask = batch.loss_mask if batch.loss_mask is not None else (
+            batch.mask if out.ndim == 3 else None)
+        value, d_out = self.loss.value_and_grad(out, batch.Y, lmask)
+        grads, _, _ = model.backward(cache, d_out)
+        norm = float("nan")
+        if cfg["clip"]:
+            grads, norm = clip_grad_norm(grads, cfg["clip"])
+        self.optimizer.step(model.params, grads)
+        if self.task.stateful and state is not None:
+            self.carry = {k: np.array(v) for k, v in state.items()}
+        # running accuracy for classification (argmax of the logits at valid steps)
+        if getattr(self.loss, "name", "") == "cross_entropy":
+            pred = out.argmax(-1)
+            ok = pred == batch.Y
+            if out.ndim == 3 and lmask is not None:
+                ok = ok[lmask]
+            self.sums["correct"] += int(np.sum(ok))
+            self.sums["count"] += int(np.size(ok))
+        return float(value), norm
+
+    # -------------------------------------------------------------------- the loop
+    def fit(self, resume=False):
+        """Train for ``config["epochs"]`` epochs (or until early stopping).
+
+        Parameters
+        ----------
+        resume : bool, continue from ``out_dir/checkpoint.npz`` if it exists.
+
+        Returns
+        -------
+        History
+        """
+        cfg = self.config
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self.load_checkpoint()
+            self.log(f"resumed from {self.checkpoint_path} at epoch {self.epoch + 1}, batch "
+                     f"{self.batch_in_epoch} (step {self.step})")
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        old_handler = self._catch_sigint()
+        try:
+            while self.epoch < cfg["epochs"] and not self.stop_training:
+                self._run_epoch()
+                if self._interrupted:
+                    break
+        finally:
+            self._restore_sigint(old_handler)
+        if self._interrupted:
+            self.save_checkpoint()
+            raise KeyboardInterrupt
+        if cfg["restore_best"] and self.best["params"] is not None:
+            self.model.params = tree_unflatten(dict(self.best["params"]))
+        logs = self.history.rows[-1] if self.history.rows else {}
+        for cb in self.callbacks:
+            cb.on_train_end(self, logs)
+        return self.history
+
+    def _catch_sigint(self):
+        """Ctrl-C sets a flag; the loop stops at the next batch boundary and checkpoints,
+        so the saved state is never half-way through an update."""
+        def handler(signum, frame):
+            if self._interrupted:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            self._interrupted = True
+        try:
+            return signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not in the main thread
+            return None
+
+    def _restore_sigint(self, old):
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+
+    def _run_epoch(self):
+        cfg, task = self.config, self.task
+        E = cfg["epochs"]
+        # -- the batch order of this epoch, rebuilt from the generator's saved state
+        self.rng.bit_generator.state = self.epoch_rng_state
+        plan = task.epoch_batches(self.rng)
+        if cfg["max_batches"]:
+            plan = plan[: cfg["max_batches"]]
+        if self.batch_in_epoch == 0:
+            self.sums = {"loss": 0.0, "n": 0, "correct": 0, "count": 0}
+            self.carry = None
+        for cb in self.callbacks:
+            cb.on_epoch_begin(self, self.epoch)
+        bar = _progress(len(plan), self.batch_in_epoch, f"epoch {self.epoch + 1}/{E}",
+                        cfg["progress"])
+        t0, seen0 = time.perf_counter(), self.sums["n"]
+        try:
+            for i in range(self.batch_in_epoch, len(plan)):
+                # -- forward, backward, clip, step
+                batch = task.get_batch("train", plan[i])
+                lr = self.optimizer.lr
+                value, norm = self.train_step(batch)
+                if not math.isfinite(value):
+                    raise ValueError(f"the training loss became {value} at step {self.step + 1}; "
+                                     "lower --lr or --clip")
+                self.step += 1
+                self.batch_in_epoch = i + 1
+                self.sums["loss"] += value * batch.size
+                self.sums["n"] += batch.size
+                # -- progress and callbacks
+                rate = (self.sums["n"] - seen0) / max(time.perf_counter() - t0, 1e-9)
+                post = {"loss": f"{self.sums['loss'] / self.sums['n']:.4f}"}
+                if self.sums["count"]:
+                    post["acc"] = f"{self.sums['correct'] / self.sums['count']:.3f}"
+                post["ex/s"] = f"{rate:.0f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+                blogs = {"loss": value, "lr": lr, "grad_norm": norm}
+                for cb in self.callbacks:
+                    cb.on_batch_end(self, self.step, blogs)
+                # -- checkpoint every N batches (not at the last one: the epoch end does it)
+                every = cfg["checkpoint_every"]
+                if every and self.step % every == 0 and i + 1 < len(plan):
+                    self.save_checkpoint()
+                if self._interrupted:
+                    return
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        # -- validation
+        row = {"epoch": self.epoch + 1, "loss": self.sums["loss"] / max(self.sums["n"], 1)}
+        if self.sums["count"]:
+            row["accuracy"] = self.sums["correct"] / self.sums["count"]
+        val = task.evaluate(self.model, "val")
+        row.update({f"val_{k}": float(v) for k, v in val.items()})
+        row["lr"] = float(self.optimizer.lr)
+        row["seconds"] = round(elapsed, 3)
+        row["examples_per_s"] = round((self.sums["n"] - seen0) / max(elapsed, 1e-9), 1)
+        # -- early stopping and the best weights
+        key = f"val_{task.monitor}"
+        if key in row and self._better(row[key]):
+            self.best.update(value=row[key], epoch=row["epoch"], wait=0,
+                             params={k: v.copy() for k, v in
+                                     tree_flatten(self.model.params).items()})
+        else:
+            self.best["wait"] += 1
+            if cfg["patience"] and self.best["wait"] >= cfg["patience"]:
+                self.stop_training = True
+                self.log(f"early stopping: no better {key} for {cfg['patience']} epochs "
+                         f"(best {self.best['value']:.4f} at epoch {self.best['epoch']})")
+        # -- log, callbacks, checkpoint
+        self.history.append(row)
+        self.log(_epoch_line(row, self.config["epochs"]))
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, self.epoch, row)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_rng_state = self.rng.bit_generator.state
+        self.write_logs()
+        self.save_checkpoint()
+
+
+def _fmt(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _epoch_line(row, epochs):
+    parts = [f"epoch {row['epoch']}/{epochs}"]
+    for k, v in row.items():
+        if k in ("epoch", "seconds", "examples_per_s", "lr"):
+            continue
+        parts.append(f"{k} {v:.4f}")
+    parts.append(f"{row['seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+class _NoBar:
+    def set_postfix(self, *a, **k):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total, initial, desc, enabled):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", file=sys.stderr,
+                leave=False, dynamic_ncols=True, mininterval=0.5)
