@@ -188,6 +188,19 @@ def test_params_dtype_seed_and_assignment():
         net.forward([(0, 1, 2, 3)])
 
 
+def test_config_round_trip_rebuilds_the_same_network():
+    trees = [parse_tree("(1 (0 a) (1 (1 b) (0 c)))", labelled=True)]
+    v = TreeVocab.build(trees)
+    net = RecursiveNet(v, hidden_size=3, num_classes=2, activation="relu", seed=4)
+    assert repr(RecursiveNet.from_config(net.get_config())) == repr(net)
+    twin = RecursiveNet.from_config({**net.get_config(), "seed": 9})
+    assert twin.vocab.tokens == v.tokens and twin.activation == "relu"
+    assert not np.allclose(twin(trees, all_nodes=True), net(trees, all_nodes=True))
+    twin.params = net.params
+    np.testing.assert_array_equal(twin(trees, all_nodes=True), net(trees, all_nodes=True))
+    assert net.num_params() == 4 * 3 + 3 * 6 + 3 + 2 * 3 + 2
+
+
 def test_tanh_inner_node_by_hand():
     net = RecursiveNet(vocab=3, hidden_size=2, dtype="float64")
     E, W, b = net.params["embedding"], net.params["W"], net.params["b"]

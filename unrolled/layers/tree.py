@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.trees import TreeBatch, TreeVocab, batch_trees
-from ..tree import tree_map
+from ..tree import tree_leaves, tree_map
 from .base import assign_like
 
 _ACTIVATIONS = ("tanh", "relu")
@@ -139,6 +139,36 @@ class RecursiveNet:
     def params(self, new):
         # same keys and shapes required; values are copied and cast to the network's dtype
         self._params = assign_like(self._params, new, type(self).__name__)
+
+    def get_config(self):
+        """The constructor arguments as JSON-able values (a TreeVocab becomes its tokens);
+        :meth:`from_config` inverts it, and the weights go in :attr:`params`."""
+        vocab = self.vocab_size if self.vocab is None else {"tokens": list(self.vocab.tokens),
+                                                            "unk": self.vocab.unk}
+        return {"vocab": vocab, "hidden_size": self.hidden_size,
+                "num_classes": self.num_classes, "max_arity": self.max_arity,
+                "activation": self.activation, "dtype": self.dtype.name, "seed": self.seed,
+                "label_map": self.label_map}
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild a network (fresh weights) from :meth:`get_config`."""
+        config = dict(config)
+        if isinstance(config.get("vocab"), dict):
+            config["vocab"] = TreeVocab(**config["vocab"])
+        return cls(**config)
+
+    def num_params(self):
+        return sum(a.size for a in tree_leaves(self._params))
+
+    def __call__(self, trees, all_nodes=False):
+        """Outputs only (logits or states), no cache: inference."""
+        return self.forward(trees, all_nodes=all_nodes)[0]
+
+    def __repr__(self):
+        return (f"RecursiveNet(vocab={self.vocab_size}, hidden_size={self.hidden_size}, "
+                f"num_classes={self.num_classes}, max_arity={self.max_arity}, "
+                f"activation={self.activation!r}, dtype={self.dtype.name!r})")
 
     # ------------------------------------------------------------------ batching
 
