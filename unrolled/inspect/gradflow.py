@@ -30,9 +30,7 @@ import numpy as np
 
 from .. import unroll
 from ..losses import get_loss
-from .traces import (as_batch, new_figure, recurrent_caches, save_figure,
-                     to_input_order)
-
+from .traces import as_batch, new_figure, recurrent_caches, save_figure, to_input_order
 
 # --------------------------------------------------------------------------- replay
 
@@ -269,7 +267,7 @@ def state_jacobians(model, X, mask=None, initial_state=None, key=None, record=0,
     if part not in ("state", "h"):
         raise ValueError(f"part must be 'state' or 'h', got {part!r}")
     X, mask = as_batch(X, mask)
-    out, _, cache = model.forward(X, mask=mask, initial_state=initial_state, training=False,
+    _out, _, cache = model.forward(X, mask=mask, initial_state=initial_state, training=False,
                                   keep_tape=True)
     found = {k: (layer, name, lc) for k, layer, name, lc in recurrent_caches(model, cache)}
     if not found:
@@ -284,7 +282,7 @@ def state_jacobians(model, X, mask=None, initial_state=None, key=None, record=0,
     sizes = [s.shape[-1] for s in tp.states]
     N = sum(sizes) if part == "state" else sizes[0]
     # one copy of the record per seed: row j of the batch carries the gradient of s_T[j]
-    rep = lambda a: xp.repeat(a[:, record:record + 1], N, axis=1)  # noqa: E731
+    rep = lambda a: xp.repeat(a[:, record:record + 1], N, axis=1)
     one = dataclasses.replace(
         tp, X=rep(tp.X), states=tuple(rep(s) for s in tp.states),
         tape={k: rep(v) for k, v in tp.tape.items()},
@@ -300,7 +298,7 @@ def state_jacobians(model, X, mask=None, initial_state=None, key=None, record=0,
     r = replay(layer._cell, layer._prepared(name, xp), one, xp, None, tuple(seeds), None,
                shares=False)
     J = np.empty((T + 1, N, N), dtype=np.float64)
-    cols = lambda ds: np.concatenate([np.asarray(d) for d in ds], -1)[:, :N]  # noqa: E731
+    cols = lambda ds: np.concatenate([np.asarray(d) for d in ds], -1)[:, :N]
     J[0] = cols(r["d_state0"])
     for t in range(T):
         J[t + 1] = cols([d[t] for d in r["dstate"]])

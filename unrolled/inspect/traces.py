@@ -104,7 +104,7 @@ def traces(model, X, mask=None, initial_state=None):
     The arrays are copies of the forward pass's own values, bit for bit.
     """
     X, mask = as_batch(X, mask)
-    out, _, cache = model.forward(X, mask=mask, initial_state=initial_state, training=False,
+    _out, _, cache = model.forward(X, mask=mask, initial_state=initial_state, training=False,
                                   keep_tape=True)
     result = {}
     for key, layer, name, lc in recurrent_caches(model, cache):
