@@ -211,6 +211,15 @@ def test_tanh_inner_node_by_hand():
     assert np.allclose(h[1], np.tanh(W[:, :2] @ E[2] + b), atol=1e-14)
 
 
+def test_leaf_only_trees_and_chains():
+    net = RecursiveNet(vocab=4, hidden_size=3, max_arity=1, dtype="float64")
+    E, W, b = net.params["embedding"], net.params["W"], net.params["b"]
+    h, _ = net.forward([0, 2])  # single-leaf trees: the root state is the embedding
+    np.testing.assert_array_equal(h, E[[0, 2]])
+    h, _ = net.forward([((3,),)])  # a unary chain of two inner nodes
+    np.testing.assert_allclose(h[0], np.tanh(W @ np.tanh(W @ E[3] + b) + b), atol=1e-14)
+
+
 def test_softmax_cross_entropy_matches_definition():
     rng = np.random.default_rng(0)
     z, y = rng.normal(size=(4, 3)), np.array([0, 2, 1, 2])
