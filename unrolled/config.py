@@ -28,6 +28,7 @@ TRAIN_DEFAULTS = {
     "patience": 5,           # epochs without improvement before stopping; 0 = never stop
     "min_delta": 0.0,        # smallest change of the monitored metric that counts
     "restore_best": True,    # keep the weights of the best validation epoch at the end
+    "monitor": "",           # validation metric for early stopping ("": the task's choice)
     "max_batches": 0,        # batches per epoch at most (0: all of them)
     "checkpoint_every": 50,  # batches between checkpoints (0: only at the end of epochs)
     "progress": True,        # show a progress bar
@@ -48,6 +49,8 @@ TRAIN_HELP = {
     "patience": "epochs without improvement before early stopping; 0: never stop early",
     "min_delta": "smallest improvement of the monitored metric that counts",
     "restore_best": "end with the weights of the best validation epoch",
+    "monitor": "validation metric watched by early stopping and restore_best, e.g. loss or "
+               "accuracy (default: the task's)",
     "max_batches": "at most this many batches per epoch (0: all)",
     "checkpoint_every": "batches between checkpoints (0: only at epoch ends)",
     "progress": "show a progress bar",

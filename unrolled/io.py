@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tree import tree_flatten, tree_unflatten
+from .tree import tree_flatten
 
 MODEL_FORMAT = "unrolled-model"
 CHECKPOINT_FORMAT = "unrolled-checkpoint"
@@ -233,6 +233,37 @@ def build_model(spec, seed=0):
 
 # --------------------------------------------------------------------------- models
 
+def tree_fill(template, flat, sep="/", prefix=""):
+    """A tree shaped like ``template`` with the leaves of ``flat`` ({path: array}).
+
+    Unlike ``tree_unflatten`` it keeps the empty dicts of parameter-free layers (Dropout).
+    Raises KeyError naming a missing path; extra paths are reported by the caller.
+    """
+    out = {}
+    for k, v in template.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out[k] = tree_fill(v, flat, sep, path + sep)
+        else:
+            if path not in flat:
+                raise KeyError(path)
+            out[k] = flat[path]
+    return out
+
+
+def set_params(model, flat, where):
+    """Assign ``{path: array}`` to ``model.params``; ValueError if the trees differ."""
+    expected = set(tree_flatten(model.params))
+    if set(flat) != expected:
+        missing, extra = sorted(expected - set(flat)), sorted(set(flat) - expected)
+        raise ValueError(f"{where}: the saved weights do not fit the architecture (missing "
+                         f"{missing[:5]}, unexpected {extra[:5]}); the file is corrupt")
+    try:
+        model.params = tree_fill(model.params, flat)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: the saved weights do not fit the architecture ({e}); "
+                         "the file is corrupt") from None
+
 def save_model(model, path, config=None, task_state=None, extra=None):
     """Save a model into ``path``: a directory (``model.npz`` + ``config.json`` in it) or
     a file name ending in ``.npz``.
@@ -283,9 +314,5 @@ def load_model(path):
     arrays, meta = load_arrays(npz, MODEL_FORMAT)
     model = build_model(meta.get("architecture"))
     params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
-    try:
-        model.params = tree_unflatten(params) if params else {}
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{npz}: the weights do not fit the saved architecture ({e}); the "
-                         "file is corrupt") from None
+    set_params(model, params, npz)
     return model, meta

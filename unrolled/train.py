@@ -172,12 +172,21 @@ class Trainer:
             n = min(n, self.config["max_batches"])
         return max(n, 1)
 
+    @property
+    def monitor(self):
+        """(metric, mode): the validation metric watched and "min" or "max"."""
+        key = self.config.get("monitor") or self.task.monitor
+        if key == self.task.monitor:
+            return key, self.task.monitor_mode
+        lower = any(w in key for w in ("loss", "rmse", "mae", "bits", "perplexity"))
+        return key, "min" if lower else "max"
+
     def _better(self, value):
         b = self.best["value"]
         if b is None:
             return True
         d = self.config["min_delta"]
-        return value < b - d if self.task.monitor_mode == "min" else value > b + d
+        return value < b - d if self.monitor[1] == "min" else value > b + d
 
     # -------------------------------------------------------------------- checkpoints
     @property
@@ -222,7 +231,7 @@ class Trainer:
         def sub(prefix):
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
-        self.model.params = tree_unflatten(sub("params/"))
+        io.set_params(self.model, sub("params/"), path)
         opt = dict(meta["optimizer"])
         opt["state"] = {slot: tree_unflatten(sub(f"opt/{slot}/")) for slot in meta["opt_slots"]}
         self.optimizer.load_state_dict(opt)
@@ -321,7 +330,7 @@ class Trainer:
             self.save_checkpoint()
             raise KeyboardInterrupt
         if cfg["restore_best"] and self.best["params"] is not None:
-            self.model.params = tree_unflatten(dict(self.best["params"]))
+            self.model.params = io.tree_fill(self.model.params, self.best["params"])
         logs = self.history.rows[-1] if self.history.rows else {}
         for cb in self.callbacks:
             cb.on_train_end(self, logs)
@@ -402,8 +411,11 @@ class Trainer:
         row["seconds"] = round(elapsed, 3)
         row["examples_per_s"] = round((self.sums["n"] - seen0) / max(elapsed, 1e-9), 1)
         # -- early stopping and the best weights
-        key = f"val_{task.monitor}"
-        if key in row and self._better(row[key]):
+        key = f"val_{self.monitor[0]}"
+        if key not in row:
+            raise ValueError(f"--monitor {self.monitor[0]!r} is not a validation metric of "
+                             f"task {task.name!r}; choose one of {sorted(val)}")
+        if self._better(row[key]):
             self.best.update(value=row[key], epoch=row["epoch"], wait=0,
                              params={k: v.copy() for k, v in
                                      tree_flatten(self.model.params).items()})

@@ -27,7 +27,7 @@ class NamesTask(SequenceClassification):
         "hidden": 128,
         "layers": 1,
         "bidirectional": False,
-        "dropout": 0.0,         # between stacked recurrent layers
+        "dropout": 0.0,         # after the embedding, between layers, before the output
         "val_fraction": 0.1,
         "test_fraction": 0.1,
         "epochs": 6,
@@ -41,7 +41,8 @@ class NamesTask(SequenceClassification):
         "hidden": "hidden units of the recurrent layer",
         "layers": "stacked recurrent layers",
         "bidirectional": "read each name in both directions",
-        "dropout": "dropout between stacked recurrent layers",
+        "dropout": "dropout after the embedding, between recurrent layers and before the "
+                   "output layer",
         "val_fraction": "share of the distinct names held out for validation",
         "test_fraction": "share of the distinct names held out for the test",
     }
@@ -113,14 +114,20 @@ class NamesTask(SequenceClassification):
         from .. import layers as L
 
         cfg = self.config
-        seeds = np.random.SeedSequence([int(cfg["seed"]), 2]).generate_state(3)
+        seeds = np.random.SeedSequence([int(cfg["seed"]), 2]).generate_state(5)
         cells = {"gru": L.GRU, "lstm": L.LSTM, "elman": L.Elman}
         if cfg["cell"] not in cells:
             raise ValueError(f"--cell must be gru, lstm or elman, got {cfg['cell']!r}")
         V, E, H = len(self.vocab), cfg["embed"], cfg["hidden"]
+        p = cfg["dropout"]
         mods = [L.Embedding(V, E, seed=int(seeds[0]))] if E else []
+        if p:
+            mods.append(L.Dropout(p, seed=int(seeds[3])))
         rnn = cells[cfg["cell"]](E or V, H, num_layers=cfg["layers"],
-                                 bidirectional=cfg["bidirectional"], dropout=cfg["dropout"],
+                                 bidirectional=cfg["bidirectional"], dropout=p,
                                  return_sequences=False, seed=int(seeds[1]))
-        mods += [rnn, L.Dense(rnn.output_size, len(self.classes), seed=int(seeds[2]))]
+        mods.append(rnn)
+        if p:
+            mods.append(L.Dropout(p, seed=int(seeds[4])))
+        mods.append(L.Dense(rnn.output_size, len(self.classes), seed=int(seeds[2])))
         return L.Sequential(mods)

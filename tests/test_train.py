@@ -1,0 +1,174 @@
+"""The trainer and the tasks names and digits: they learn, they are deterministic, and a
+run killed with SIGKILL mid-epoch resumes to the same weights, bit for bit."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unrolled import io
+from unrolled.config import resolve_config
+from unrolled.data import bundled_path
+from unrolled.tasks import get_task
+from unrolled.train import Callback, Trainer
+from unrolled.tree import tree_flatten
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_names(tmp_path, langs=("Japanese", "Russian", "Italian", "Greek"), n=60):
+    """A small names directory: the first ``n`` distinct names of a few languages."""
+    d = tmp_path / "names"
+    d.mkdir()
+    src = bundled_path("names")
+    for lang in langs:
+        names = list(dict.fromkeys((src / f"{lang}.txt").read_text("utf-8").split()))[:n]
+        (d / f"{lang}.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    return d
+
+
+def names_task(path, **over):
+    T = get_task("names")
+    opts = {"epochs": 3, "hidden": 24, "embed": 12, "batch_size": 16, "progress": False,
+            "checkpoint_every": 0, "lr": 0.01}
+    opts.update(over)
+    cfg = resolve_config(T, overrides={k: str(v) for k, v in opts.items()})
+    task = T(cfg)
+    task.load(path)
+    return task
+
+
+def quiet(msg):
+    pass
+
+
+def test_names_learns_beyond_majority_class(tmp_path):
+    task = names_task(tiny_names(tmp_path))
+    untrained = task.evaluate(task.build_model(), "val")
+    trainer = Trainer(task, log=quiet)
+    hist = trainer.fit()
+    res = task.evaluate(trainer.model, "val")
+    y = task.labels["val"]
+    majority = np.mean(y == np.bincount(task.labels["train"]).argmax())
+    assert res["loss"] < 0.6 * untrained["loss"]
+    assert res["accuracy"] > majority + 0.2
+    assert len(hist) == 3 and hist["loss"][-1] < hist["loss"][0]
+    assert 0 <= res["macro_f1"] <= 1
+
+
+def test_digits_learns_on_bundled_sample():
+    T = get_task("digits")
+    cfg = resolve_config(T, overrides={"epochs": "4", "progress": "false",
+                                       "checkpoint_every": "0"})
+    task = T(cfg)
+    task.load(bundled_path("optdigits-train"))
+    assert task.sizes["test"] == 400  # the bundled test file beside the training file
+    untrained = task.evaluate(task.build_model(), "test")
+    trainer = Trainer(task, log=quiet)
+    trainer.fit()
+    res = task.evaluate(trainer.model, "test")
+    assert res["loss"] < 0.5 * untrained["loss"]
+    assert res["accuracy"] > 0.6  # majority class is about 0.1
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
+    path = tiny_names(tmp_path, n=30)
+    runs = []
+    for seed in (1, 1, 2):
+        task = names_task(path, epochs=1, seed=seed, dropout=0.2)
+        tr = Trainer(task, log=quiet)
+        tr.fit()
+        runs.append(tree_flatten(tr.model.params))
+    assert all(np.array_equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(np.array_equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_early_stopping_and_callbacks(tmp_path):
+    seen = []
+
+    class Spy(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            seen.append(logs["epoch"])
+            if epoch == 1:
+                trainer.stop_training = True
+
+    task = names_task(tiny_names(tmp_path, n=20), epochs=5)
+    Trainer(task, callbacks=[Spy()], log=quiet).fit()
+    assert seen == [1, 2]
+
+
+def test_logs_written_every_epoch(tmp_path):
+    task = names_task(tiny_names(tmp_path, n=20), epochs=2)
+    Trainer(task, out_dir=tmp_path / "run", log=quiet).fit()
+    csv = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert csv[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy,val_macro_f1")
+    assert [r.split(",")[0] for r in csv[1:]] == ["1", "2"]
+    _, meta = io.load_arrays(tmp_path / "run" / "checkpoint.npz", io.CHECKPOINT_FORMAT)
+    assert meta["epoch"] == 2 and len(meta["history"]) == 2
+
+
+RUN = textwrap.dedent("""
+    import os, signal, sys
+    from unrolled.config import resolve_config
+    from unrolled.tasks import get_task
+    from unrolled.train import Callback, Trainer
+
+    data, out, kill_at, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+
+    class Kill(Callback):  # SIGKILL: no handler, no cleanup, like kill -9
+        def on_batch_end(self, trainer, step, logs):
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    T = get_task("names")
+    cfg = resolve_config(T, overrides=dict(
+        epochs="2", hidden="12", embed="6", layers="2", dropout="0.3", batch_size="8",
+        checkpoint_every="3", progress="false", schedule="cosine", warmup="2"))
+    task = T(cfg)
+    task.load(data)
+    cbs = [Kill()] if kill_at else []
+    Trainer(task, cfg, out_dir=out, callbacks=cbs, log=lambda m: None).fit(resume=resume)
+""")
+
+
+def test_resume_after_sigkill_is_bit_exact(tmp_path):
+    data = tiny_names(tmp_path, n=25)  # 100 names, about 10 batches per epoch
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(out, kill_at, resume):
+        return subprocess.run([sys.executable, str(script), str(data), str(out), str(kill_at),
+                               "1" if resume else "0"], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    full = run(tmp_path / "full", 0, False)
+    assert full.returncode == 0, full.stderr
+    # killed in the middle of epoch 2 (step 14 is not a multiple of checkpoint_every)
+    killed = run(tmp_path / "cut", 14, False)
+    assert killed.returncode == -signal.SIGKILL
+    _, meta = io.load_arrays(tmp_path / "cut" / "checkpoint.npz", io.CHECKPOINT_FORMAT)
+    assert meta["epoch"] == 1 and 0 < meta["batch_in_epoch"]  # mid-epoch checkpoint
+    resumed = run(tmp_path / "cut", 0, True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, ma = io.load_arrays(tmp_path / "full" / "checkpoint.npz", io.CHECKPOINT_FORMAT)
+    b, mb = io.load_arrays(tmp_path / "cut" / "checkpoint.npz", io.CHECKPOINT_FORMAT)
+    assert set(a) == set(b)
+    for k in a:  # parameters, optimizer state, best weights: every bit
+        assert a[k].tobytes() == b[k].tobytes(), k
+    assert ma["layer_rng_states"] == mb["layer_rng_states"]
+    assert [r["loss"] for r in ma["history"]] == [r["loss"] for r in mb["history"]]
+
+
+def test_resume_from_a_different_run_is_not_silent(tmp_path):
+    # a checkpoint made for another architecture is refused, not loaded half-way
+    data = tiny_names(tmp_path, n=15)
+    t1 = names_task(data, epochs=1, seed=1, checkpoint_every=2)
+    Trainer(t1, out_dir=tmp_path / "r", log=quiet).fit()
+    t2 = names_task(data, epochs=1, seed=1, hidden=8)
+    with pytest.raises(ValueError, match="another model architecture"):
+        Trainer(t2, out_dir=tmp_path / "r", log=quiet).fit(resume=True)
