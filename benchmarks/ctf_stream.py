@@ -31,7 +31,7 @@ import tracemalloc
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from unrolled.data.ctf import read_ctf  # noqa: E402
+from unrolled.data.ctf import read_ctf
 
 STREAMS = {"x": (20, "dense"), "slot": (128, "sparse"), "intent": (26, "sparse")}
 

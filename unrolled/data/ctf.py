@@ -38,7 +38,7 @@ try:  # the shared padding helper, when the batching module provides it
 except ImportError:  # pragma: no cover - depends on the rest of the package
     _pad = None
 
-__all__ = ["read_ctf", "write_ctf", "ctf_minibatches", "CTFBatch"]
+__all__ = ["CTFBatch", "ctf_minibatches", "read_ctf", "write_ctf"]
 
 _KINDS = ("dense", "sparse")
 _TOKEN = re.compile(r"\S+")
@@ -88,6 +88,21 @@ _SPACE = np.zeros(256, dtype=bool)
 _SPACE[[9, 10, 11, 12, 13, 32]] = True
 
 
+def _fromstring_raises():
+    """Whether np.fromstring raises on text it cannot parse (recent NumPy) rather than
+    warning and returning what it read so far (older NumPy 2.x)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            np.fromstring("1 x", sep=" ")
+        except ValueError:
+            return True
+    return False
+
+
+_FROMSTRING_RAISES = _fromstring_raises()
+
+
 class _Rows:
     """The samples of one stream in the sequence being read.
 
@@ -95,8 +110,8 @@ class _Rows:
     instead of one Python float per value); sparse samples are parsed as they come.
     """
 
-    __slots__ = ("name", "dim", "sparse", "n", "bodies", "lines", "cols1", "offs",
-                 "values", "rows", "cols")
+    __slots__ = ("bodies", "cols", "cols1", "dim", "lines", "n", "name", "offs", "rows",
+                 "sparse", "values")
 
     def __init__(self, name, dim, sparse):
         self.name, self.dim, self.sparse = name, dim, sparse
@@ -161,12 +176,15 @@ def _parse_dense(buf, dtype):
     begin = np.concatenate(([0], np.cumsum(lens + 1)[:-1]))         # sample k starts here
     if np.any(cs[begin + lens] - cs[begin] != buf.dim):
         return _dense_slow(buf, dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # numpy warns (not raises) on text it cannot parse
-        try:
+    try:
+        if _FROMSTRING_RAISES:
             flat = np.fromstring(text, dtype=dtype, sep=" ")
-        except (ValueError, DeprecationWarning):
-            return _dense_slow(buf, dtype)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # make the warning on bad text an error
+                flat = np.fromstring(text, dtype=dtype, sep=" ")
+    except (ValueError, DeprecationWarning):
+        return _dense_slow(buf, dtype)
     if flat.size != buf.n * buf.dim:  # e.g. "1-2" read as two numbers
         return _dense_slow(buf, dtype)
     return flat
