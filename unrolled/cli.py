@@ -211,9 +211,9 @@ def _run_train(args, extra):
         raise ValueError(f"{out} holds a run already; continue it with --resume, or pass "
                          "another --out")
 
-    _out(f"unrolled train {task_cls.name}: resolved config", format_config(cfg), "")
     task = task_cls(cfg)
-    task.load(data)
+    task.load(data)  # bad data fails here, before anything is printed or written
+    _out(f"unrolled train {task_cls.name}: resolved config", format_config(cfg), "")
     _out(*task.describe())
     out.mkdir(parents=True, exist_ok=True)
     io.atomic_write_text(out / "config.json", json.dumps({"config": cfg}, indent=2) + "\n")
