@@ -208,9 +208,9 @@ def saturation(model, data, mask=None, tol=0.05):
 
 # --------------------------------------------------------------------------- pictures
 
-def new_figure(w, h):
+def new_figure(w, h, layout="constrained"):
     """A matplotlib Figure on an Agg canvas (no screen, no pyplot state)."""
-    fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
+    fig = Figure(figsize=(w, h), dpi=100, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -251,7 +251,14 @@ def plot_traces(tr, path=None, record=0, keys=None, names=None, labels=None):
     if not rows:
         raise ValueError(f"nothing to draw: none of {order} is in the trace")
     T = next(tr[k][n].shape[1] for k in keys for n in rows if n in tr[k])
-    fig = new_figure(0.8 + len(keys) * min(1.6 + 0.16 * T, 12), 0.8 + 1.2 * len(rows))
+    # a fixed layout (in inches): constrained layout is slow with dozens of panels
+    pw, ph = min(1.6 + 0.16 * T, 12), 1.0          # one panel
+    left, right, top, bottom, gap = 0.55, 0.75, 0.55, 0.5, 0.25
+    W = left + right + len(keys) * pw + (len(keys) - 1) * gap
+    Hh = top + bottom + len(rows) * ph + (len(rows) - 1) * 0.35
+    fig = new_figure(W, Hh, layout=None)
+    fig.subplots_adjust(left=left / W, right=1 - right / W, top=1 - top / Hh,
+                        bottom=bottom / Hh, wspace=gap / pw, hspace=0.35 / ph)
     axes = fig.subplots(len(rows), len(keys), squeeze=False)
     for c, key in enumerate(keys):
         axes[0, c].set_title(key, fontsize=10)
@@ -271,8 +278,11 @@ def plot_traces(tr, path=None, record=0, keys=None, names=None, labels=None):
             if c == 0:
                 ax.set_ylabel(n, rotation=0, ha="right", va="center", fontsize=11)
             ax.set_yticks([])
-            if c == len(keys) - 1:
-                fig.colorbar(im, ax=axes[r, :].tolist(), fraction=0.03, pad=0.01)
+            if c == len(keys) - 1:  # one colour bar per row, right of the last panel
+                box = ax.get_position()
+                cax = fig.add_axes([box.x1 + 0.12 / W, box.y0, 0.1 / W, box.height])
+                fig.colorbar(im, cax=cax)
+                cax.tick_params(labelsize=7)
             if labels is not None and len(labels) == T and T <= 60:
                 ax.set_xticks(range(T))
                 ax.set_xticklabels([str(s) for s in labels], fontsize=7)

@@ -1,0 +1,371 @@
+"""Seeing inside: traces, gradient flow, Jacobians, the training monitor and the report.
+
+Traces must be the forward pass's own values; ‖∂L/∂h_t‖ must be the gradient BPTT
+carries (read from the loop itself through a recording cell) and match central finite
+differences; per-step shares must add up to the gradient; Jacobian singular values must
+match a finite-difference Jacobian; every picture must be a real, non-blank image.
+"""
+import warnings
+
+import numpy as np
+import pytest
+from helpers import WeightedSum
+
+from unrolled import unroll
+from unrolled.inspect import callback as cb_mod
+from unrolled.inspect.gradflow import (
+    gradient_flow,
+    plot_gradient_flow,
+    plot_jacobians,
+    plot_shares,
+    state_jacobians,
+)
+from unrolled.inspect.traces import plot_saturation, plot_traces, saturation, traces
+from unrolled.layers import GRU, LSTM, Dense, Elman, Embedding, Sequential
+
+
+def _data(B=3, T=6, D=3, seed=0, pad=True):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((B, T, D))
+    mask = np.ones((B, T), bool)
+    if pad:
+        mask[1, 4:] = False
+        mask[2:, 2:] = False
+    return X, mask, rng
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+# --------------------------------------------------------------------------- traces
+
+@pytest.mark.parametrize("cls", [LSTM, GRU, Elman])
+def test_traces_are_the_forward_values(cls):
+    X, mask, _ = _data()
+    layer = cls(3, 4, num_layers=2, bidirectional=True, dtype="float64", seed=1)
+    out, state, _ = layer.forward(X, mask=mask)
+    tr = traces(layer, X, mask)
+    assert set(tr) == {"l0", "l0_reverse", "l1", "l1_reverse"}
+    # the top layer's states, both directions in the input's order, are the output exactly
+    h = np.concatenate([tr["l1"]["h"], tr["l1_reverse"]["h"]], -1)
+    assert np.array_equal(h * mask[..., None], out)
+    # every direction's state at each record's last valid step is the final state exactly
+    last = mask.sum(1) - 1
+    for i, key in enumerate(["l0", "l0_reverse", "l1", "l1_reverse"]):
+        t_end = last if not key.endswith("reverse") else np.zeros_like(last)
+        assert np.array_equal(tr[key]["h"][np.arange(3), t_end], state["h"][i])
+        if cls is LSTM:
+            assert np.array_equal(tr[key]["c"][np.arange(3), t_end], state["c"][i])
+
+
+def _gates_by_hand(layer, X, tr, key="l0"):
+    """Recompute one direction's gates from its inputs and its traced previous state."""
+    p = layer.params[key]
+    H = layer.hidden_size
+    h_prev = np.concatenate([tr[key]["h0"][:, None], tr[key]["h"][:, :-1]], 1)
+    xw = X @ p["weight_ih"].T + p["bias_ih"]
+    hw = h_prev @ p["weight_hh"].T + p["bias_hh"]
+    if isinstance(layer, LSTM):
+        z = xw + hw
+        return {"i": _sigmoid(z[..., :H]), "f": _sigmoid(z[..., H:2 * H]),
+                "g": np.tanh(z[..., 2 * H:3 * H]), "o": _sigmoid(z[..., 3 * H:])}
+    r = _sigmoid(xw[..., :H] + hw[..., :H])
+    return {"r": r, "z": _sigmoid(xw[..., H:2 * H] + hw[..., H:2 * H]),
+            "n": np.tanh(xw[..., 2 * H:] + r * hw[..., 2 * H:])}
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_gate_traces_match_the_cell_equations(cls):
+    X, _, _ = _data(pad=False)
+    layer = cls(3, 4, dtype="float64", seed=2)
+    tr = traces(layer, X)
+    for g, v in _gates_by_hand(layer, X, tr).items():
+        np.testing.assert_allclose(tr["l0"][g], v, rtol=0, atol=1e-13)
+    if cls is LSTM:  # h = o * tanh(c) and c = f c_prev + i g, from the traced values
+        d = tr["l0"]
+        c_prev = np.concatenate([d["c0"][:, None], d["c"][:, :-1]], 1)
+        np.testing.assert_allclose(d["h"], d["o"] * np.tanh(d["c"]), atol=1e-14)
+        np.testing.assert_allclose(d["c"], d["f"] * c_prev + d["i"] * d["g"], atol=1e-14)
+
+
+def test_trace_of_one_record_and_of_a_sequential():
+    model = Sequential(Embedding(10, 3, seed=0), LSTM(3, 5, seed=0), Dense(5, 2, seed=0))
+    rec = np.array([1, 4, 2, 7])
+    tr = traces(model, rec)
+    assert list(tr) == ["1/l0"]
+    assert tr["1/l0"]["h"].shape == (1, 4, 5) and tr["1/l0"]["f"].shape == (1, 4, 5)
+    with pytest.raises(ValueError, match="no recurrent layer"):
+        traces(Dense(3, 2), np.zeros((1, 3, 3), np.float32))
+
+
+def test_saturation_counts_gates_at_their_rails():
+    X, mask, _ = _data()
+    layer = LSTM(3, 4, dtype="float64", seed=0)
+    p = layer.params["l0"]
+    H = 4
+    b = np.zeros(16)
+    b[H:2 * H] = 50.0          # forget gate pinned open
+    b[:H] = -50.0              # input gate pinned shut
+    layer.params = {"l0": {**p, "bias_ih": b}}
+    s = saturation(layer, [(X, mask), (X[:1], None)])["l0"]
+    assert s["f"]["high"] == 1.0 and s["f"]["low"] == 0.0
+    assert s["i"]["low"] == 1.0 and s["i"]["saturated"] == 1.0
+    assert s["f"]["count"] == (mask.sum() + 6) * H  # padded steps are left out
+    assert 0 <= s["o"]["saturated"] < 1
+    # negative control: no weights, all gates at 0.5, nothing saturated
+    layer.params = {"l0": {k: np.zeros_like(v) for k, v in p.items()}}
+    s0 = saturation(layer, X, mask)["l0"]
+    assert all(v["saturated"] == 0.0 for v in s0.values())
+    np.testing.assert_allclose(s0["f"]["mean"], 0.5)
+
+
+# --------------------------------------------------------------------------- gradient flow
+
+class _Recording:
+    """A cell that records the state gradient the BPTT loop hands to each step."""
+
+    def __init__(self, cell):
+        self._inner, self.seen = cell, []
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def step_back(self, p, cache, prev, new, dnew, xp):
+        self.seen.append(tuple(np.array(d) for d in dnew))
+        return self._inner.step_back(p, cache, prev, new, dnew, xp)
+
+    def step_back_into(self, p, cache, prev, new, dnew, *args, **kw):
+        self.seen.append(tuple(np.array(d) for d in dnew))
+        return self._inner.step_back_into(p, cache, prev, new, dnew, *args, **kw)
+
+
+def _loop_dstate(layer, X, mask, R):
+    """Run the layer's own backward with a recording cell: the loop's dh_t per step."""
+    rec = _Recording(layer._cell)
+    layer._cell = rec
+    try:
+        _out, _, cache = layer.forward(X, mask=mask, training=True)
+        rec.seen.clear()  # only what the backward hands to each step
+        layer.backward(cache, R * mask[..., None] if mask is not None else R)
+    finally:
+        layer._cell = rec._inner
+    T = X.shape[1]
+    assert len(rec.seen) == T  # one step_back per step, last step first
+    return [np.stack([rec.seen[T - 1 - t][k] for t in range(T)], 1)
+            for k in range(len(rec.seen[0]))]
+
+
+@pytest.mark.parametrize("cls,truncate", [(LSTM, None), (Elman, None), (GRU, 3)])
+def test_dh_is_exactly_what_bptt_carries(cls, truncate):
+    X, mask, rng = _data(T=7)
+    layer = cls(3, 4, dtype="float64", seed=3, truncate=truncate)
+    R = rng.standard_normal((3, 7, 4))
+    flow = gradient_flow(layer, X, None, WeightedSum(R), mask=mask)
+    loop = _loop_dstate(layer, X, mask, R)
+    for k, name in enumerate(["h", "c"][:len(loop)]):
+        ours = flow.dstate["l0"][name] * mask[..., None]  # the loop hands masked dh to a step
+        assert np.array_equal(ours, loop[k]), name
+    np.testing.assert_array_equal(flow.norms["l0"], np.linalg.norm(flow.dstate["l0"]["h"],
+                                                                   axis=-1))
+    # d_state0 is the backward's gradient w.r.t. the initial state, bit for bit
+    _, _, cache = layer.forward(X, mask=mask, training=True)
+    _, _, d0 = layer.backward(cache, R * mask[..., None])
+    assert np.array_equal(flow.d_state0["l0"][0], d0["h"][0])
+
+
+def test_dh_matches_finite_differences():
+    """∂L/∂h_t by perturbing the state after step t and running the rest of the record."""
+    X, _, rng = _data(B=2, T=5, pad=False)
+    layer = LSTM(3, 3, dtype="float64", seed=4)
+    R = rng.standard_normal((2, 5, 3))
+    flow = gradient_flow(layer, X, None, WeightedSum(R))
+    _, _, cache = layer.forward(X)
+    tp = cache["tapes"]["l0"]
+    p, cell, Xt = layer._prepared("l0", np), layer._cell, tp.X
+
+    def loss_from(t, h, c):  # L as a function of the state after step t (t = 0..T-1)
+        L = float(np.sum(h * R[:, t]))
+        if t + 1 < 5:
+            rest = unroll.forward(cell, p, Xt[t + 1:], (h, c), np)
+            L += float(np.sum(rest.states[0][1:].transpose(1, 0, 2) * R[:, t + 1:]))
+        return L
+
+    eps = 1e-6
+    for t in range(5):
+        h, c = tp.states[0][t + 1].copy(), tp.states[1][t + 1].copy()
+        for name, s in (("h", h), ("c", c)):
+            num = np.zeros_like(s)
+            for idx in np.ndindex(*s.shape):
+                old = s[idx]
+                s[idx] = old + eps
+                up = loss_from(t, h, c)
+                s[idx] = old - eps
+                down = loss_from(t, h, c)
+                s[idx] = old
+                num[idx] = (up - down) / (2 * eps)
+            np.testing.assert_allclose(flow.dstate["l0"][name][:, t], num, atol=1e-8)
+
+
+def test_shares_sum_to_the_full_gradient():
+    from unrolled import value_and_grad
+
+    X, mask, rng = _data(T=6)
+    model = Sequential(LSTM(3, 4, num_layers=2, bidirectional=True, dtype="float64", seed=5),
+                       Dense(8, 2, dtype="float64", seed=5))
+    Y = rng.standard_normal((3, 6, 2))
+    flow = gradient_flow(model, X, Y, "mse", mask=mask, keep_shares=True)
+    value, grads = value_and_grad(model, "mse", X, Y, mask=mask)
+    assert flow.loss == pytest.approx(value, rel=1e-14)
+    for key, shares in flow.shares.items():
+        name = key.split("/")[1]
+        for pname, v in shares.items():
+            full = grads["0"][name][pname]
+            assert v.shape == (6,) + full.shape
+            np.testing.assert_allclose(v.sum(0), full, rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(flow.share_norms[key][pname],
+                                       np.linalg.norm(v.reshape(6, -1), axis=1))
+    # negative control: with truncation the steps outside the window get no share
+    layer = Elman(3, 4, dtype="float64", seed=6, truncate=2)
+    f2 = gradient_flow(layer, X[:1], None, WeightedSum(rng.standard_normal((1, 6, 4))),
+                       keep_shares=True)
+    w = f2.shares["l0"]["weight_hh"]
+    assert np.all(w[:4] == 0) and np.all(np.abs(w[4:]).sum((1, 2)) > 0)
+
+
+@pytest.mark.parametrize("cls", [Elman, LSTM, GRU])
+def test_jacobian_singular_values_match_finite_differences(cls):
+    X, mask, _ = _data(B=2, T=5)
+    layer = cls(3, 3, dtype="float64", seed=7)
+    rec = 1  # padded after step 4: the Jacobian across a padded step is the identity
+    jac = state_jacobians(layer, X, mask=mask, record=rec)
+    _, _, cache = layer.forward(X, mask=mask)
+    tp = cache["tapes"]["l0"]
+    p, cell = layer._prepared("l0", np), layer._cell
+    T, nS = 5, len(tp.states)
+    sizes = [s.shape[-1] for s in tp.states]
+
+    def final(t, s_flat):  # the state after step T as a function of the state after step t
+        parts = np.split(s_flat, np.cumsum(sizes)[:-1])
+        state = tuple(a[None].copy() for a in parts)
+        if t == T:
+            return np.concatenate([s[0] for s in state])
+        m = None if tp.mask is None else tp.mask[t:, rec:rec + 1]
+        run = unroll.forward(cell, p, tp.X[t:, rec:rec + 1], state, np, m)
+        return np.concatenate([s[-1, 0] for s in run.states])
+
+    eps = 1e-6
+    for t in range(T + 1):
+        s = np.concatenate([tp.states[k][t, rec] for k in range(nS)])
+        J = np.stack([(final(t, s + eps * e) - final(t, s - eps * e)) / (2 * eps)
+                      for e in np.eye(s.size)], 1)
+        np.testing.assert_allclose(jac["jacobians"][t], J, atol=1e-8)
+        np.testing.assert_allclose(jac["singular_values"][t], np.linalg.svd(J, compute_uv=False),
+                                   atol=1e-8)
+    np.testing.assert_allclose(jac["singular_values"][-1], 1.0)  # ∂s_T/∂s_T = I
+    np.testing.assert_allclose(jac["jacobians"][4], np.eye(sum(sizes)), atol=1e-15)  # padded
+    if cls is LSTM:
+        jh = state_jacobians(layer, X, mask=mask, record=rec, part="h")
+        np.testing.assert_allclose(jh["jacobians"], jac["jacobians"][:, :3, :3])
+
+
+# --------------------------------------------------------------------------- monitor
+
+def test_monitor_warns_when_the_gradient_vanishes_or_explodes():
+    rng = np.random.default_rng(0)
+    layer = Elman(2, 8, dtype="float64", seed=0, return_sequences=False)
+    model = Sequential(layer, Dense(8, 1, dtype="float64", seed=0))
+    X, Y = rng.standard_normal((4, 40, 2)), rng.standard_normal((4, 1))
+    mon = cb_mod.GradientMonitor(vanish=1e-4, explode=1e3)
+    p = layer.params["l0"]
+    layer.params = {"l0": {**p, "weight_hh": p["weight_hh"] * 0.2}}
+    with pytest.warns(cb_mod.GradientWarning, match=r"vanishing gradient in layer 0/l0 .*time step"):
+        ev = mon.record(model, X, Y, loss="mse", step=7)
+    assert ev and ev[0][:3] == (7, "0/l0", "vanish")
+    # a relu network whose recurrent matrix is 1.5 I: the gradient grows 1.5x per step back
+    relu = Elman(2, 8, nonlinearity="relu", dtype="float64", seed=0, return_sequences=False)
+    q = relu.params["l0"]
+    relu.params = {"l0": {**q, "weight_hh": 1.5 * np.eye(8), "weight_ih": np.abs(q["weight_ih"])}}
+    boom = Sequential(relu, Dense(8, 1, dtype="float64", seed=0))
+    with pytest.warns(cb_mod.GradientWarning, match="exploding gradient in layer 0/l0"):
+        ev = mon.record(boom, np.abs(X), Y, loss="mse", step=8)
+    assert [e[2] for e in ev] == ["explode"]
+    # negative control: a short record of a healthy LSTM warns of nothing
+    ok = Sequential(LSTM(2, 8, dtype="float64", seed=0, return_sequences=False),
+                    Dense(8, 1, dtype="float64", seed=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mon.record(ok, X[:, :5], Y, loss="mse", step=9) == []
+    steps, curves = mon.norms("0/l0")
+    assert list(steps) == [7, 8, 9] and curves[0].shape == (40,) and curves[2].shape == (5,)
+
+
+def test_monitor_follows_the_trainer_protocol():
+    train = pytest.importorskip("unrolled.train")
+    assert isinstance(cb_mod.GradientMonitor(), train.Callback)
+
+    class Task:  # the few things the monitor asks of a trainer's task
+        def epoch_batches(self, rng):
+            return [0]
+
+        def get_batch(self, split, key):
+            from unrolled.tasks.base import Batch
+            rng = np.random.default_rng(key)
+            return Batch(rng.standard_normal((2, 6, 2)).astype("float32"),
+                         rng.standard_normal((2, 6, 1)).astype("float32"), None)
+
+    class Trainer:
+        task, step = Task(), 0
+        model = Sequential(Elman(2, 3, seed=0), Dense(3, 1, seed=0))
+        loss = __import__("unrolled").get_loss("mse")
+
+    tr, mon = Trainer(), cb_mod.GradientMonitor(every=2)
+    mon.on_train_begin(tr)
+    mon.on_epoch_begin(tr, 0)
+    for s in range(1, 5):
+        tr.step = s
+        mon.on_batch_end(tr, s, {"loss": 1.0})
+    mon.on_epoch_end(tr, 0, {})
+    assert [h["step"] for h in mon.history] == [2, 4]
+
+
+# --------------------------------------------------------------------------- pictures
+
+def _check_png(path, min_px=150):
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(str(path))
+    assert img.ndim == 3 and min(img.shape[:2]) >= min_px, img.shape
+    flat = img[..., :3].reshape(-1, 3)
+    assert flat.std(0).max() > 0.05                         # not a uniform image
+    rgb = (flat * 255).astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
+    assert len(np.unique(rgb)) > 20  # more than a few colours
+
+
+def test_every_picture_is_a_real_image(tmp_path):
+    X, mask, rng = _data()
+    model = Sequential(LSTM(3, 4, bidirectional=True, seed=0), Dense(8, 2, seed=0))
+    X = X.astype("float32")
+    tr = traces(model, X, mask)
+    flow = gradient_flow(model, X, rng.standard_normal((3, 6, 2)).astype("float32"), "mse",
+                         mask=mask)
+    jac = state_jacobians(model, X, mask=mask)
+    mon = cb_mod.GradientMonitor()
+    for s in range(3):
+        mon.record(model, X, None, mask, step=s)
+    pics = {"trace.png": lambda p: plot_traces(tr, p, labels=list("abcdef")),
+            "trace.svg": lambda p: plot_traces(tr, p, keys=["0/l0"]),
+            "sat.png": lambda p: plot_saturation(saturation(model, X, mask), p),
+            "flow.png": lambda p: plot_gradient_flow({"a": flow, "b": flow}, p),
+            "shares.png": lambda p: plot_shares(flow, p),
+            "jac.png": lambda p: plot_jacobians(jac, p),
+            "monitor.png": lambda p: mon.plot(p)}
+    for name, draw in pics.items():
+        draw(tmp_path / name)
+        if name.endswith(".png"):
+            _check_png(tmp_path / name)
+        else:
+            text = (tmp_path / name).read_text()
+            assert "<svg" in text and text.count("<path") + text.count("<image") > 5
+    with pytest.raises(ValueError, match=r"\.png or \.svg"):
+        plot_traces(tr, tmp_path / "x.jpg")
