@@ -334,6 +334,14 @@ def test_minibatch_shuffle_buffer_is_a_seeded_permutation(tmp_path):
     assert order(shuffle_buffer=16, seed=1) != shuffled
 
 
+def test_minibatches_refuse_a_sequence_without_the_stream(tmp_path):
+    path = write_text(tmp_path, "0 |A 1 2 3 |C 1\n1 |A 1 2 3\n")
+    gen = ctf_minibatches(path, STREAMS, 1, "A", "C")
+    assert next(gen).y.shape == (1, 1, 1)
+    with pytest.raises(ValueError, match=r"sequence 1 \(id 1\) has no sample of stream 'C'"):
+        next(gen)
+
+
 def test_minibatch_arguments_are_checked(tmp_path):
     with pytest.raises(ValueError, match="features='w' is not a stream"):
         ctf_minibatches(tmp_path / "x.ctf", STREAMS, 2, "w", "A")

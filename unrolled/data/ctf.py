@@ -33,10 +33,7 @@ from collections import namedtuple
 
 import numpy as np
 
-try:  # the shared padding helper, when the batching module provides it
-    from .batching import pad as _pad
-except ImportError:  # pragma: no cover - depends on the rest of the package
-    _pad = None
+from .batching import pad
 
 __all__ = ["CTFBatch", "ctf_minibatches", "read_ctf", "write_ctf"]
 
@@ -508,31 +505,6 @@ CTFBatch.__doc__ = """A padded minibatch: ``x`` (B, T_x, dim_x) with ``x_mask`` 
 ``y`` (B, T_y, dim_y) with ``y_mask`` (B, T_y); masks are True on real steps."""
 
 
-def _pad_local(records, side="right"):
-    """Pad arrays of shape (T_i, D) to (B, T_max, D) with zeros; mask (B, T_max) marks
-    the real steps. ``side="left"`` puts the padding first."""
-    B = len(records)
-    T = max((len(r) for r in records), default=0)
-    D = records[0].shape[1]
-    X = np.zeros((B, T, D), dtype=records[0].dtype)  # (B, T_max, D)
-    mask = np.zeros((B, T), dtype=bool)              # (B, T_max)
-    for b, r in enumerate(records):
-        n = len(r)
-        if side == "right":
-            X[b, :n], mask[b, :n] = r, True
-        else:
-            X[b, T - n:], mask[b, T - n:] = r, True
-    return X, mask
-
-
-def _pad_records(records, side):
-    if side not in ("right", "left"):
-        raise ValueError(f"side must be 'right' or 'left', got {side!r}")
-    if _pad is not None:
-        return _pad(records, side=side)
-    return _pad_local(records, side)
-
-
 def ctf_minibatches(path, streams, batch_size, features, labels, *, dtype=np.float32,
                     side="right", drop_last=False, shuffle_buffer=0, seed=None,
                     skip_unknown=False):
@@ -560,6 +532,9 @@ def ctf_minibatches(path, streams, batch_size, features, labels, *, dtype=np.flo
     Yields:
         CTFBatch: ``(x, x_mask, y, y_mask)`` with ``x`` (B, T_x, dim_x), ``x_mask``
         (B, T_x), ``y`` (B, T_y, dim_y), ``y_mask`` (B, T_y); padded steps hold zeros.
+
+    Raises:
+        ValueError: a sequence without any sample of ``features`` or ``labels``.
     """
     specs = _check_streams(streams)
     for arg, s in (("features", features), ("labels", labels)):
@@ -570,8 +545,8 @@ def ctf_minibatches(path, streams, batch_size, features, labels, *, dtype=np.flo
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if side not in ("right", "left"):
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
-    seqs = read_ctf(path, specs, dtype=dtype, skip_unknown=skip_unknown)
-    return _batches(seqs, batch_size, features, labels, side, drop_last,
+    seqs = read_ctf(path, specs, dtype=dtype, skip_unknown=skip_unknown, return_ids=True)
+    return _batches(os.fspath(path), seqs, batch_size, features, labels, side, drop_last,
                     shuffle_buffer, seed)
 
 
@@ -590,7 +565,19 @@ def _shuffled(seqs, size, seed):
     yield from buf
 
 
-def _batches(seqs, batch_size, features, labels, side, drop_last, shuffle_buffer, seed):
+def _batches(fname, seqs, batch_size, features, labels, side, drop_last, shuffle_buffer,
+             seed):
+    def checked(seqs):
+        for k, (sid, seq) in enumerate(seqs):
+            for s in (features, labels):
+                if len(seq[s]) == 0:
+                    where = f"sequence {k}" + ("" if sid is None else f" (id {sid})")
+                    raise ValueError(
+                        f"{fname}: {where} has no sample of stream {s!r}, so it cannot "
+                        "be batched; remove it from the file or choose other streams")
+            yield seq
+
+    seqs = checked(seqs)
     if shuffle_buffer:
         seqs = _shuffled(seqs, shuffle_buffer, seed)
     batch = []
@@ -604,6 +591,6 @@ def _batches(seqs, batch_size, features, labels, side, drop_last, shuffle_buffer
 
 
 def _collate(batch, features, labels, side):
-    x, x_mask = _pad_records([s[features] for s in batch], side)
-    y, y_mask = _pad_records([s[labels] for s in batch], side)
+    x, x_mask = pad([s[features] for s in batch], side=side)  # (B, T_x, D_x), (B, T_x)
+    y, y_mask = pad([s[labels] for s in batch], side=side)    # (B, T_y, D_y), (B, T_y)
     return CTFBatch(x, x_mask, y, y_mask)
