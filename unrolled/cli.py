@@ -277,8 +277,19 @@ def _add_evaluate(sub):
 
 def _run_evaluate(args):
     model, meta, task = _load(args.model)
-    task.load_eval(str(Path(args.data).expanduser()))
-    for k, v in task.evaluate(model, "eval").items():
+    data = Path(args.data).expanduser()
+    split = "eval"
+    trained_on = (meta.get("config") or {}).get("data")
+    if trained_on and data.exists() and data.resolve() == Path(trained_on).resolve():
+        # the training data: rebuild the same split (same seed) and score its held-out test
+        # part only, so that names seen in training do not inflate the figures
+        task = type(task)(meta["config"])
+        task.load(str(data))
+        split = "test"
+        _err(f"{data} is the training data: metrics on its held-out test split")
+    else:
+        task.load_eval(str(data))
+    for k, v in task.evaluate(model, split).items():
         _out(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     return 0
 
