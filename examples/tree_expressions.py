@@ -74,6 +74,13 @@ def random_expr(rng, depth: int, task) -> Tree:
     return Tree(children=(Tree(token=op), *args), label=int(value))
 
 
+def expr_key(t: Tree) -> str:
+    """The plain bracketed text of an expression (format_tree without its checks)."""
+    if t.is_leaf:
+        return t.token
+    return "(" + " ".join(expr_key(c) for c in t.children) + ")"
+
+
 def make_split(rng, task, depths, n_per_depth, exclude=frozenset()):
     """Up to ``n_per_depth`` distinct expressions per depth, root labels balanced over the
     classes. Shallow depths have few distinct expressions: sampling stops after a long run
@@ -85,7 +92,7 @@ def make_split(rng, task, depths, n_per_depth, exclude=frozenset()):
         misses = 0
         while sum(want) > 0 and misses < 2000:
             t = random_expr(rng, d, task)
-            key = format_tree(t, labelled=False)
+            key = expr_key(t)
             if want[t.label] > 0 and key not in seen:
                 seen.add(key)
                 want[t.label] -= 1
