@@ -333,6 +333,19 @@ def test_unlabelled_nodes_are_skipped_in_all_nodes_loss():
         net.value_and_grad([t, parse_tree("(a b)")])
 
 
+def test_string_labels_through_label_map():
+    t = parse_tree("(S (NP (DT the) (NN cat)) (VP (VBZ sleeps)))", labelled=True)
+    classes = {k: i for i, k in enumerate(["S", "NP", "VP", "DT", "NN", "VBZ"])}
+    net = RecursiveNet(TreeVocab.build([t]), hidden_size=3, num_classes=6, label_map=classes,
+                       dtype="float64")
+    batch = net.compile([t])
+    assert list(batch.labels) == [3, 4, 1, 5, 2, 0]  # post-order: DT NN NP VBZ VP S
+    loss, _ = net.value_and_grad(batch, all_nodes=True)
+    assert np.isfinite(loss)
+    with pytest.raises(TypeError, match="label_map"):
+        RecursiveNet(TreeVocab.build([t]), hidden_size=3, num_classes=6).compile([t])
+
+
 # ----------------------------------------------------------------------------- oracle
 
 @pytest.mark.parametrize("all_nodes", [False, True])
