@@ -1,0 +1,231 @@
+"""Drawings of the rolled and unrolled network: rendered, opened and read back.
+
+Every picture is drawn to PNG and opened as an image (size, not blank); SVGs are
+parsed as XML and their labels and arrow ids (``role:source>target``) checked against
+the graph the drawing must show.
+"""
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+import matplotlib.image as mpimg  # noqa: E402
+
+from unrolled.inspect import CELLS, NetSpec, describe, draw_rolled, draw_unrolled  # noqa: E402
+
+BASE = dict(input_size=3, hidden_size=8, output_size=5)
+GRAD_RGB = np.array([0xd4, 0x00, 0x6a]) / 255     # drawings._GRAD
+CPATH_RGB = np.array([0xb8, 0x86, 0x0b]) / 255    # drawings._CPATH
+
+
+def spec(cell, **kw):
+    return {"cell": cell, **BASE, **kw}
+
+
+def open_png(path):
+    """The PNG as an (H, W, 3) float array, checked to be a real, non-blank picture."""
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[2] in (3, 4)
+    h, w = img.shape[:2]
+    assert 300 <= h <= 4000 and 300 <= w <= 5000, (h, w)
+    rgb = img[..., :3]
+    colours = np.unique((rgb * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 50, "too few distinct colours: blank or nearly blank"
+    ink = (np.abs(rgb - 1.0).sum(axis=2) > 0.05).mean()   # not the white background
+    assert 0.03 < ink < 0.6, f"fraction of non-background pixels {ink:.3f}"
+    return rgb
+
+
+def has_colour(rgb, target, tol=0.06, min_pixels=30):
+    return int((np.abs(rgb - target).max(axis=2) < tol).sum()) >= min_pixels
+
+
+def svg_texts(path):
+    root = ET.parse(path).getroot()
+    return [re.sub(r"\s+", "", "".join(e.itertext())) for e in root.iter()
+            if e.tag.endswith("}text")]
+
+
+def svg_edges(path):
+    """Arrow ids of the SVG as (role, source, target) triples."""
+    root = ET.parse(path).getroot()
+    out = []
+    for e in root.iter():
+        m = re.fullmatch(r"(\w+):([\w.-]+)>([\w.-]+)", e.get("id", ""))
+        if m:
+            out.append(m.groups())
+    return out
+
+
+# ------------------------------------------------------------------------ rendering
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("T", [1, 4, 8])
+def test_unrolled_png_is_a_real_picture_and_grows_with_T(cell, T, tmp_path):
+    fig = draw_unrolled(spec(cell), T=T, path=tmp_path / "u.png")
+    rgb = open_png(tmp_path / "u.png")
+    assert fig.get_size_inches()[0] * fig.dpi == pytest.approx(rgb.shape[1], abs=2)
+    # the LSTM's cell-state path is drawn, and only for the LSTM
+    assert has_colour(rgb, CPATH_RGB) == (cell == "lstm")
+    assert not has_colour(rgb, GRAD_RGB)          # no gradient without backward=True
+    if T == 8:
+        w4 = draw_unrolled(spec(cell), T=4).get_size_inches()[0]
+        assert fig.get_size_inches()[0] > w4 + 3   # one column per step
+
+
+@pytest.mark.parametrize("cell, opts", [
+    ("elman", dict(bidirectional=True)), ("gru", dict(bidirectional=True)),
+    ("jordan", dict(num_layers=3)), ("lstm", dict(num_layers=2)),
+] + [(c, dict(num_layers=2, bidirectional=True)) for c in CELLS])
+def test_stacked_and_bidirectional_render(cell, opts, tmp_path):
+    draw_unrolled(spec(cell, **opts), T=3, path=tmp_path / "u.png")
+    rgb = open_png(tmp_path / "u.png")
+    one_row = draw_unrolled(spec(cell), T=3).get_size_inches()[1] * 100   # not saved
+    assert rgb.shape[0] > one_row + 100        # a row per layer and direction
+    if opts.get("bidirectional") and opts.get("num_layers"):
+        draw_rolled(spec(cell, **opts), path=tmp_path / "r.png")
+        open_png(tmp_path / "r.png")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_backward_overlay_draws_gradient_paths(cell, tmp_path):
+    draw_unrolled(spec(cell), T=4, path=tmp_path / "b.png", backward=True)
+    rgb = open_png(tmp_path / "b.png")
+    assert has_colour(rgb, GRAD_RGB, min_pixels=500)
+    draw_unrolled(spec(cell), T=4, path=tmp_path / "b.svg", backward=True)
+    edges = svg_edges(tmp_path / "b.svg")
+    grads = {(s, t) for r, s, t in edges if r == "grad"}
+    state = "o" if cell == "jordan" else "h"
+    for t in range(1, 5):
+        # back through W: from step t into the state of step t-1, right to left
+        assert (f"h-1-0-{t}", f"{state}-1-0-{t - 1}") in grads
+        # dL/dL_t -> o_t, and dL/do_t into the hidden state
+        assert (f"L-{t}", f"o-{t}" if cell != "jordan" else f"o-1-0-{t}") in grads
+        assert (f"o-{t}" if cell != "jordan" else f"o-1-0-{t}", f"h-1-0-{t}") in grads
+    # nothing flows back into the inputs or the targets
+    assert not any(t.startswith(("x-", "y-")) for r, s, t in edges if r == "grad")
+    texts = svg_texts(tmp_path / "b.svg")
+    assert sum("∑" in t for t in texts) >= 4      # the bus and the three sums
+    assert any("summedoverstepsintodU,dW,dV" in t for t in texts)
+
+
+def test_stacked_bidirectional_backward_renders(tmp_path):
+    draw_unrolled(spec("lstm", num_layers=2, bidirectional=True), T=2,
+                  path=tmp_path / "b.png", backward=True)
+    assert has_colour(open_png(tmp_path / "b.png"), GRAD_RGB, min_pixels=500)
+
+
+# ---------------------------------------------------------------- what is drawn (SVG)
+@pytest.mark.parametrize("cell, T", [(c, 4) for c in CELLS] + [
+    ("elman", 1), ("jordan", 1), ("lstm", 8), ("gru", 8)])
+def test_svg_shows_shared_weights_once_per_step(cell, T, tmp_path):
+    draw_unrolled(spec(cell), T=T, path=tmp_path / "u.svg")
+    texts = svg_texts(tmp_path / "u.svg")
+    for w in ("U", "W", "V"):
+        assert texts.count(w) == T, (w, texts.count(w))
+    assert any(f"sharedbyall{T}steps" in t for t in texts)
+    edges = svg_edges(tmp_path / "u.svg")
+    w_edges = [(s, t) for r, s, t in edges if r == "W"]
+    assert len(w_edges) == T
+    state = "o" if cell == "jordan" else "h"          # Jordan: o_{t-1} -> h_t
+    assert sorted(w_edges) == sorted((f"{state}-1-0-{t - 1}", f"h-1-0-{t}")
+                                     for t in range(1, T + 1))
+    assert ("C" in texts) == (cell == "lstm")
+    assert len([1 for r, *_ in edges if r == "C"]) == (T if cell == "lstm" else 0)
+
+
+def test_bidirectional_rows_run_right_to_left(tmp_path):
+    draw_unrolled(spec("elman", bidirectional=True, num_layers=2), T=3,
+                  path=tmp_path / "u.svg")
+    w = {(s, t) for r, s, t in svg_edges(tmp_path / "u.svg") if r == "W"}
+    for layer in (1, 2):
+        for t in range(1, 4):
+            assert (f"h-{layer}-1-{t - 1}", f"h-{layer}-1-{t}") in w     # ->
+            assert (f"h-{layer}-r-{t + 1}", f"h-{layer}-r-{t}") in w      # <-
+    assert len(w) == 2 * 2 * 3
+    # layer 2 reads both directions of layer 1
+    u = {(s, t) for r, s, t in svg_edges(tmp_path / "u.svg") if r == "U"}
+    assert {("h-1-1-2", "h-2-1-2"), ("h-1-r-2", "h-2-1-2")} <= u
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_rolled_svg_has_one_loop_and_the_gates(cell, tmp_path):
+    fig = draw_rolled(spec(cell), path=tmp_path / "r.svg")
+    assert fig.axes
+    texts = svg_texts(tmp_path / "r.svg")
+    assert texts.count("W") == 1 and texts.count("U") == 1 and texts.count("V") == 1
+    gates = {"lstm": ["i", "f", "g", "o"], "gru": ["r", "z", "n"]}.get(cell, [])
+    for g in gates:
+        assert g in texts, g
+    w = [(s, t) for r, s, t in svg_edges(tmp_path / "r.svg") if r == "W"]
+    assert w == ([("o-1-0", "h-1-0")] if cell == "jordan" else [("h-1-0", "h-1-0")])
+    draw_rolled(spec(cell), path=tmp_path / "r.png")
+    open_png(tmp_path / "r.png")
+
+
+def test_figures_do_not_leak_into_pyplot(tmp_path):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    before = plt.get_fignums()
+    draw_unrolled(spec("gru"), T=2, path=tmp_path / "a.png")
+    draw_rolled(spec("gru"))
+    assert plt.get_fignums() == before
+
+
+# --------------------------------------------------------------------------- specs
+def test_describe_accepts_dicts_dataclasses_and_layer_objects():
+    s = describe({"cell": "LSTM", "input_size": 3, "hidden_size": 8})
+    assert s == NetSpec("lstm", 3, 8, None, 1, False)
+    assert describe(s) is not s and describe(s) == s
+
+    @dataclass(frozen=True)
+    class Cell:                      # a cell object that knows its name and width
+        output_size: int = 4
+        name: str = "jordan"
+
+    class Layer:                     # a recurrent layer exposing the usual attributes
+        cell = Cell()
+        input_size, hidden_size, num_layers, bidirectional = 2, 6, 3, True
+
+    got = describe(Layer())
+    assert got == NetSpec("jordan", 2, 6, 4, 3, True)
+    fig = draw_unrolled(Layer(), T=2)
+    assert fig.get_size_inches()[1] > draw_unrolled(spec("jordan"), T=2).get_size_inches()[1]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(cell="transformer"), "elman, jordan, lstm, gru"),
+    (dict(cell="elman", hidden_size=0), "hidden_size"),
+    (dict(cell="elman", num_layers=1.5), "num_layers"),
+    (dict(cell="elman", bidirectional="yes"), "bidirectional"),
+    (dict(cell="elman", hiden_size=3), "valid keys"),
+])
+def test_bad_spec_is_a_value_error_naming_the_valid_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        describe({**BASE, **bad})
+    with pytest.raises(ValueError, match=match):
+        draw_rolled({**BASE, **bad})
+
+
+def test_object_without_the_attributes_is_a_type_error():
+    with pytest.raises(TypeError, match="hidden_size"):
+        describe(type("Half", (), {"cell": "gru", "input_size": 3})())
+
+
+@pytest.mark.parametrize("T", [0, -2, 2.5, True])
+def test_T_below_one_is_a_value_error(T):
+    with pytest.raises(ValueError, match="T must be an integer >= 1"):
+        draw_unrolled(spec("elman"), T=T)
+
+
+def test_unknown_suffix_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match=r"\.png.*\.svg"):
+        draw_rolled(spec("elman"), path=tmp_path / "r.jpg")
+    assert not (tmp_path / "r.jpg").exists()
+
+
+def test_drawing_is_deterministic(tmp_path):
+    for name in ("a.svg", "b.svg"):
+        draw_unrolled(spec("lstm"), T=2, path=tmp_path / name, backward=True)
+    assert (tmp_path / "a.svg").read_bytes() == (tmp_path / "b.svg").read_bytes()

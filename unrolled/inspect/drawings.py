@@ -1,0 +1,757 @@
+"""Drawings of a recurrent network: rolled (the cycle) and unrolled over T steps.
+
+The pictures follow the classic figures of the unrolled graph (Goodfellow, Bengio and
+Courville, *Deep Learning*, ch. 10)::
+
+    rolled:    x --U--> h --V--> o --> L <-- y      with the loop W on h
+    unrolled:  h_0 --W--> h_1 --W--> h_2 ...         one copy of x, h, o, L, y per step
+
+U (input -> hidden), W (hidden -> hidden) and V (hidden -> output) are the same three
+matrices at every step: every copy carries the same colour and label, and the legend
+says so. ``backward=True`` overlays the paths the gradient takes in BPTT: dL/do_t into
+h_t through V, dL/dh_{t+1} back through W into h_t (right to left), and the sums over
+t that make dU, dW, dV.
+
+Only matplotlib is used: figures are plain :class:`matplotlib.figure.Figure` objects on
+an Agg canvas (no screen, no pyplot state to leak), saved as SVG or PNG by the path's
+suffix.
+"""
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
+from matplotlib.path import Path as MPath
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import TextToPath
+import matplotlib
+
+CELLS = ("elman", "jordan", "lstm", "gru")
+_ALIASES = {"rnn": "elman", "vanilla": "elman", "rnn_tanh": "elman", "rnn_relu": "elman"}
+_SUFFIXES = (".png", ".svg")
+_TITLES = {"elman": "Elman RNN", "jordan": "Jordan RNN (output-to-hidden)",
+           "lstm": "LSTM", "gru": "GRU"}
+
+# colours: U blue, W red, V green in the one-layer case; more matrices take the rest
+_PALETTE = ["#1f5fbf", "#d62728", "#8e44ad", "#8c564b", "#17becf", "#7f7f00",
+            "#e377c2", "#34495e", "#ff7f0e", "#5d6d7e", "#b03a2e", "#1abc9c"]
+_V_COLOUR = "#2a9d3a"
+_GRAD = "#d4006a"       # every gradient arrow
+_CPATH = "#b8860b"      # the LSTM cell-state path (no weight on it)
+_INK = "#222222"
+_FACES = {"x": "#e8eef7", "h": "#fff4d6", "o": "#e3f4e1", "L": "#fde2e2", "y": "#eeeeee"}
+_SCALE = 0.78           # inches per data unit: every drawing keeps the same scale
+
+
+# ---------------------------------------------------------------------------- spec
+@dataclass(frozen=True)
+class NetSpec:
+    """What a drawing needs to know about a recurrent network.
+
+    Attributes:
+        cell: one of ``"elman"``, ``"jordan"``, ``"lstm"``, ``"gru"``.
+        input_size: width D of x_t.
+        hidden_size: width H of h_t.
+        output_size: width of o_t, or None when unknown (shown as "?").
+        num_layers: stacked recurrent layers, drawn one row per layer.
+        bidirectional: add a right-to-left row to every layer.
+    """
+    cell: str
+    input_size: int
+    hidden_size: int
+    output_size: int | None = None
+    num_layers: int = 1
+    bidirectional: bool = False
+
+
+def _positive_int(name, v, allow_none=False):
+    if v is None and allow_none:
+        return None
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _cell_name(cell):
+    """The cell's name from a string or a cell object with a ``name`` attribute."""
+    name = cell if isinstance(cell, str) else getattr(cell, "name", None)
+    if not isinstance(name, str):
+        raise TypeError(f"cell must be a string (one of {CELLS}) or a cell object with a "
+                        f"`name` attribute, got {type(cell).__name__}")
+    name = _ALIASES.get(name.lower(), name.lower())
+    if name not in CELLS:
+        raise ValueError(f"unknown cell {name!r}; valid cells are {', '.join(CELLS)}")
+    return name
+
+
+def describe(obj):
+    """Normalise a network description into a :class:`NetSpec`.
+
+    Args:
+        obj: a :class:`NetSpec`; a dict with the keys ``cell``, ``input_size``,
+            ``hidden_size`` and optionally ``output_size``, ``num_layers``,
+            ``bidirectional``; or any object having those attributes (a recurrent
+            layer or model). ``cell`` may be a name or a cell object with ``name``.
+
+    Returns:
+        NetSpec: validated.
+
+    Raises:
+        ValueError: unknown cell name, unknown dict key, or a size that is not a
+            positive integer. TypeError: a required attribute is missing.
+
+    >>> describe({"cell": "LSTM", "input_size": 3, "hidden_size": 8}).cell
+    'lstm'
+    """
+    names = [f.name for f in fields(NetSpec)]
+    required = ("cell", "input_size", "hidden_size")
+    if isinstance(obj, NetSpec):
+        raw = {n: getattr(obj, n) for n in names}
+    elif isinstance(obj, Mapping):
+        unknown = sorted(set(obj) - set(names))
+        if unknown:
+            raise ValueError(f"unknown spec keys {unknown}; valid keys are {names}")
+        missing = [n for n in required if n not in obj]
+        if missing:
+            raise ValueError(f"spec is missing {missing}; required keys are {list(required)}")
+        raw = dict(obj)
+    else:
+        missing = [n for n in required if not hasattr(obj, n)]
+        if missing:
+            raise TypeError(f"{type(obj).__name__} has no attribute(s) {missing}; pass a "
+                            f"dict or an object with {list(required)}")
+        raw = {n: getattr(obj, n) for n in names if hasattr(obj, n)}
+        if raw.get("output_size") is None:  # a Jordan cell knows its output width
+            raw["output_size"] = getattr(raw["cell"], "output_size", None)
+    cell = _cell_name(raw["cell"])
+    bidir = raw.get("bidirectional", False)
+    if not isinstance(bidir, (bool, np.bool_)):
+        raise ValueError(f"bidirectional must be True or False, got {bidir!r}")
+    return NetSpec(cell=cell,
+                   input_size=_positive_int("input_size", raw["input_size"]),
+                   hidden_size=_positive_int("hidden_size", raw["hidden_size"]),
+                   output_size=_positive_int("output_size", raw.get("output_size"), True),
+                   num_layers=_positive_int("num_layers", raw.get("num_layers", 1)),
+                   bidirectional=bool(bidir))
+
+
+# --------------------------------------------------------------- drawing primitives
+@dataclass
+class _Node:
+    x: float
+    y: float
+    label: str
+    kind: str = "h"          # face colour key
+    shape: str = "circle"    # "circle" (w = radius) or "box" (w, h = half sizes)
+    w: float = 0.34
+    h: float = 0.34
+    dashed: bool = False
+
+    def inside(self, px, py, pad=0.0):
+        dx, dy = np.asarray(px) - self.x, np.asarray(py) - self.y
+        if self.shape == "circle":
+            return np.hypot(dx, dy) < self.w + pad
+        return (np.abs(dx) < self.w + pad) & (np.abs(dy) < self.h + pad)
+
+
+def _draw_node(ax, n, fontsize=13):
+    style = dict(facecolor=_FACES[n.kind], edgecolor=_INK, lw=1.3,
+                 linestyle="--" if n.dashed else "-", zorder=3)
+    if n.shape == "circle":
+        ax.add_patch(Circle((n.x, n.y), n.w, **style))
+    else:
+        ax.add_patch(FancyBboxPatch((n.x - n.w, n.y - n.h), 2 * n.w, 2 * n.h,
+                                    boxstyle="round,pad=0,rounding_size=0.12", **style))
+    if n.label:
+        ax.text(n.x, n.y, n.label, ha="center", va="center", fontsize=fontsize, zorder=4,
+                color=_INK, fontstyle="italic")
+
+
+def _quad(p0, c, p2, num=60):
+    t = np.linspace(0, 1, num)[:, None]
+    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * c + t ** 2 * p2
+
+
+def _cubic(p0, c1, c2, p3, num=80):
+    t = np.linspace(0, 1, num)[:, None]
+    return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * c1 + 3 * (1 - t) * t ** 2 * c2 + t ** 3 * p3
+
+
+def _clip(pts, a, b, gap=0.05):
+    """Cut the part of a path that lies inside its end nodes (plus a small gap)."""
+    out_a = ~a.inside(pts[:, 0], pts[:, 1], gap)
+    out_b = ~b.inside(pts[:, 0], pts[:, 1], gap)
+    ok = np.nonzero(out_a & out_b)[0]
+    return pts[ok[0]:ok[-1] + 1] if len(ok) >= 2 else pts[[0, -1]]
+
+
+def _route(a, b, nodes, off=0.0, rad=None, ports=(0.0, 0.0)):
+    """Points of an edge from node a to node b.
+
+    ``off`` shifts the edge sideways (to the left of its direction), ``ports`` shifts
+    its two ends vertically (the C and h ports of an LSTM box). With ``rad=None`` the
+    edge is straight unless it would cross another node; then it bends (quadratic
+    curve), trying larger bends on alternating sides until it is clear.
+    """
+    p0 = np.array([a.x, a.y + ports[0]])
+    p2 = np.array([b.x, b.y + ports[1]])
+    d = p2 - p0
+    normal = np.array([-d[1], d[0]]) / np.hypot(*d)
+    p0, p2 = p0 + off * normal, p2 + off * normal
+    others = [n for n in nodes if n is not a and n is not b]
+    for r in ([rad] if rad is not None else [0.0, 0.15, -0.15, 0.25, -0.25, 0.4, -0.4]):
+        c = (p0 + p2) / 2 + r * np.array([d[1], -d[0]])
+        pts = _clip(_quad(p0, c, p2), a, b)
+        if not any(n.inside(pts[:, 0], pts[:, 1], 0.06).any() for n in others):
+            return pts
+    return pts
+
+
+def _kid(key):
+    """A node key as text: ("h", 1, 0, 3) -> "h-1-0-3" (layer 1, direction 0, step 3).
+
+    Directions are 0 (one-way), 1 (left to right) and "r" (right to left)."""
+    if not isinstance(key, tuple):
+        return str(key)
+    return "-".join("r" if k == -1 else str(k) for k in key)
+
+
+def _arrow(ax, pts, colour, lw=1.7, ls="-", z=2, head=12, gid=None):
+    """An arrow along the points; ``gid`` (e.g. "W:h-1-0-0>h-1-0-1") becomes the id
+    of its group in an SVG, so the graph's structure can be read back from the file."""
+    ax.add_patch(FancyArrowPatch(path=MPath(pts), arrowstyle="-|>", mutation_scale=head,
+                                 color=colour, lw=lw, linestyle=ls, zorder=z,
+                                 shrinkA=0, shrinkB=0, gid=gid))
+
+
+def _label(ax, pts, text, colour, side=1, at=0.5, dist=0.1, fontsize=12, bold=True):
+    """Write ``text`` beside the path at fraction ``at`` of its length (or, with
+    ``at=("y", value)``, where the path passes that height), on the left of the
+    direction of travel (side=1) or on the right (side=-1)."""
+    seg = np.hypot(*np.diff(pts, axis=0).T)
+    s = np.concatenate([[0], np.cumsum(seg)])
+    if isinstance(at, tuple):
+        i = int(np.clip(np.argmin(np.abs(pts[:, 1] - at[1])), 1, len(pts) - 1))
+    else:
+        i = int(np.clip(np.searchsorted(s, at * s[-1]), 1, len(pts) - 1))
+    p = pts[i - 1] + (pts[i] - pts[i - 1]) * 0.5
+    t = (pts[i] - pts[i - 1]) / max(seg[i - 1], 1e-9)
+    n = side * np.array([-t[1], t[0]])
+    if abs(n[1]) >= abs(n[0]):
+        ha, va = "center", ("bottom" if n[1] > 0 else "top")
+    else:
+        ha, va = ("left" if n[0] > 0 else "right"), "center"
+    q = p + dist * n
+    ax.text(q[0], q[1], text, ha=ha, va=va, color=colour, fontsize=fontsize, zorder=5,
+            fontweight="bold" if bold else "normal", fontstyle="italic",
+            bbox=dict(boxstyle="round,pad=0.08", fc="white", ec="none", alpha=0.85))
+
+
+def _edge(ax, a, b, nodes, colour, text=None, side=1, at=0.5, off=0.0, ports=(0, 0),
+          ls="-", lw=1.7, fontsize=12, bold=True, gid=None):
+    pts = _route(a, b, nodes, off=off, ports=ports)
+    _arrow(ax, pts, colour, lw=lw, ls=ls, gid=gid)
+    if text:
+        _label(ax, pts, text, colour, side=side, at=at, fontsize=fontsize, bold=bold)
+    return pts
+
+
+def _loop(ax, n, side, colour, text, port=0.0, size=0.36, gid=None):
+    """A self-loop on the left (side=-1) or right (side=1) of node n, with the black
+    square that marks a one-step delay, as in the classic rolled picture."""
+    half = n.w if n.shape == "box" else n.w * 0.8
+    cx, cy = n.x + side * (half + 0.55 * size), n.y + port
+    theta = np.linspace(-np.pi, np.pi, 200) + (0 if side > 0 else np.pi)
+    pts = np.c_[cx + size * np.cos(theta), cy + size * np.sin(theta)]
+    pts = pts[~n.inside(pts[:, 0], pts[:, 1], 0.04)]
+    if side > 0:
+        pts = pts[::-1]            # leave at the top, come back at the bottom
+    _arrow(ax, pts, colour, gid=gid)
+    far = np.array([cx + side * size, cy])
+    ax.add_patch(Rectangle(far - 0.07, 0.14, 0.14, color=_INK, zorder=4))
+    ax.text(far[0] + side * 0.16, far[1], text, color=colour, fontsize=12, zorder=5,
+            ha="left" if side > 0 else "right", va="center", fontweight="bold")
+
+
+# --------------------------------------------------------------- names and colours
+_SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+_SUP = str.maketrans("0123456789()", "⁰¹²³⁴⁵⁶⁷⁸⁹⁽⁾")
+
+
+def _sym(base, layer=None, d=0, t=None):
+    """A weight or state name in plain Unicode: an arrow over the last letter for the
+    direction of a bidirectional row, ⁽ˡ⁾ for the layer, the step as a subscript.
+    (Plain text renders much faster than mathtext and stays searchable in an SVG.)"""
+    s = base + {1: "\u20d7", -1: "\u20d6"}.get(d, "")
+    if layer is not None:
+        s += f"({layer})".translate(_SUP)
+    if t is not None:
+        s += str(t).translate(_SUB)
+    return s
+
+
+class _Weights:
+    """Colour and label of every weight matrix of a spec, in a stable order."""
+
+    def __init__(self, spec):
+        self.spec, self.items = spec, {}
+        dirs = (1, -1) if spec.bidirectional else (0,)
+        keys = [(base, layer, d) for layer in range(1, spec.num_layers + 1) for d in dirs
+                for base in ("U", "W") + (("V",) if spec.cell == "jordan" else ())]
+        if spec.cell != "jordan":
+            keys += [("V", None, d) for d in dirs]
+        # U blue, W red, the first V green; every further matrix its own colour
+        palette = itertools.cycle(_PALETTE)
+        for key in keys:
+            first_v = key[0] == "V" and _V_COLOUR not in self.items.values()
+            self.items[key] = _V_COLOUR if first_v else next(palette)
+
+    def key(self, base, layer, d):
+        return (base, None if base == "V" and self.spec.cell != "jordan" else layer,
+                d if self.spec.bidirectional else 0)
+
+    def colour(self, base, layer, d):
+        return self.items[self.key(base, layer, d)]
+
+    def text(self, base, layer, d):
+        _, l, d = self.key(base, layer, d)
+        return _sym(base, l if self.spec.num_layers > 1 else None, d)
+
+    def legend(self, T=None):
+        what = {"U": "input → hidden", "W": "hidden → hidden (the recurrence)",
+                "V": "hidden → output"}
+        if self.spec.cell == "jordan":
+            what["W"] = "previous output → hidden (the recurrence)"
+        where = f"shared by all {T} steps" if T else "one matrix, reused every step"
+        out = []
+        for (base, layer, d), colour in self.items.items():
+            name = self.text(base, layer, d)
+            out.append((colour, f"{name}  {what[base]}: {where}"))
+        return out
+
+
+def _title_of(spec, what):
+    parts = [_TITLES[spec.cell]]
+    if spec.num_layers > 1:
+        parts.append(f"{spec.num_layers} layers")
+    if spec.bidirectional:
+        parts.append("bidirectional")
+    o = "?" if spec.output_size is None else spec.output_size
+    sizes = f"input_size={spec.input_size}, hidden_size={spec.hidden_size}, output_size={o}"
+    return f"{', '.join(parts)}, {what}", sizes
+
+
+def _text_width(text, size):
+    """Width in inches of a line of text at the given font size."""
+    w, _, _ = TextToPath().get_text_width_height_descent(
+        text, FontProperties(size=size), ismath=False)
+    return w / 72
+
+
+def _new_figure(xlim, ylim, title, subtitle, legend, min_width=6.0):
+    """A figure at the common scale with the drawing on top and the legend below.
+
+    ``legend`` holds ``(colour, text, style)`` with style a line style or ``"s"`` for
+    a square marker. The legend takes two columns when they fit the width.
+    """
+    (x0, x1), (y0, y1) = xlim, ylim
+    entry = max(_text_width(t, 9.5) for _, t, _ in legend) + 0.75   # handle + gaps
+    w = max((x1 - x0) * _SCALE, min_width, entry + 0.3)
+    ncol = 2 if len(legend) > 2 and 2 * entry + 0.3 <= w else 1
+    pad = (w / _SCALE - (x1 - x0)) / 2         # widen the view, keep the scale
+    x0, x1 = x0 - pad, x1 + pad
+    h_draw = (y1 - y0) * _SCALE
+    rows = -(-len(legend) // ncol)
+    h_leg, h_top = 0.23 * rows + 0.3, 0.8
+    H = h_draw + h_leg + h_top
+    fig = Figure(figsize=(w, H), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes([0, h_leg / H, 1, h_draw / H])
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.text(0.5, 1 - 0.2 / H, title, ha="center", va="top", fontsize=14, fontweight="bold")
+    fig.text(0.5, 1 - 0.5 / H, subtitle, ha="center", va="top", fontsize=10.5,
+             color="#555555")
+    handles = [Line2D([], [], color=c, ls="none", marker="s", ms=7) if st == "s" else
+               Line2D([], [], color=c, lw=3, ls=st) for c, _, st in legend]
+    fig.legend(handles, [t for _, t, _ in legend], loc="lower center", ncol=ncol,
+               frameon=False, fontsize=9.5, bbox_to_anchor=(0.5, 0.1 / H),
+               handlelength=2.2, columnspacing=1.5, borderaxespad=0)
+    return fig, ax
+
+
+def _save(fig, path):
+    if path is not None:
+        path = Path(path)
+        if path.suffix.lower() not in _SUFFIXES:
+            raise ValueError(f"path must end in one of {_SUFFIXES} (the format is taken "
+                             f"from the suffix), got {str(path)!r}")
+        # svg.fonttype "none" keeps labels as <text>, searchable and selectable
+        with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "unrolled"}):
+            fig.savefig(path, metadata={"Date": None} if path.suffix.lower() == ".svg" else None)
+    return fig
+
+
+# ---------------------------------------------------------------- cell interiors
+def _chip(ax, x, y, name, act, colour="#555555"):
+    ax.add_patch(FancyBboxPatch((x - 0.2, y - 0.22), 0.4, 0.44, zorder=4,
+                                boxstyle="round,pad=0,rounding_size=0.06",
+                                facecolor="white", edgecolor=colour, lw=1.1))
+    ax.text(x, y + 0.07, name, ha="center", va="center", fontsize=10, zorder=5,
+            fontstyle="italic")
+    ax.text(x, y - 0.11, act, ha="center", va="center", fontsize=6.5, zorder=5,
+            color="#555555")
+
+
+def _op(ax, x, y, sym):
+    ax.add_patch(Circle((x, y), 0.12, facecolor="white", edgecolor=_CPATH, lw=1.2, zorder=5))
+    ax.text(x, y, sym, ha="center", va="center", fontsize=9, zorder=6, color=_CPATH)
+
+
+def _interior(ax, n, cell):
+    """The gates of an LSTM or GRU cell, compactly, inside the box of node n."""
+    x, y = n.x, n.y
+    ax.text(x - n.w + 0.1, y + n.h - 0.08, cell.upper(), ha="left", va="top",
+            fontsize=7.5, color="#777777", zorder=5)
+    if cell == "lstm":
+        # cell-state path C_{t-1} -> (x f) -> (+ i*g) -> C_t: the linear path
+        yc = y + 0.5
+        ax.plot([x - n.w, x + n.w], [yc, yc], color=_CPATH, lw=2.2, zorder=4)
+        _op(ax, x - 0.7, yc, "×")
+        _op(ax, x + 0.2, yc, "+")
+        gy = y - 0.12
+        for gx, name, act in ((-0.7, "f", "σ"), (-0.05, "i", "σ"), (0.45, "g", "tanh"),
+                              (1.05, "o", "σ")):
+            _chip(ax, x + gx, gy, name, act)
+        for gx, tx in ((-0.7, -0.7), (-0.05, 0.13), (0.45, 0.27)):
+            ax.plot([x + gx, x + tx], [gy + 0.22, yc - 0.12], color="#777777", lw=1, zorder=4)
+        ax.text(x, y - 0.64, r"$h = o \odot \tanh(C)$", ha="center", va="center",
+                fontsize=9, zorder=5)
+    else:
+        gy = y + 0.18
+        for gx, name, act in ((-0.7, "r", "σ"), (0.0, "z", "σ"), (0.7, "n", "tanh")):
+            _chip(ax, x + gx, gy, name, act)
+        ax.text(x, y - 0.45, r"$h = (1-z) \odot n + z \odot h_{t-1}$", ha="center",
+                va="center", fontsize=9, zorder=5)
+
+
+# ----------------------------------------------------------------------- rolled
+def draw_rolled(spec, path=None):
+    """Draw the rolled network: x -> h -> o -> L <- y with the recurrent loop.
+
+    Args:
+        spec: anything :func:`describe` accepts.
+        path: where to save, ``.png`` or ``.svg``; None to only return the figure.
+
+    Returns:
+        matplotlib.figure.Figure: the drawing (on an Agg canvas; no pyplot state).
+
+    An Elman network loops W on h; a Jordan network loops W from o back into h; an
+    LSTM or GRU is drawn as a cell box naming its gates (LSTM: i, f, g, o and the
+    cell-state path C; GRU: r, z, n). Stacked layers are drawn bottom to top,
+    a bidirectional layer as two cells side by side.
+    """
+    spec = describe(spec)
+    wts = _Weights(spec)
+    gated, jordan = spec.cell in ("lstm", "gru"), spec.cell == "jordan"
+    dirs = (1, -1) if spec.bidirectional else (0,)
+    hw, hh = (1.45, 0.9) if gated else (0.42, 0.42)
+    shape = "box" if gated else "circle"
+    xs = {0: 0.0} if not spec.bidirectional else {1: -(hw + 1.0), -1: hw + 1.0}
+    pitch = 2 * hh + 1.1
+
+    # ---- nodes, bottom to top
+    nodes = {"x": _Node(0, 0, "x", "x")}
+    y, inputs = 0.0, ["x"]
+    for layer in range(1, spec.num_layers + 1):
+        y += (hh + 0.42 + 0.75) if layer == 1 else pitch
+        for d in dirs:
+            lab = "" if gated else _sym("h", layer if spec.num_layers > 1 else None, d)
+            nodes[("h", layer, d)] = _Node(xs[d], y, lab, "h", shape, hw, hh)
+        if jordan:
+            y += 0.42 + 1.15
+            for d in dirs:
+                lab = _sym("o", layer if spec.num_layers > 1 else None, d)
+                nodes[("o", layer, d)] = _Node(xs[d], y, lab, "o", "circle", 0.42, 0.42)
+    top = [("o" if jordan else "h", spec.num_layers, d) for d in dirs]
+    if not jordan:
+        y += hh + 1.15 + 0.42 if gated else 1.6
+        nodes["o"] = _Node(0, y, "o", "o", "circle", 0.42, 0.42)
+        top = ["o"]
+    y += 1.5
+    nodes["L"] = _Node(0, y, "L", "L", "circle", 0.42, 0.42)
+    nodes["y"] = _Node(0, y + 1.5, "y", "y", "circle", 0.42, 0.42)
+    allnodes = list(nodes.values())
+
+    xmax = max(abs(n.x) + n.w for n in allnodes) + 1.6
+    legend = [(c, t, "-") for c, t in wts.legend()]
+    legend.append((_INK, "one-step delay: the value from step t−1", "s"))
+    if spec.cell == "lstm":
+        legend.append((_CPATH, "C  cell state carried to the next step (no weight)", "-"))
+    title, sub = _title_of(spec, "rolled")
+    fig, ax = _new_figure((-xmax, xmax), (-0.8, y + 2.1), title, sub, legend)
+    for n in allnodes:
+        _draw_node(ax, n)
+        if gated and n.kind == "h":
+            _interior(ax, n, spec.cell)
+
+    # ---- edges
+    for layer in range(1, spec.num_layers + 1):
+        for d in dirs:
+            h = nodes[("h", layer, d)]
+            c, lab = wts.colour("U", layer, d), wts.text("U", layer, d)
+            if layer == 1:
+                srcs = [("x", nodes["x"])]
+            else:
+                srcs = [(_kid(k), nodes[k]) for k in
+                        [("o" if jordan else "h", layer - 1, e) for e in dirs]]
+            hk = _kid(("h", layer, d))
+            for sk, s in srcs:
+                straight = abs(s.x - h.x) < 1e-9 or len(srcs) == 1 or s.x * h.x > 0
+                _edge(ax, s, h, allnodes, c, lab if straight else None,
+                      side=1 if d >= 0 else -1, at=0.55, gid=f"U:{sk}>{hk}")
+            side = -1 if d == 1 else 1          # loops on the outer side of the row
+            wc, wl = wts.colour("W", layer, d), wts.text("W", layer, d)
+            if jordan:
+                o = nodes[("o", layer, d)]
+                ok = _kid(("o", layer, d))
+                _edge(ax, h, o, allnodes, wts.colour("V", layer, d),
+                      wts.text("V", layer, d), side=side, gid=f"V:{hk}>{ok}")
+                _jordan_loop(ax, o, h, side, wc, wl, gid=f"W:{ok}>{hk}")
+            elif spec.cell == "lstm":
+                _loop(ax, h, side, _CPATH, "C", port=0.5, size=0.3, gid=f"C:{hk}>{hk}")
+                _loop(ax, h, side, wc, wl, port=-0.45, size=0.3, gid=f"W:{hk}>{hk}")
+            else:
+                _loop(ax, h, side, wc, wl, port=0.0, size=0.36 if not gated else 0.34,
+                      gid=f"W:{hk}>{hk}")
+    if not jordan:
+        for d in dirs:
+            s = nodes[("h", spec.num_layers, d)]
+            _edge(ax, s, nodes["o"], allnodes, wts.colour("V", None, d),
+                  wts.text("V", None, d), side=1 if d >= 0 else -1,
+                  gid=f"V:{_kid(('h', spec.num_layers, d))}>o")
+    for key in top:
+        _edge(ax, nodes[key], nodes["L"], allnodes, _INK, lw=1.3, gid=f"loss:{_kid(key)}>L")
+    _edge(ax, nodes["y"], nodes["L"], allnodes, _INK, lw=1.3, gid="target:y>L")
+    return _save(fig, path)
+
+
+def _jordan_loop(ax, o, h, side, colour, text, gid=None):
+    """The Jordan recurrence: o (one step late) back into h, around the outer side."""
+    p0 = np.array([o.x + side * o.w, o.y])
+    p3 = np.array([h.x + side * h.w, h.y])
+    reach = 1.1
+    pts = _cubic(p0, p0 + [side * reach, 0], p3 + [side * reach, 0], p3)
+    pts = _clip(pts, o, h, 0.04)
+    _arrow(ax, pts, colour, gid=gid)
+    mid = pts[len(pts) // 2]
+    ax.add_patch(Rectangle(mid - 0.07, 0.14, 0.14, color=_INK, zorder=4))
+    ax.text(mid[0] + side * 0.16, mid[1], text, color=colour, fontsize=12, zorder=5,
+            ha="left" if side > 0 else "right", va="center", fontweight="bold")
+
+
+# --------------------------------------------------------------------- unrolled
+def draw_unrolled(spec, T=4, path=None, backward=False):
+    """Draw the network unrolled over T steps, optionally with the backward pass.
+
+    Args:
+        spec: anything :func:`describe` accepts.
+        T: time steps to draw, at least 1.
+        path: where to save, ``.png`` or ``.svg``; None to only return the figure.
+        backward: overlay BPTT: dL/do_t into h_t, dL/dh_{t+1} back through W into
+            h_t (dashed, in the gradient colour, right to left for the forward rows),
+            and the sums over t that give dU, dW, dV.
+
+    Returns:
+        matplotlib.figure.Figure: the drawing (on an Agg canvas; no pyplot state).
+
+    Columns are time steps 1..T, with the initial state h_0 at the left (and the
+    right-to-left row's initial state at the right). Rows, bottom to top: x_t, one
+    row per layer and direction, o_t, L_t, y_t. A Jordan network has an h row and
+    an o row per layer, and its recurrence runs from o_{t-1} into h_t.
+    """
+    spec = describe(spec)
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"T must be an integer >= 1 (the number of time steps to draw), "
+                         f"got {T!r}")
+    T = int(T)
+    wts = _Weights(spec)
+    gated, jordan, lstm = spec.cell in ("lstm", "gru"), spec.cell == "jordan", spec.cell == "lstm"
+    dirs = (1, -1) if spec.bidirectional else (0,)
+    multi = spec.num_layers > 1
+    r = 0.36
+    hw, hh = (0.5, (0.62 if backward else 0.55) if lstm else 0.45) if gated else (r, r)
+    port = 0.34 if backward else 0.22      # LSTM: C enters above, h below
+    stagger = (hw + 0.18) if spec.bidirectional else 0.0
+    dx = 2 * (stagger + hw) + (2.0 if backward else 1.6) + (1.0 if jordan and stagger else 0)
+    xoff = {0: 0.0, 1: -stagger, -1: stagger}
+    py = (1.5 if not gated else 1.7) + (0.3 if backward else 0.0)
+
+    # ---- lanes (rows), bottom to top
+    lanes, y = [], 0.0
+    for layer in range(1, spec.num_layers + 1):
+        for kind in (("h", "o") if jordan else ("h",)):
+            for d in sorted(dirs):      # a right-to-left row sits below its -> row
+                y += py
+                lanes.append((kind, layer, d, y))
+    top_y = y
+    nodes = {}
+
+    def add(key, x, y, label, kind, box=False, dashed=False):
+        nodes[key] = _Node(x, y, label, kind, "box" if box else "circle",
+                           hw if box else r, hh if box else r, dashed)
+
+    for t in range(1, T + 1):
+        add(("x", t), t * dx, 0.0, _sym("x", t=t), "x")
+    for kind, layer, d, ly in lanes:
+        rec = kind == ("o" if jordan else "h")       # the lane that carries the state
+        steps = list(range(1, T + 1))
+        if rec:
+            steps = [0] + steps if d >= 0 else steps + [T + 1]
+        for t in steps:
+            box = gated and kind == "h"
+            lab = _sym(kind, layer if multi else None, d, t)
+            if lstm and kind == "h":
+                lab = _sym("C", layer if multi else None, d, t) + "\n\n" + lab
+            add((kind, layer, d, t), t * dx + xoff[d], ly, lab, kind, box,
+                dashed=t in (0, T + 1))
+    out_rows = []
+    if not jordan:
+        top_y += py if not gated else py - 0.1
+        for t in range(1, T + 1):
+            add(("o", t), t * dx, top_y, _sym("o", t=t), "o")
+        out_rows = [("o", t) for t in range(1, T + 1)]
+    y_L, y_y = top_y + 1.4, top_y + 2.8
+    for t in range(1, T + 1):
+        add(("L", t), t * dx, y_L, _sym("L", t=t), "L")
+        add(("y", t), t * dx, y_y, _sym("y", t=t), "y")
+    allnodes = list(nodes.values())
+
+    # ---- figure
+    legend = [(c, t, "-") for c, t in wts.legend(T)]
+    if lstm:
+        legend.append((_CPATH, "C  cell state path: f ⊙ C + i ⊙ g (no weight)", "-"))
+    if backward:
+        legend.append((_GRAD, "gradient of L flowing back (BPTT)" + (", also along C"
+                              if lstm else "") + "; summed over steps into dU, dW, dV", "--"))
+    title, sub = _title_of(spec, f"unrolled over T = {T} step{'s' * (T > 1)}"
+                           + (", with the backward pass" if backward else ""))
+    first_col = 0 if any(k[-1] == 0 for k in nodes if len(k) == 4) else 1
+    last_col = T + 1 if spec.bidirectional else T
+    x0, x1 = first_col * dx - hw - stagger - 0.9, last_col * dx + hw + stagger + 0.9
+    y0 = -0.9 - (2.6 if backward else 0.0)
+    fig, ax = _new_figure((x0, x1), (y0, y_y + 0.8), title, sub, legend,
+                          min_width=7.0)
+    for n in allnodes:
+        _draw_node(ax, n, fontsize=11 if not lstm else 10)
+    dkw = dict(ls="--", lw=1.4, fontsize=9, bold=False)
+
+    # ---- forward edges (and, with backward=True, the gradient along each in reverse)
+    def link(a, b, colour, text, side, at=None, ports=(0, 0), grad=None, grad_text=None,
+             role="U"):
+        ids = _kid(a), _kid(b)
+        a, b = nodes[a], nodes[b]
+        gat = at
+        if at is None:   # label in the first gap between rows, clear of the rows it crosses
+            at = gat = 0.5
+            if abs(b.y - a.y) > 1.2 * py:
+                at = gat = ("y", a.y + np.sign(b.y - a.y) * py / 2)
+            elif abs(b.y - a.y) > 1e-9 and abs(b.x - a.x) < 1e-9 + 2 * stagger:
+                # a vertical edge: its label midway in the clear gap between the nodes
+                y_mid = (a.y + np.sign(b.y - a.y) * a.h + b.y - np.sign(b.y - a.y) * b.h) / 2
+                at = gat = ("y", y_mid)
+        elif not isinstance(at, tuple):
+            gat = 1 - at
+        # forward arrow on one side of the centre line, its gradient on the other
+        sep = 0.09 if backward and grad else 0.0
+        _edge(ax, a, b, allnodes, colour, text, side=side, at=at, off=side * sep,
+              ports=ports, gid=f"{role}:{ids[0]}>{ids[1]}")
+        if backward and grad:
+            _edge(ax, b, a, allnodes, _GRAD, grad_text, side=side, at=gat,
+                  off=side * sep, ports=ports[::-1], gid=f"grad:{ids[1]}>{ids[0]}", **dkw)
+
+    for kind, layer, d, ly in lanes:
+        sd = 1 if d >= 0 else -1     # labels on the left of travel: above for -> rows
+        for t in range(1, T + 1):
+            key = (kind, layer, d, t)
+            if kind == "h":
+                # input into the layer: x_t, or the layer below (both of its directions)
+                if layer == 1:
+                    link(("x", t), key, wts.colour("U", 1, d), wts.text("U", 1, d), sd)
+                else:
+                    below = "o" if jordan else "h"
+                    for e in dirs:
+                        link((below, layer - 1, e, t), key, wts.colour("U", layer, d),
+                             wts.text("U", layer, d) if e == d else None, sd,
+                             grad=e == d)   # cross-direction gradients left out: legibility
+            else:   # Jordan: h -> o inside the layer
+                link(("h", layer, d, t), key, wts.colour("V", layer, d),
+                     wts.text("V", layer, d), sd, grad=True,
+                     grad_text=_sym("∂L/∂o", layer if multi else None, d, t),
+                     role="V")
+            # the recurrence: from step t-1 (t+1 for a right-to-left row) into step t
+            if kind == "h":
+                prev = t - 1 if d >= 0 else t + 1
+                src = ("o" if jordan else "h", layer, d, prev)
+                w_c, w_t = wts.colour("W", layer, d), wts.text("W", layer, d)
+                gsym = _sym("∂L/∂h", layer if multi else None, d, t)
+                if lstm:
+                    # top to bottom: C, its gradient, (W label), W, dL/dh, (its label)
+                    link(src, key, _CPATH, "C", sd, ports=(port, port), grad=True, role="C")
+                    link(src, key, w_c, w_t, sd if backward else -sd, ports=(-port, -port),
+                         grad=True, grad_text=gsym, role="W")
+                else:
+                    link(src, key, w_c, w_t, sd, grad=True, grad_text=gsym, role="W")
+    # outputs and losses
+    for t in range(1, T + 1):
+        if not jordan:
+            for d in dirs:
+                link(("h", spec.num_layers, d, t), ("o", t), wts.colour("V", None, d),
+                     wts.text("V", None, d), 1 if d >= 0 else -1, grad=True,
+                     grad_text=_sym("∂L/∂o", t=t) if d >= 0 else None,
+                     role="V")
+            link(("o", t), ("L", t), _INK, None, 1, grad=True, role="loss")
+        else:
+            for d in dirs:
+                link(("o", spec.num_layers, d, t), ("L", t), _INK, None, 1, grad=True,
+                     role="loss")
+        link(("y", t), ("L", t), _INK, None, 1, role="target")
+    if backward:
+        _sums(ax, spec, nodes, T, dx, jordan)
+    return _save(fig, path)
+
+
+def _sums(ax, spec, nodes, T, dx, jordan):
+    """Every step's share of dU, dW, dV, gathered on a bus and summed."""
+    ybus, ybox = -1.15, -2.35
+    xs = [nodes[("x", t)].x for t in range(1, T + 1)]
+    for x in xs:   # each column adds its share
+        ax.plot([x, x], [-0.45, ybus], color=_GRAD, lw=1.2, ls=":", zorder=1)
+        ax.plot([x], [ybus], marker="o", ms=3.5, color=_GRAD, zorder=2)
+    ax.plot([xs[0], xs[-1]], [ybus, ybus], color=_GRAD, lw=1.6, zorder=1)
+    ax.text(xs[0] - 0.3, ybus, r"$\sum_{t=1}^{%d}$" % T, ha="right", va="center",
+            color=_GRAD, fontsize=13)
+    prev = "o_{t-1}" if jordan else "h_{t-1}"
+    texts = [r"$\partial L/\partial U = \sum_t\, \delta_t\, x_t^{\top}$",
+             r"$\partial L/\partial W = \sum_t\, \delta_t\, %s^{\top}$" % prev,
+             r"$\partial L/\partial V = \sum_t\, (\partial L/\partial o_t)\, h_t^{\top}$"]
+    mid = (xs[0] + xs[-1]) / 2
+    width = max(xs[-1] - xs[0], 3 * 3.6)
+    for i, txt in enumerate(texts):
+        bx = mid + (i - 1) * width / 3
+        _arrow(ax, np.array([[bx, ybus], [bx, ybox + 0.3]]), _GRAD, lw=1.4)
+        ax.text(bx, ybox, txt, ha="center", va="center", fontsize=10.5, color=_GRAD,
+                zorder=5, bbox=dict(boxstyle="round,pad=0.3", fc="white", ec=_GRAD))
+    note = r"$\delta_t = \partial L/\partial a_t$, the gradient at step $t$'s pre-activation"
+    if spec.cell in ("lstm", "gru"):
+        note += " (all gates)"
+    if spec.num_layers > 1 or spec.bidirectional:
+        note += "; likewise for every layer and direction"
+    ax.text(mid, ybox - 0.62, note, ha="center", va="center", fontsize=9, color="#555555")
