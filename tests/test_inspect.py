@@ -369,3 +369,48 @@ def test_every_picture_is_a_real_image(tmp_path):
             assert "<svg" in text and text.count("<path") + text.count("<image") > 5
     with pytest.raises(ValueError, match=r"\.png or \.svg"):
         plot_traces(tr, tmp_path / "x.jpg")
+
+
+# --------------------------------------------------------------------------- the report
+
+def _saved_names_model(path):
+    from unrolled import io
+    from unrolled.config import TRAIN_DEFAULTS
+    from unrolled.data import Vocab
+    from unrolled.tasks.names import PAD, UNK, NamesTask
+
+    cfg = {**TRAIN_DEFAULTS, **NamesTask.defaults, "task": "names", "embed": 4, "hidden": 5,
+           "cell": "lstm", "seed": 0}
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["K", "D"]
+    state = {"vocab": Vocab([PAD, UNK] + letters, specials=[PAD, UNK]).to_dict(),
+             "classes": ["Greek", "Irish", "Russian"], "sizes": {}}
+    task = NamesTask(cfg, state)
+    model = task.build_model()
+    io.save_model(model, path, config=cfg, task_state=task.state())
+    return model, task
+
+
+def test_cli_inspect_writes_the_report(tmp_path):
+    from unrolled.cli import main
+
+    model, task = _saved_names_model(tmp_path / "model")
+    out = tmp_path / "report"
+    assert main(["inspect", str(tmp_path / "model"), "--input", "Kozak", "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    pngs = sorted(out.glob("*.png"))
+    names = {p.stem for p in pngs}
+    assert {"traces", "saturation", "gradflow", "jacobians", "shares_1_l0"} <= names
+    for p in pngs:  # every picture is shown in the page, has its SVG, and is not blank
+        assert f'src="{p.name}"' in page and (out / f"{p.stem}.svg").exists()
+        _check_png(p, min_px=100)
+    assert "Kozak" in page and "predicted" in page
+    # the raw arrays are the forward pass's own values
+    arrays = np.load(out / "arrays.npz")
+    rec = task.encode("Kozak")
+    tr = traces(model, rec)
+    assert np.array_equal(arrays["trace/1/l0/h"], tr["1/l0"]["h"])
+    assert np.array_equal(arrays["record"][0], rec)
+    assert arrays["gradflow/1/l0/norms"].shape == (1, 5)
+    assert arrays["jacobian/1/l0/singular_values"].shape == (6, 10)
+    # bad input names the fix
+    assert main(["inspect", str(tmp_path / "model"), "--input", " ", "--out", str(out)]) == 2

@@ -1,0 +1,268 @@
+"""One HTML page that shows what a model does with one record.
+
+:func:`write_report` writes into a folder:
+
+- ``index.html``: the drawings of the network (rolled, unrolled, and the backward pass),
+  the states and gates over the record, gate saturation, ‖∂L/∂h_t‖ over time, each
+  step's share of the weight gradients, and the singular values of ∂s_T/∂s_t;
+- every picture as ``.png`` (shown in the page) and ``.svg`` (linked);
+- ``arrays.npz``: the raw numbers behind the pictures (traces, ∂L/∂h_t, norms, shares'
+  norms, singular values, the record and the output).
+
+:func:`cli_inspect` is ``unrolled inspect MODEL --input TEXT --out DIR``: it loads a model
+saved by ``unrolled train``, turns ``--input`` into a record the way its task reads one
+(a name, a text prime, 64 comma-separated pixel values, ...) and writes the report.
+"""
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .gradflow import (
+    gradient_flow,
+    plot_gradient_flow,
+    plot_jacobians,
+    plot_shares,
+    state_jacobians,
+)
+from .traces import as_batch, flatten_traces, plot_saturation, plot_traces, saturation, traces
+
+__all__ = ["cli_inspect", "record_from_input", "write_report"]
+
+_MAX_PANELS = 4  # layers/directions drawn in the per-layer pictures
+
+
+def _recurrent_layers(model):
+    from ..layers import Recurrent, Sequential
+
+    if isinstance(model, Recurrent):
+        return [model]
+    if isinstance(model, Sequential):
+        return [ly for m in model.layers for ly in _recurrent_layers(m)]
+    return []
+
+
+def _spec_for_drawing(model):
+    """The first recurrent layer's shape, with the output width of what follows it."""
+    from ..layers import Dense, Sequential
+
+    rnn = _recurrent_layers(model)[0]
+    spec = {"cell": rnn._cell if rnn.cell == "jordan" else rnn.cell,
+            "input_size": rnn.input_size, "hidden_size": rnn.hidden_size,
+            "num_layers": rnn.num_layers, "bidirectional": rnn.bidirectional}
+    if isinstance(model, Sequential):
+        dense = [ly for ly in model.layers if isinstance(ly, Dense)]
+        if dense:
+            spec["output_size"] = dense[-1].out_features
+    return spec
+
+
+def _save(fig, out_dir, stem, files):
+    """Save ``fig`` as PNG and SVG; remember both names."""
+    for ext in ("png", "svg"):
+        fig.savefig(out_dir / f"{stem}.{ext}", dpi=100 if ext == "png" else None)
+    files.append(stem)
+    return stem
+
+
+def _figure_html(stem, caption):
+    return (f'<figure><a href="{stem}.svg"><img src="{stem}.png" alt="{html.escape(caption)}">'
+            f'</a><figcaption>{html.escape(caption)} (<a href="{stem}.svg">SVG</a>)'
+            f"</figcaption></figure>")
+
+
+_CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
+img{max-width:100%;border:1px solid #ddd}figure{margin:1.2em 0}
+figcaption{font-size:.9em;color:#555}table{border-collapse:collapse;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}code,pre{background:#f6f6f6}"""
+
+
+def write_report(model, record, out_dir, target=None, loss=None, mask=None, labels=None,
+                 title=None, data=None, T_draw=4, notes=()):
+    """Write the inspection report of ``model`` on one record into ``out_dir``.
+
+    Parameters
+    ----------
+    model : a recurrent layer or a ``Sequential`` holding recurrent layers.
+    record : one record: (T, D) floats or (T,) integer symbols (or a batch of one).
+    out_dir : folder to write (created if needed).
+    target, loss : the target of the record and the loss for the gradient flow; with no
+        target, a cross-entropy model is explained w.r.t. its own prediction (argmax),
+        any other w.r.t. the sum of its outputs.
+    mask : (T,) bool or None.
+    labels : optional T strings naming the steps (e.g. the characters of a name).
+    title : the page's title.
+    data : optional batches for the saturation statistics (default: the record alone).
+    T_draw : time steps in the unrolled drawing.
+    notes : lines shown at the top of the page (e.g. the model's prediction).
+
+    Returns
+    -------
+    Path of ``index.html``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not _recurrent_layers(model):
+        raise ValueError(f"{type(model).__name__} has no recurrent layer to inspect")
+    X, m = as_batch(record, mask)
+    if X.shape[0] != 1:
+        raise ValueError(f"write_report takes one record, got a batch of {X.shape[0]}; "
+                         "pass record[i]")
+    if X.shape[1] < 1:
+        raise ValueError("the record is empty: it needs at least one step")
+    output = model(X, mask=m)
+    if target is None:
+        if _is_classifier(loss):  # explain the model's own prediction
+            target = output.argmax(-1)
+        else:                     # follow the sum of the outputs
+            loss = None
+    files, sections, arrays = [], [], {"record": np.asarray(X), "output": np.asarray(output)}
+
+    # -- drawings (when the drawing module is there)
+    figs = []
+    try:
+        from .drawings import draw_rolled, draw_unrolled
+
+        spec = _spec_for_drawing(model)
+        figs = [(_save(draw_rolled(spec), out, "net_rolled", files), "the rolled network"),
+                (_save(draw_unrolled(spec, T=T_draw), out, "net_unrolled", files),
+                 f"unrolled over {T_draw} steps: the same weights at every step"),
+                (_save(draw_unrolled(spec, T=T_draw, backward=True), out, "net_backward",
+                       files), "the backward pass (BPTT): the paths the gradient takes")]
+    except Exception as e:  # noqa: BLE001  (a drawing problem must not cost the report)
+        sections.append(f"<p><em>No drawing of this network ({html.escape(str(e))}).</em></p>")
+    if figs:
+        sections.append("<h2>The network</h2>" + "".join(_figure_html(s, c) for s, c in figs))
+
+    # -- traces
+    tr = traces(model, X, m)
+    arrays.update(flatten_traces(tr))
+    keys = list(tr)[:_MAX_PANELS]
+    T = X.shape[1]
+    lab = list(labels) if labels is not None and len(labels) == T else None
+    _save(plot_traces(tr, keys=keys, labels=lab), out, "traces", files)
+    sat = saturation(model, X if data is None else data, m if data is None else None)
+    sat_rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{g}</td><td>{s['low']:.3f}</td>"
+        f"<td>{s['high']:.3f}</td><td>{s['mean']:.3f}</td></tr>"
+        for k, d in sat.items() for g, s in d.items())
+    parts = [_figure_html("traces", "hidden state h, cell state c and gate activations "
+                          "at every step (units on the vertical axis)")]
+    if sat_rows:
+        _save(plot_saturation(sat), out, "saturation", files)
+        parts.append(_figure_html("saturation", "share of gate values near their rails "
+                                  "(sigmoid gates: ≤ 0.05 or ≥ 0.95; tanh: near ±1)"))
+        parts.append("<table><tr><th>layer</th><th>gate</th><th>low</th><th>high</th>"
+                     f"<th>mean</th></tr>{sat_rows}</table>")
+    sections.append("<h2>States and gates over the record</h2>" + "".join(parts))
+
+    # -- gradient flow
+    flow = gradient_flow(model, X, target, loss, mask=m)
+    arrays.update(flow.arrays())
+    _save(plot_gradient_flow(flow), out, "gradflow", files)
+    share_figs = []
+    for k in list(flow.share_norms)[:_MAX_PANELS]:
+        stem = "shares_" + k.replace("/", "_")
+        _save(plot_shares(flow, key=k), out, stem, files)
+        share_figs.append(_figure_html(stem, f"{k}: norm of each step's share of each "
+                                       "weight gradient (the shares add up to the gradient)"))
+    jacs = {}
+    for k in list(flow.norms)[:_MAX_PANELS]:
+        j = state_jacobians(model, X, mask=m, key=k)
+        jacs[k] = j
+        arrays[f"jacobian/{k}/singular_values"] = j["singular_values"]
+    _save(plot_jacobians(jacs), out, "jacobians", files)
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v[0]:.3g}</td><td>{v[-1]:.3g}</td>"
+                   f"<td>{v.max():.3g}</td><td>{v.min():.3g}</td></tr>"
+                   for k, v in flow.total_norms.items())
+    sections.append(
+        "<h2>Gradient flow over time</h2>"
+        f"<p>Loss on this record: {flow.loss:.6g}. ‖∂L/∂h<sub>t</sub>‖ is the gradient "
+        "BPTT carries into step t, read from the backward pass itself.</p>"
+        "<table><tr><th>layer</th><th>first step</th><th>last step</th><th>largest</th>"
+        f"<th>smallest</th></tr>{rows}</table>"
+        + _figure_html("gradflow", "‖∂L/∂h_t‖ against t (log scale)")
+        + "".join(share_figs)
+        + _figure_html("jacobians", "singular values of the Jacobian ∂s_T/∂s_t against the "
+                       "distance T − t: how fast a change at step t fades by the end"))
+
+    # -- files
+    np.savez_compressed(out / "arrays.npz", **arrays)
+    title = title or f"inspect: {type(model).__name__}"
+    head = "".join(f"<p>{html.escape(str(n))}</p>" for n in notes)
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{head}"
+            f"<pre>{html.escape(repr(model))}</pre>" + "".join(sections)
+            + "<h2>Files</h2><p>Raw arrays: <a href='arrays.npz'>arrays.npz</a> ("
+            + ", ".join(sorted({k.split('/')[0] for k in arrays}))
+            + "). Pictures: " + ", ".join(f"<a href='{s}.svg'>{s}</a>" for s in files)
+            + ".</p></body></html>\n")
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _is_classifier(loss):
+    """No target given: explain a classifier's own prediction (logits out, CE loss)."""
+    name = loss if isinstance(loss, str) else getattr(loss, "name", None)
+    return name == "cross_entropy"
+
+
+# --------------------------------------------------------------------------- the CLI
+
+def record_from_input(task, text):
+    """``(record, target, labels, notes)`` for ``--input`` in the task's own form."""
+    if hasattr(task, "encode"):  # names, digits, ... : one record to classify
+        rec = np.asarray(task.encode(text))
+        labels = list(str(text).strip()) if rec.shape[0] == len(str(text).strip()) else None
+        return rec, None, labels, []
+    vocab = getattr(task, "vocab", None)
+    if vocab is not None:  # a language model: the prime, each step predicting the next
+        from ..tasks.text import encode_prime
+
+        ids = np.asarray(encode_prime(vocab, text))
+        if ids.size < 2:
+            raise ValueError("--input for a text model needs at least 2 characters: each "
+                             "step is scored on predicting the next one")
+        return ids[:-1], ids[1:][None], list(text[:-1]), [(f"record: {text!r}, each step "
+                                                          "predicting the next character")]
+    raise ValueError(f"task {getattr(task, 'name', '?')!r} cannot turn --input into a record")
+
+
+def cli_inspect(model_dir, input_text, out_dir):
+    """``unrolled inspect MODEL --input TEXT --out DIR``: load, encode, report.
+
+    Returns
+    -------
+    Path of the ``index.html`` written.
+    """
+    from .. import io
+    from ..tasks import get_task
+
+    model, meta = io.load_model(model_dir)
+    cfg = meta.get("config") or {}
+    if "task" not in cfg:
+        raise ValueError(f"{model_dir}: the model was not trained by `unrolled train` (no task "
+                         "in its config); use unrolled.inspect.write_report from Python")
+    task = get_task(cfg["task"])(cfg, meta.get("task_state") or {})
+    record, target, labels, notes = record_from_input(task, input_text)
+    loss = task.loss
+    X, _ = as_batch(record)
+    out = model(X)
+    classes = (meta.get("task_state") or {}).get("classes")
+    if classes and out.ndim == 2:
+        z = out[0].astype(np.float64)
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        top = np.argsort(-p)[:3]
+        notes = [f"input {input_text!r}: predicted " + ", ".join(
+            f"{classes[i]} {p[i]:.3f}" for i in top) + "; the gradient flow explains the "
+            "top prediction"] + notes
+    title = f"unrolled inspect: {cfg['task']} model {Path(model_dir).name}"
+    path = write_report(model, X, out_dir, target=target, loss=loss, labels=labels,
+                        title=title, notes=notes)
+    (Path(out_dir) / "input.json").write_text(json.dumps({"input": input_text,
+                                                          "model": str(model_dir)}) + "\n")
+    return path
