@@ -8,8 +8,18 @@ The work that does not depend on the recurrence is done at the size of the seque
 the input projection of all T steps is one matrix product before the loop, and the
 weight gradients are one matrix product over the whole tape after it. Only the recurrent
 product and the cell's own arithmetic stay inside the loop. The loop never names a gate.
+
+The loop runs on one of the backends of :mod:`unrolled.kernels`. On the fast ones
+("numpy", "numba") every array a step touches is allocated before the loop (the tape,
+the gradient of each step's input projection, the cell's workspace) and each step
+writes into slices of them: the loop itself allocates nothing. BPTT there is also
+subnormal-safe: state gradients below :func:`flush_threshold` are set to zero, which
+changes no result beyond float rounding and avoids the many-fold slowdown of subnormal
+arithmetic when gradients vanish. The "reference" backend is the readable definition.
 """
 from dataclasses import dataclass, field
+
+from . import kernels
 
 
 @dataclass
@@ -27,15 +37,148 @@ def _mask_col(mask, t):
     return None if mask is None else mask[t][:, None]
 
 
-def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None):
+def flush_threshold(dtype):
+    """Gradients smaller than this in magnitude are flushed to zero by the fast BPTT.
+
+    2**24 (float32) or 2**53 (float64) times the smallest normal number, i.e. about
+    2e-31 in float32: a value this small is below the rounding of any gradient larger
+    than 1e-24, so dropping it is within float rounding, and it keeps every product of
+    the backward pass away from the slow subnormal range.
+    """
+    import numpy as np
+
+    dt = np.dtype(dtype)
+    return float(np.finfo(dt).tiny) * (2.0 ** (24 if dt.itemsize <= 4 else 53))
+
+
+def _fast_ok(cell, backend, prev_states):
+    return backend != "reference" and prev_states is None and cell.fast
+
+
+def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None, backend=None):
     """Run ``cell`` over ``X`` (T, B, D) from ``state0`` (tuple of (B, S) arrays).
 
     ``p`` holds the cell's parameters after ``cell.prepare``. With ``prev_states`` (tuple of
     (T, B, S): the state fed into each step, e.g. true previous targets under teacher
     forcing) the steps are independent and run as one batched step with no sequential loop.
-    A masked (padded) step carries the state through unchanged.
+    A masked (padded) step carries the state through unchanged. ``backend`` overrides
+    :func:`unrolled.kernels.get_backend` for this call.
     Returns a :class:`Tape`; ``tape.states[0][1:]`` is the output sequence.
     """
+    be = kernels.resolve(backend, xp)
+    if not _fast_ok(cell, be, prev_states):
+        return _forward_reference(cell, p, X, state0, xp, mask, keep_tape, prev_states)
+    T, B, D = X.shape
+    dtype = X.dtype
+    kern = kernels.kernels_for(be, dtype)
+    # input projection of all T steps at once, with every bias the cell lets us fold in
+    XW = (X.reshape(T * B, D) @ p["weight_ih"].T).reshape(T, B, -1)
+    XW += p["bias_x"]
+    H = state0[0].shape[-1]
+    states = tuple(xp.empty((T + 1,) + s.shape, dtype=dtype) for s in state0)
+    for s, s0 in zip(states, state0):
+        s[0] = s0
+    shapes = cell.tape_shapes(B, H)
+    n = T if keep_tape else 1  # without a tape, one step's cache is reused
+    tape = {k: xp.empty((n,) + sh, dtype=dtype) for k, sh in shapes.items()}
+    ws = cell.workspace(B, H, dtype, xp)
+    keep = xp.logical_not(mask)[:, :, None] if mask is not None else None
+    for t in range(T):
+        prev = tuple(s[t] for s in states)
+        new = tuple(s[t + 1] for s in states)
+        j = t if keep_tape else 0
+        cache = {k: v[j] for k, v in tape.items()}
+        cell.step_into(p, XW[t], prev, new, cache, ws, xp, kern)
+        if keep is not None:  # a padded step carries the state through
+            for s in states:
+                xp.copyto(s[t + 1], s[t], where=keep[t])
+    return Tape(X, states, tape if keep_tape else {}, mask)
+
+
+def backward(cell, p, tp, xp, d_out=None, d_final=None, truncate=None, backend=None):
+    """Backpropagation through time over the tape ``tp``.
+
+    ``d_out`` (T, B, S0): gradient of the loss w.r.t. the output sequence (ignored at
+    padded steps). ``d_final``: tuple of (B, S) gradients w.r.t. the final state (or None).
+    ``truncate=k``: the gradient reaches back only over each record's last k valid steps.
+    ``backend`` overrides :func:`unrolled.kernels.get_backend` for this call.
+    Returns ``(grads, dX, d_state0)``: parameter gradients (dict), dX (T, B, D), and the
+    gradient w.r.t. the initial state (tuple of (B, S)).
+    """
+    if tp.teacher is not False:
+        return _backward_decoupled(cell, p, tp, xp, d_out, d_final)
+    be = kernels.resolve(backend, xp)
+    # a tape written by the reference loop has the reference cache layout
+    if not _fast_ok(cell, be, None) or set(tp.tape) != set(cell.tape_shapes(1, 1)):
+        return _backward_reference(cell, p, tp, xp, d_out, d_final, truncate)
+    return _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be)
+
+
+def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be):
+    X, states, mask = tp.X, tp.states, tp.mask
+    T, B, D = X.shape
+    dtype = X.dtype
+    kern = kernels.kernels_for(be, dtype)
+    H = states[0].shape[-1]
+    thr = flush_threshold(dtype)
+    # the state gradient lives in two sets of buffers that swap roles every step
+    dstate = [xp.zeros(s.shape[1:], dtype=dtype) for s in states]
+    dnext = [xp.empty(s.shape[1:], dtype=dtype) for s in states]
+    if d_final is not None:
+        for d, df in zip(dstate, d_final):
+            if df is not None:
+                d[...] = df
+    if d_out is not None and mask is not None:
+        d_out = d_out * mask[:, :, None]  # padded steps take no gradient from the output
+    win = None if truncate is None else truncation_window(mask, T, B, truncate, xp, dtype)
+    if mask is not None:
+        m_f = mask.astype(dtype)[:, :, None]
+        keep_f = 1 - m_f
+        dcell = [xp.empty_like(d) for d in dstate]
+    G = p["weight_ih"].shape[0]
+    dXW = xp.empty((T, B, G), dtype=dtype)
+    saved = {k: xp.empty((T,) + sh, dtype=dtype) for k, sh in cell.saved_shapes(B, H).items()}
+    ws = cell.workspace(B, H, dtype, xp)
+    flush_ws = None if kern is not None else (xp.empty((B, H), dtype=dtype),
+                                               xp.empty((B, H), dtype=bool))
+    for t in range(T - 1, -1, -1):
+        if d_out is not None:
+            dstate[0] += d_out[t]
+        if win is not None:
+            for d in dstate:
+                d *= win[t]
+        dc = dstate
+        if mask is not None:
+            for a, d in zip(dcell, dstate):
+                xp.multiply(d, m_f[t], out=a)
+            dc = dcell
+        prev = tuple(s[t] for s in states)
+        new = tuple(s[t + 1] for s in states)
+        cache = {k: v[t] for k, v in tp.tape.items()}
+        sv = {k: v[t] for k, v in saved.items()}
+        cell.step_back_into(p, cache, prev, new, dc, dXW[t], dnext, sv, ws, xp, kern, thr)
+        if mask is not None:  # a padded step passes the gradient on untouched
+            for a, d in zip(dnext, dstate):
+                d *= keep_f[t]
+                a += d
+        if flush_ws is not None:
+            for a in dnext:
+                _flush(a, thr, flush_ws, xp)
+        dstate, dnext = dnext, dstate
+    prev_states = tuple(s[:-1] for s in states)
+    return _finish(cell, p, tp, xp, dXW, saved, prev_states, tuple(dstate))
+
+
+def _flush(a, thr, ws, xp):
+    """Set entries of ``a`` smaller than ``thr`` in magnitude to zero, in place."""
+    mag, small = ws
+    xp.abs(a, out=mag)
+    xp.less(mag, thr, out=small)
+    xp.copyto(a, 0, where=small)
+
+
+def _forward_reference(cell, p, X, state0, xp, mask, keep_tape, prev_states):
+    """The readable loop: the cell's ``step`` returns new arrays every step."""
     T, B, D = X.shape
     # input projection of all T steps at once
     XW = (X.reshape(T * B, D) @ p["weight_ih"].T + p["bias_ih"]).reshape(T, B, -1)
@@ -74,20 +217,11 @@ def truncation_window(mask, T, B, k, xp, dtype):
     return (rev_cum <= k).astype(dtype)[:, :, None]
 
 
-def backward(cell, p, tp, xp, d_out=None, d_final=None, truncate=None):
-    """Backpropagation through time over the tape ``tp``.
-
-    ``d_out`` (T, B, S0): gradient of the loss w.r.t. the output sequence (ignored at
-    padded steps). ``d_final``: tuple of (B, S) gradients w.r.t. the final state (or None).
-    ``truncate=k``: the gradient reaches back only over each record's last k valid steps.
-    Returns ``(grads, dX, d_state0)``: parameter gradients (dict), dX (T, B, D), and the
-    gradient w.r.t. the initial state (tuple of (B, S)).
-    """
+def _backward_reference(cell, p, tp, xp, d_out, d_final, truncate):
+    """The readable BPTT loop: the cell's ``step_back`` returns new arrays every step."""
     X, states, mask = tp.X, tp.states, tp.mask
     T, B, D = X.shape
     dtype = X.dtype
-    if tp.teacher is not False:
-        return _backward_decoupled(cell, p, tp, xp, d_out, d_final)
     dstate = [xp.zeros(s.shape[1:], dtype=dtype) if d_final is None or d_final[k] is None
               else d_final[k].copy() for k, s in enumerate(states)]
     win = None if truncate is None else truncation_window(mask, T, B, truncate, xp, dtype)

@@ -20,7 +20,9 @@ class ElmanCell:
         return (hidden_size,)
 
     def prepare(self, params, xp):
-        return {**params, "W_hhT": xp.ascontiguousarray(params["weight_hh"].T)}
+        # bias_x: every bias folded into the input projection (used by the fast path)
+        return {**params, "W_hhT": xp.ascontiguousarray(params["weight_hh"].T),
+                "bias_x": params["bias_ih"] + params["bias_hh"]}
 
     def step(self, p, xw, state, xp):
         a = xw + state[0] @ p["W_hhT"] + p["bias_hh"]
@@ -37,3 +39,44 @@ class ElmanCell:
         H = p["weight_hh"].shape[1]
         G = dXW.reshape(-1, dXW.shape[-1])
         return {"weight_hh": G.T @ prev_states[0].reshape(-1, H), "bias_hh": G.sum(0)}
+
+    # -- the fast path: preallocated buffers, out= arguments (see unrolled.kernels) ------
+    fast = True
+
+    def tape_shapes(self, B, H):
+        return {}
+
+    def saved_shapes(self, B, H):
+        return {}
+
+    def workspace(self, B, H, dtype, xp):
+        return {"t": xp.empty((B, H), dtype)}
+
+    def step_into(self, p, xw, prev, new, cache, ws, xp, kern=None):
+        """``step`` written into ``new`` (a view of the state tape)."""
+        h = new[0]
+        xp.matmul(prev[0], p["W_hhT"], out=h)  # xw already holds both biases
+        if kern is not None:
+            kern.elman_fwd(h, xw, self.nonlinearity == "tanh")
+            return
+        h += xw
+        if self.nonlinearity == "tanh":
+            xp.tanh(h, out=h)
+        else:
+            xp.maximum(h, 0, out=h)
+
+    def step_back_into(self, p, cache, prev, new, dnew, dxw, dprev, saved, ws, xp, kern=None,
+                       flush=0.0):
+        """``step_back`` written into ``dxw`` (B, H) and ``dprev`` (buffers)."""
+        h, dh = new[0], dnew[0]
+        if kern is not None:
+            kern.elman_bwd(dh, h, dxw, self.nonlinearity == "tanh", flush)
+        elif self.nonlinearity == "tanh":
+            t = ws["t"]
+            xp.multiply(h, h, out=t)
+            xp.subtract(1, t, out=t)
+            xp.multiply(dh, t, out=dxw)
+        else:
+            xp.greater(h, 0, out=dxw)
+            dxw *= dh
+        xp.matmul(dxw, p["weight_hh"], out=dprev[0])

@@ -7,7 +7,7 @@
 """
 from dataclasses import dataclass
 
-from .lstm import _sigmoid
+from .lstm import _sigmoid, _sigmoid_into
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,11 @@ class GRUCell:
     reset_after: bool = True
     name = "gru"
     gates = 3
+
+    @property
+    def fast(self):
+        """The fast path covers PyTorch's placement of the reset gate."""
+        return self.reset_after
 
     def param_shapes(self, input_size, hidden_size):
         G = 3 * hidden_size
@@ -28,7 +33,12 @@ class GRUCell:
         W = params["weight_hh"]
         H = W.shape[1]
         if self.reset_after:
-            return {**params, "W_hhT": xp.ascontiguousarray(W.T)}
+            # bias_x: the input projection's bias plus the hidden biases of r and z (the
+            # fast path folds them; n's hidden bias sits inside r * (...) and cannot be)
+            b = params["bias_ih"] + params["bias_hh"]
+            b[2 * H:] = params["bias_ih"][2 * H:]
+            return {**params, "W_hhT": xp.ascontiguousarray(W.T), "bias_x": b,
+                    "bias_hn": params["bias_hh"][2 * H:]}
         return {**params, "W_rzT": xp.ascontiguousarray(W[:2 * H].T),
                 "W_nT": xp.ascontiguousarray(W[2 * H:].T)}
 
@@ -81,3 +91,66 @@ class GRUCell:
         R = tape["acts"][..., :H].reshape(-1, H)
         dW = xp.concatenate([G[:, :2 * H].T @ Hp, G[:, 2 * H:].T @ (R * Hp)], axis=0)
         return {"weight_hh": dW, "bias_hh": G.sum(0)}
+
+    # -- the fast path (reset_after=True): preallocated buffers, out= arguments -----------
+    def tape_shapes(self, B, H):
+        return {"acts": (B, 3 * H), "hn": (B, H)}
+
+    def saved_shapes(self, B, H):
+        return {"dhw": (B, 3 * H)}
+
+    def workspace(self, B, H, dtype, xp):
+        return {"hw": xp.empty((B, 3 * H), dtype), "t": xp.empty((B, H), dtype),
+                "u": xp.empty((B, H), dtype), "dhz": xp.empty((B, H), dtype)}
+
+    def step_into(self, p, xw, prev, new, cache, ws, xp, kern=None):
+        """``step`` written into ``new`` (a view of the state tape) and ``cache``."""
+        h, h_new = prev[0], new[0]
+        acts, hn, hw = cache["acts"], cache["hn"], ws["hw"]
+        xp.matmul(h, p["W_hhT"], out=hw)
+        if kern is not None:
+            kern.gru_fwd(hw, xw, p["bias_hn"], h, acts, hn, h_new)
+            return
+        H = h.shape[-1]
+        t = ws["t"]
+        xp.add(hw[:, :2 * H], xw[:, :2 * H], out=acts[:, :2 * H])
+        _sigmoid_into(acts[:, :2 * H], acts[:, :2 * H], xp)
+        xp.add(hw[:, 2 * H:], p["bias_hn"], out=hn)
+        r, z, n = acts[:, :H], acts[:, H:2 * H], acts[:, 2 * H:]
+        xp.multiply(r, hn, out=n)
+        n += xw[:, 2 * H:]
+        xp.tanh(n, out=n)
+        xp.subtract(h, n, out=t)   # h' = n + z (h - n)
+        t *= z
+        xp.add(n, t, out=h_new)
+
+    def step_back_into(self, p, cache, prev, new, dnew, dxw, dprev, saved, ws, xp, kern=None,
+                       flush=0.0):
+        """``step_back`` written into ``dxw`` (B, 3H), ``saved`` and ``dprev`` (buffers)."""
+        dh, h = dnew[0], prev[0]
+        acts, hn, dhw, dhz = cache["acts"], cache["hn"], saved["dhw"], ws["dhz"]
+        if kern is None:
+            H = dh.shape[-1]
+            r, z, n = acts[:, :H], acts[:, H:2 * H], acts[:, 2 * H:]
+            t, u = ws["t"], ws["u"]
+            dr, dz, dn = dxw[:, :H], dxw[:, H:2 * H], dxw[:, 2 * H:]
+            xp.multiply(dh, z, out=dhz)
+            xp.subtract(dh, dhz, out=dn)          # dh (1 - z)
+            xp.multiply(n, n, out=t)
+            xp.subtract(1, t, out=t)
+            dn *= t                                # ... (1 - n^2)
+            xp.subtract(h, n, out=t)               # update gate: dh (h - n) z (1 - z)
+            t *= dh
+            xp.multiply(z, z, out=u)
+            xp.subtract(z, u, out=u)
+            xp.multiply(t, u, out=dz)
+            xp.multiply(r, r, out=u)               # reset gate: dn hn r (1 - r)
+            xp.subtract(r, u, out=u)
+            xp.multiply(dn, hn, out=dr)
+            dr *= u
+            dhw[:, :2 * H] = dxw[:, :2 * H]
+            xp.multiply(dn, r, out=dhw[:, 2 * H:])  # n's hidden part is scaled by r
+        else:
+            kern.gru_bwd(dh, h, acts, hn, dxw, dhw, dhz, flush)
+        xp.matmul(dhw, p["weight_hh"], out=dprev[0])
+        dprev[0] += dhz

@@ -42,6 +42,7 @@ class JordanCell:
     output_activation: str = "identity"
     name = "jordan"
     gates = 1
+    fast = False  # runs on the reference loop on every backend
 
     def __post_init__(self):
         for what, v in (("nonlinearity", self.nonlinearity),

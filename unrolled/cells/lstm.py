@@ -25,7 +25,9 @@ class LSTMCell:
         return (hidden_size, hidden_size)
 
     def prepare(self, params, xp):
-        return {**params, "W_hhT": xp.ascontiguousarray(params["weight_hh"].T)}
+        # bias_x: every bias folded into the input projection (used by the fast path)
+        return {**params, "W_hhT": xp.ascontiguousarray(params["weight_hh"].T),
+                "bias_x": params["bias_ih"] + params["bias_hh"]}
 
     def step(self, p, xw, state, xp):
         h, c = state
@@ -55,3 +57,73 @@ class LSTMCell:
         H = p["weight_hh"].shape[1]
         G = dXW.reshape(-1, dXW.shape[-1])
         return {"weight_hh": G.T @ prev_states[0].reshape(-1, H), "bias_hh": G.sum(0)}
+
+    # -- the fast path: preallocated buffers, out= arguments (see unrolled.kernels) ------
+    fast = True
+
+    def tape_shapes(self, B, H):
+        return {"acts": (B, 4 * H), "tanh_c": (B, H)}
+
+    def saved_shapes(self, B, H):
+        return {}
+
+    def workspace(self, B, H, dtype, xp):
+        return {"z": xp.empty((B, 4 * H), dtype), "q": xp.empty((B, 4 * H), dtype),
+                "t": xp.empty((B, H), dtype), "dct": xp.empty((B, H), dtype)}
+
+    def step_into(self, p, xw, prev, new, cache, ws, xp, kern=None):
+        """``step`` written into ``new`` (views of the state tape) and ``cache``."""
+        h, c = prev
+        h_new, c_new = new
+        acts, tc, z = cache["acts"], cache["tanh_c"], ws["z"]
+        xp.matmul(h, p["W_hhT"], out=z)  # xw already holds both biases
+        if kern is not None:
+            kern.lstm_fwd(z, xw, c, acts, tc, h_new, c_new)
+            return
+        H = h.shape[-1]
+        z += xw
+        _sigmoid_into(z, acts, xp)
+        xp.tanh(z[:, 2 * H:3 * H], out=acts[:, 2 * H:3 * H])
+        i, f, g, o = acts[:, :H], acts[:, H:2 * H], acts[:, 2 * H:3 * H], acts[:, 3 * H:]
+        xp.multiply(f, c, out=c_new)
+        xp.multiply(i, g, out=ws["t"])
+        c_new += ws["t"]
+        xp.tanh(c_new, out=tc)
+        xp.multiply(o, tc, out=h_new)
+
+    def step_back_into(self, p, cache, prev, new, dnew, dxw, dprev, saved, ws, xp, kern=None,
+                       flush=0.0):
+        """``step_back`` written into ``dxw`` (B, 4H) and ``dprev`` (buffers)."""
+        dh, dc = dnew
+        acts, tc = cache["acts"], cache["tanh_c"]
+        if kern is not None:
+            kern.lstm_bwd(dh, dc, acts, tc, prev[1], dxw, dprev[1], flush)
+            xp.matmul(dxw, p["weight_hh"], out=dprev[0])
+            return
+        H = dh.shape[-1]
+        i, f, g, o = acts[:, :H], acts[:, H:2 * H], acts[:, 2 * H:3 * H], acts[:, 3 * H:]
+        t, dct, q = ws["t"], ws["dct"], ws["q"]
+        # dct = dc + dh * o * (1 - tc^2)
+        xp.multiply(tc, tc, out=t)
+        xp.subtract(1, t, out=t)
+        t *= o
+        t *= dh
+        xp.add(dc, t, out=dct)
+        # q = a (1 - a) for the sigmoid gates, 1 - g^2 for the candidate
+        xp.multiply(acts, acts, out=q)
+        xp.subtract(acts, q, out=q)
+        xp.subtract(1, xp.multiply(g, g, out=q[:, 2 * H:3 * H]), out=q[:, 2 * H:3 * H])
+        for blk, a, b in ((0, dct, g), (1, dct, prev[1]), (2, dct, i), (3, dh, tc)):
+            d = dxw[:, blk * H:(blk + 1) * H]
+            xp.multiply(a, b, out=d)
+            d *= q[:, blk * H:(blk + 1) * H]
+        xp.multiply(dct, f, out=dprev[1])
+        xp.matmul(dxw, p["weight_hh"], out=dprev[0])
+
+
+def _sigmoid_into(x, out, xp):
+    """out = σ(x) = (tanh(x/2) + 1) / 2 without temporaries."""
+    xp.multiply(x, 0.5, out=out)
+    xp.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5

@@ -1,0 +1,96 @@
+"""Which implementation runs the per-step arithmetic of the time loop.
+
+Three backends share the one loop in :mod:`unrolled.unroll`:
+
+``"reference"``
+    the cells' readable ``step``/``step_back``: new arrays every step; the definition
+    the others are checked against.
+``"numpy"``
+    the fast path in pure NumPy (or CuPy): every per-step array is preallocated before
+    the loop and each step writes into it with ``out=`` arguments; nothing is allocated
+    inside the loop.
+``"numba"``
+    the same loop and buffers, with each cell's gate arithmetic fused into one compiled
+    kernel per step (forward and backward); the matrix products stay with NumPy's BLAS.
+    Needs the optional ``numba`` package and NumPy arrays; elsewhere it falls back to
+    ``"numpy"``.
+
+The default is ``"numba"`` where numba is installed, else ``"numpy"``. Choose with
+:func:`set_backend`, the :func:`backend` context manager, or the environment variable
+``UNROLLED_BACKEND`` (read once, at import).
+"""
+import contextlib
+import os
+
+BACKENDS = ("reference", "numpy", "numba")
+
+
+def numba_available():
+    """True where the optional numba package can be imported."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _check(name):
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if name == "numba" and not numba_available():
+        raise ValueError("backend 'numba' needs the numba package: pip install numba, "
+                         "or choose 'numpy'")
+    return name
+
+
+def _default():
+    env = os.environ.get("UNROLLED_BACKEND")
+    if env:
+        return _check(env.strip().lower())
+    return "numba" if numba_available() else "numpy"
+
+
+_current = [_default()]
+
+
+def set_backend(name):
+    """Select the backend of the time loop for the whole process; returns the old one."""
+    old = _current[0]
+    _current[0] = _check(name)
+    return old
+
+
+def get_backend():
+    """The name of the backend in use."""
+    return _current[0]
+
+
+@contextlib.contextmanager
+def backend(name):
+    """``with backend("numpy"): ...`` runs the block on another backend."""
+    old = set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(old)
+
+
+def resolve(name, xp):
+    """The backend that will really run: ``name`` (or the current one) for array module xp.
+
+    numba kernels work on NumPy arrays only; with any other array module ``"numba"``
+    means the ``"numpy"`` path written with that module's ufuncs.
+    """
+    name = _current[0] if name is None else _check(name)
+    if name == "numba" and getattr(xp, "__name__", "") != "numpy":
+        return "numpy"
+    return name
+
+
+def kernels_for(name, dtype):
+    """The fused kernel library for a resolved backend and dtype (None for NumPy ufuncs)."""
+    if name != "numba":
+        return None
+    from . import cells_numba
+
+    return cells_numba.library(dtype)
