@@ -22,6 +22,7 @@ from unrolled.inspect.gradflow import (
 )
 from unrolled.inspect.traces import plot_saturation, plot_traces, saturation, traces
 from unrolled.layers import GRU, LSTM, Dense, Elman, Embedding, Sequential
+from unrolled.tree import tree_flatten
 
 
 def _data(B=3, T=6, D=3, seed=0, pad=True):
@@ -300,33 +301,43 @@ def test_monitor_warns_when_the_gradient_vanishes_or_explodes():
     assert list(steps) == [7, 8, 9] and curves[0].shape == (40,) and curves[2].shape == (5,)
 
 
-def test_monitor_follows_the_trainer_protocol():
+def _tiny_names_task(path):
+    from unrolled.config import TRAIN_DEFAULTS
+    from unrolled.tasks.names import NamesTask
+
+    rng = np.random.default_rng(0)
+    path.mkdir()
+    for lang, letters in (("Aa", "aeiou"), ("Bb", "bcdfg"), ("Cc", "klmnp")):
+        names = {"".join(rng.choice(list(letters), rng.integers(3, 8))).title()
+                 for _ in range(40)}
+        (path / f"{lang}.txt").write_text("\n".join(sorted(names)) + "\n")
+    cfg = {**TRAIN_DEFAULTS, **NamesTask.defaults, "task": "names", "embed": 4, "hidden": 6,
+           "cell": "elman", "epochs": 2, "batch_size": 16, "progress": False, "seed": 0}
+    task = NamesTask(cfg)
+    task.load(str(path))
+    return task, cfg
+
+
+def test_monitor_in_the_trainer_records_without_changing_training(tmp_path):
     train = pytest.importorskip("unrolled.train")
-    assert isinstance(cb_mod.GradientMonitor(), train.Callback)
-
-    class Task:  # the few things the monitor asks of a trainer's task
-        def epoch_batches(self, rng):
-            return [0]
-
-        def get_batch(self, split, key):
-            from unrolled.tasks.base import Batch
-            rng = np.random.default_rng(key)
-            return Batch(rng.standard_normal((2, 6, 2)).astype("float32"),
-                         rng.standard_normal((2, 6, 1)).astype("float32"), None)
-
-    class Trainer:
-        task, step = Task(), 0
-        model = Sequential(Elman(2, 3, seed=0), Dense(3, 1, seed=0))
-        loss = __import__("unrolled").get_loss("mse")
-
-    tr, mon = Trainer(), cb_mod.GradientMonitor(every=2)
-    mon.on_train_begin(tr)
-    mon.on_epoch_begin(tr, 0)
-    for s in range(1, 5):
-        tr.step = s
-        mon.on_batch_end(tr, s, {"loss": 1.0})
-    mon.on_epoch_end(tr, 0, {})
-    assert [h["step"] for h in mon.history] == [2, 4]
+    task, cfg = _tiny_names_task(tmp_path / "names")
+    mon = cb_mod.GradientMonitor(every=3)
+    assert isinstance(mon, train.Callback)
+    watched = train.Trainer(task, cfg, callbacks=[mon], log=lambda m: None)
+    watched.fit()
+    plain = train.Trainer(task, cfg, log=lambda m: None)
+    plain.fit()
+    mine = tree_flatten(watched.model.params)
+    for k, v in tree_flatten(plain.model.params).items():
+        assert np.array_equal(v, mine[k])  # measuring does not touch training
+    steps = [h["step"] for h in mon.history]
+    assert steps == list(range(3, watched.step + 1, 3)) and all(h["layer"] == "1/l0"
+                                                              for h in mon.history)
+    T = mon.probe.X.shape[1]
+    assert all(h["norms"].shape == (T,) and np.isfinite(h["weight_norm"]) for h in mon.history)
+    epoch_end = cb_mod.GradientMonitor()  # every=0: once per epoch, at its end
+    train.Trainer(task, cfg, callbacks=[epoch_end], log=lambda m: None).fit()
+    assert [h["step"] for h in epoch_end.history] == [watched.step // 2, watched.step]
 
 
 # --------------------------------------------------------------------------- pictures
