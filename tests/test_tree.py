@@ -151,6 +151,22 @@ def test_binarize_and_arity_error():
         flatten_tree(t, TreeVocab.build([t]), max_arity=2)
 
 
+def test_shared_subtree_object_becomes_two_nodes():
+    leaf, pair = Tree(token=1, label=0), Tree(children=(Tree(token=2), Tree(token=3)))
+    shared = Tree(children=(pair, pair, leaf, leaf))
+    fresh = as_tree(((2, 3), (2, 3), 1, 1))
+    a, b = flatten_tree(shared, max_arity=4), flatten_tree(fresh, max_arity=4)
+    np.testing.assert_array_equal(a.children, b.children)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    net = RecursiveNet(vocab=4, hidden_size=3, max_arity=4, dtype="float64")
+    out_s, cache_s = net.forward([shared], all_nodes=True)
+    out_f, cache_f = net.forward([fresh], all_nodes=True)
+    np.testing.assert_array_equal(out_s, out_f)
+    dY = np.ones_like(out_s)
+    np.testing.assert_array_equal(net.backward(cache_s, dY)["embedding"],
+                                  net.backward(cache_f, dY)["embedding"])
+
+
 def test_batch_levels_are_sorted_by_height():
     trees = random_forest(0, n=8, max_arity=3)
     b = batch_trees(trees, max_arity=3)

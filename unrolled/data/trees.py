@@ -378,23 +378,37 @@ def flatten_tree(tree, vocab=None, max_arity: int = 2, label_map=None) -> FlatTr
         label_map: a dict label -> class id for non-integer labels (``{"neg": 0, ...}``).
     """
     tree = as_tree(tree)
-    nodes = tree.nodes()
-    pos = {id(n): i for i, n in enumerate(nodes)}
-    n = len(nodes)
-    tokens = np.full(n, -1, dtype=np.int64)
-    children = np.full((n, max_arity), -1, dtype=np.int64)
-    labels = np.full(n, -1, dtype=np.int64)
-    for i, node in enumerate(nodes):
-        if node.is_leaf:
-            tokens[i] = _token_id(node.token, vocab)
-        else:
+    tokens, labels, kids = [], [], []
+    # post-order walk that numbers each *visit*: a Tree object used twice in one tree (a
+    # shared subtree) becomes two nodes, so every node keeps exactly one parent
+    done = []  # indices of finished subtrees, the children of the next parent on top
+    stack = [(tree, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if not node.is_leaf and not expanded:
             if len(node.children) > max_arity:
                 raise ValueError(f"a node has {len(node.children)} children but max_arity="
                                  f"{max_arity}; raise max_arity (children are zero-padded up to "
                                  f"it) or binarize the trees (unrolled.data.trees.binarize)")
-            children[i, :len(node.children)] = [pos[id(c)] for c in node.children]
-        if node.label is not None:
-            labels[i] = _label_id(node.label, label_map)
+            stack.append((node, True))
+            stack.extend((c, False) for c in reversed(node.children))
+            continue
+        if node.is_leaf:
+            tokens.append(_token_id(node.token, vocab))
+            kids.append(())
+        else:
+            k = len(node.children)
+            tokens.append(-1)
+            kids.append(tuple(done[-k:]))
+            del done[-k:]
+        labels.append(-1 if node.label is None else _label_id(node.label, label_map))
+        done.append(len(tokens) - 1)
+    n = len(tokens)
+    children = np.full((n, max_arity), -1, dtype=np.int64)
+    for i, ch in enumerate(kids):
+        children[i, :len(ch)] = ch
+    tokens = np.asarray(tokens, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
     return FlatTree(tokens, children, labels)
 
 
