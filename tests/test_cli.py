@@ -82,7 +82,7 @@ def test_info_describes_the_model(trained, capsys):
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "task: names" in text and "classes (3): Italian, Japanese, Russian" in text
-    assert "GRU(8, 16" in text and "hidden" in text
+    assert "GRU(" in text and "hidden_size=16" in text and "input_size=8" in text
 
 
 def test_generate_on_a_classifier_is_a_clear_error(trained, capsys):
