@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from .. import memory as _memory
 from .. import unroll
 from ..backend import get_xp
 from ..cells import ElmanCell, GRUCell, JordanCell, LSTMCell
@@ -55,6 +56,11 @@ class Recurrent(Module):
     initial_state : "zeros", a float constant, or "learned" (a trainable ``h0``/``c0`` per
         layer and direction); a per-record state can also be given at call time.
     truncate : int or None, backpropagate through each record's last ``truncate`` steps only.
+    memory : "full" (default: keep every step for the backward), "checkpoint" (keep the
+        state every ~√T steps and recompute each segment in the backward: same gradients to
+        rounding, peak memory O(√T) for about one extra forward), or a byte budget (int):
+        full BPTT when it fits, else checkpoints as far apart as the budget allows. See
+        :mod:`unrolled.memory`; a full unrolling that would not fit in memory is refused.
     dtype : "float32" (default) or "float64".
     seed : int or None, for the initialisation and for dropout.
     input_init : "uniform" (PyTorch's U(-1/sqrt(H), 1/sqrt(H)), the default) or "glorot".
@@ -66,7 +72,7 @@ class Recurrent(Module):
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bidirectional=False,
                  dropout=0.0, return_sequences=True, bias=True, initial_state="zeros",
                  truncate=None, dtype="float32", seed=None, input_init="uniform",
-                 recurrent_init="uniform"):
+                 recurrent_init="uniform", memory="full"):
         for what, v in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
             if not isinstance(v, (int, np.integer)) or v < 1:
@@ -88,6 +94,7 @@ class Recurrent(Module):
         self.num_layers, self.bidirectional = int(num_layers), bool(bidirectional)
         self.dropout, self.return_sequences, self.bias = float(dropout), return_sequences, bias
         self.initial_state, self.truncate = initial_state, truncate
+        self.memory = _memory.check_memory_option(memory)
         self.dtype = check_dtype_name(dtype)
         self.seed = seed
         self.input_init, self.recurrent_init = input_init, recurrent_init
@@ -191,17 +198,26 @@ class Recurrent(Module):
         S = self.state_sizes[0]
         tapes, drops, finals = {}, [], {}
         inp = Xt
+        loops = {}
         for k in range(self.num_layers):
             outs = []
+            # the full loop, or a checkpointed policy of it (see unrolled.memory)
+            seq_needed = self.return_sequences or k < self.num_layers - 1
+            loop = _memory.policy(self, B, T, keep_tape, teacher, seq_needed)
             for d, suffix in enumerate(("", "_reverse")[: 1 + self.bidirectional]):
                 name = f"l{k}{suffix}"
                 x_in = inp if d == 0 else _gather_time(inp, ridx, xp)
-                tp = unroll.forward(self._cell, self._prepared(name, xp), x_in, s0[name], xp,
-                                    mT, keep_tape, prev)
-                tapes[name] = tp
-                finals[name] = unroll.final_state(tp, xp)
-                y = tp.states[0][1:]
+                tp = loop.forward(self._cell, self._prepared(name, xp), x_in, s0[name], xp,
+                                  mT, keep_tape, prev)
+                tapes[name], loops[name] = tp, loop
+                finals[name] = loop.final_state(tp, xp)
+                if not seq_needed:
+                    continue  # only the final state leaves this layer
+                y = tp.states[0][1:] if loop is unroll else tp.outputs
                 outs.append(y if d == 0 else _gather_time(y, ridx, xp))
+            if not seq_needed:
+                drops.append(None)
+                break
             y = outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=-1)
             if mT is not None:
                 y = y * mT[:, :, None]  # outputs at padded steps are zero
@@ -222,7 +238,7 @@ class Recurrent(Module):
             out = xp.concatenate([finals[n][0] for n in last], axis=-1)
         cache = {"tapes": tapes, "drops": drops, "ridx": ridx, "mask": mT, "B": B, "T": T,
                  "given_state": initial_state is not None, "xp": xp,
-                 "keep_tape": keep_tape}
+                 "keep_tape": keep_tape, "loops": loops}
         return out, state, cache
 
     def _teacher_states(self, teacher, s0, mT, T, B, xp):
@@ -275,8 +291,9 @@ class Recurrent(Module):
                 dd = None if d_seq is None else d_seq[..., d * S:(d + 1) * S]
                 if d == 1 and dd is not None:
                     dd = _gather_time(dd, ridx, xp)
-                g, dX, ds0 = unroll.backward(self._cell, self._prepared(name, xp), tapes[name], xp,
-                                             dd, tuple(d_final[name]), self.truncate)
+                loop = cache["loops"][name]
+                g, dX, ds0 = loop.backward(self._cell, self._prepared(name, xp), tapes[name], xp,
+                                           dd, tuple(d_final[name]), self.truncate)
                 if d == 1:
                     dX = _gather_time(dX, ridx, xp)
                 d_in = dX if d_in is None else d_in + dX
