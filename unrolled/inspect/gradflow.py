@@ -309,13 +309,14 @@ def state_jacobians(model, X, mask=None, initial_state=None, key=None, record=0,
 
 # --------------------------------------------------------------------------- pictures
 
-def plot_gradient_flow(flows, path=None, title=None, record=None):
+def plot_gradient_flow(flows, path=None, title=None, record=None, labels=None):
     """‖∂L/∂h_t‖ against t (log scale), one line per layer/direction.
 
     Parameters
     ----------
     flows : a :class:`GradientFlow`, or a dict ``{label: GradientFlow}`` drawn side by side.
     record : None for the norm over the whole batch, or a record index.
+    labels : optional T strings naming the steps on the time axis (e.g. characters).
     """
     if isinstance(flows, GradientFlow):
         flows = {"": flows}
@@ -326,6 +327,9 @@ def plot_gradient_flow(flows, path=None, title=None, record=None):
             y = fl.total_norms[k] if record is None else fl.norms[k][record]
             y = np.where(y > 0, y, np.nan)
             ax.semilogy(np.arange(len(y)), y, marker=".", lw=1.4, ms=4, label=k)
+            if labels is not None and len(labels) == len(y) <= 60:
+                ax.set_xticks(range(len(y)))
+                ax.set_xticklabels([str(s) for s in labels], fontsize=8)
         ax.set_xlabel("time step t")
         ax.set_title(label or "gradient flow", fontsize=11)
         ax.grid(True, which="both", alpha=0.25)

@@ -161,7 +161,7 @@ def write_report(model, record, out_dir, target=None, loss=None, mask=None, labe
     # -- gradient flow
     flow = gradient_flow(model, X, target, loss, mask=m)
     arrays.update(flow.arrays())
-    _save(plot_gradient_flow(flow), out, "gradflow", files)
+    _save(plot_gradient_flow(flow, labels=lab), out, "gradflow", files)
     share_figs = []
     for k in list(flow.share_norms)[:_MAX_PANELS]:
         stem = "shares_" + k.replace("/", "_")

@@ -253,7 +253,7 @@ def plot_traces(tr, path=None, record=0, keys=None, names=None, labels=None):
     T = next(tr[k][n].shape[1] for k in keys for n in rows if n in tr[k])
     # a fixed layout (in inches): constrained layout is slow with dozens of panels
     pw, ph = min(1.6 + 0.16 * T, 12), 1.0          # one panel
-    left, right, top, bottom, gap = 0.55, 0.75, 0.55, 0.5, 0.25
+    left, right, top, bottom, gap = 0.55, 0.75, 0.8, 0.5, 0.25
     W = left + right + len(keys) * pw + (len(keys) - 1) * gap
     Hh = top + bottom + len(rows) * ph + (len(rows) - 1) * 0.35
     fig = new_figure(W, Hh, layout=None)
