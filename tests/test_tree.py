@@ -419,3 +419,29 @@ def test_learns_a_small_tree_task():
             net.params["out"][k] -= 0.5 * g["out"][k]
     assert loss < first / 10
     assert (net.predict(batch) == labels).all()
+
+
+def test_expression_example_runs_and_labels_are_values():
+    """The example's generator labels every node with its value; a tiny run completes."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "tree_expressions.py"
+    spec = importlib.util.spec_from_file_location("tree_expressions", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    rng = np.random.default_rng(0)
+    task = ex.TASKS["mod5"]
+    for t in (ex.random_expr(rng, 3, task) for _ in range(20)):
+        for node in t.nodes():  # recompute each operator node's value from its children
+            if not node.is_leaf:
+                op, *args = node.children
+                assert node.label == task["ops"][op.token][1](*(a.label for a in args))
+    old_argv = sys.argv
+    sys.argv = ["x", "--task", "logic", "--train-per-depth", "40", "--test-per-depth", "20",
+                "--test-depth", "5", "--epochs", "1"]
+    try:
+        ex.main()
+    finally:
+        sys.argv = old_argv
