@@ -122,7 +122,7 @@ class Checkpointed:
         if prev_states is not None:
             raise ValueError("memory='checkpoint' does not apply to teacher forcing, whose "
                              "steps are independent; use memory='full'")
-        T, B, _ = X.shape
+        T = X.shape[0]
         L = max(1, int(self.segment))
         starts = list(range(0, T, L))
         outputs = None
