@@ -1,0 +1,315 @@
+"""The ``text`` task: a character-level language model on any UTF-8 text file.
+
+Embedding -> LSTM -> Dense over the characters of one long text, trained with truncated
+BPTT over ``batch_size`` parallel streams: the text is cut into that many contiguous
+streams, each chunk of ``chunk`` steps continues every stream where the previous chunk
+stopped, and the final state of one chunk is the initial state of the next (the trainer
+carries it, ``stateful = True``). The gradient reaches back ``chunk`` steps.
+
+Splits are contiguous: the first part of the file trains, then ``val_fraction`` of it
+validates and the last ``test_fraction`` is the held-out test text (by default the last
+10 %). The vocabulary is every character of the file, so held-out text can always be
+encoded; nothing else is learned from the held-out parts.
+
+Plain functions (usable without the trainer): :func:`build_char_model`,
+:func:`split_text`, :func:`stream_loss` (held-out loss with the state carried across
+chunks) and :func:`sample` (generation with temperature, top-k and a prime).
+"""
+import math
+
+import numpy as np
+
+from ..data import Vocab, read_text, stream_batches
+from ..layers import LSTM, Dense, Embedding, Sequential
+from .base import Batch, Task
+
+__all__ = ["TextTask", "build_char_model", "chunk_xy", "encode_prime", "sample", "split_text",
+           "stream_loss"]
+
+
+# ------------------------------------------------------------------------ plain functions
+
+def build_char_model(vocab_size, embedding_size=32, hidden_size=256, num_layers=1,
+                     dropout=0.0, seed=0, dtype="float32"):
+    """Embedding(V, E) -> LSTM(E, H, num_layers) -> Dense(H, V), logits at every step.
+
+    Returns a :class:`unrolled.layers.Sequential`; input (B, T) int ids, output
+    (B, T, V) logits of the next character.
+    """
+    return Sequential(
+        Embedding(vocab_size, embedding_size, dtype=dtype, seed=seed),
+        LSTM(embedding_size, hidden_size, num_layers=num_layers, dropout=dropout,
+             dtype=dtype, seed=seed + 1),
+        Dense(hidden_size, vocab_size, dtype=dtype, seed=seed + 2),
+    )
+
+
+def split_text(n, val_fraction, test_fraction):
+    """Contiguous split points of a text of ``n`` characters.
+
+    Returns ``(a, b)``: train is ``[0, a)``, val ``[a, b)``, test ``[b, n)``.
+    """
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= f < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {f}")
+    if val_fraction + test_fraction >= 0.9:
+        raise ValueError("--val-fraction + --test-fraction must leave at least 10 % of the "
+                         "text for training; lower them")
+    b = n - int(round(n * test_fraction))
+    a = b - int(round(n * val_fraction))
+    return a, b
+
+
+def _log_softmax(logits):
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def stream_loss(model, ids, streams=16, chunk=256):
+    """Mean next-character cross-entropy (nats) of ``model`` over the text ``ids``.
+
+    The text is read as ``streams`` contiguous parallel streams (state carried from chunk
+    to chunk, like training), so each character except the first of a stream is
+    predicted from everything before it in its stream.
+
+    Parameters
+    ----------
+    model : Sequential, (B, T) ids -> (B, T, V) logits.
+    ids : (N,) int ids.
+
+    Returns
+    -------
+    dict with ``loss`` (nats per character), ``bits_per_char``, ``accuracy`` (of the
+    most likely next character) and ``chars`` (characters predicted).
+    """
+    ids = np.asarray(ids)
+    streams = max(1, min(int(streams), (len(ids) - 1) // 2))
+    if len(ids) < 2:
+        raise ValueError("the held-out text has fewer than 2 characters; nothing to predict "
+                         "(use a longer text or a larger --val-fraction / --test-fraction)")
+    total, correct, count, state = 0.0, 0, 0, None
+    for X, Y in stream_batches(ids, streams, chunk):
+        logits, state = model(X, initial_state=state, return_state=True)  # (B, k, V)
+        logp = _log_softmax(logits.astype(np.float64))
+        total -= float(np.take_along_axis(logp, Y[..., None], -1).sum())
+        correct += int((logits.argmax(-1) == Y).sum())
+        count += Y.size
+    loss = total / count
+    return {"loss": loss, "bits_per_char": loss / math.log(2), "accuracy": correct / count,
+            "chars": count}
+
+
+def chunk_xy(streams, i):
+    """Chunk ``i`` of a :class:`unrolled.data.batching.StreamBatches`: inputs (B, k) and
+    next-character targets (B, k); the last chunk of a pass may be shorter."""
+    t = i * streams.chunk
+    k = min(streams.chunk, streams.steps - t)
+    if k < 1:
+        raise ValueError(f"chunk {i} is past the end of the streams ({len(streams)} chunks)")
+    X = streams.streams[:, t:t + k]
+    Y = streams.streams[:, t + 1:t + k + 1]
+    return np.ascontiguousarray(X), np.ascontiguousarray(Y)
+
+
+def encode_prime(vocab, prime):
+    """The ids of ``prime``; a ValueError naming every character the model never saw."""
+    unknown = sorted({c for c in prime if c not in vocab})
+    if unknown:
+        shown = ", ".join(repr(c) for c in unknown[:20])
+        raise ValueError(f"the prime {prime[:40]!r} has {len(unknown)} character(s) outside "
+                         f"the model's vocabulary: {shown}; use only characters of the "
+                         "training text")
+    return vocab.encode(prime)
+
+
+def sample(model, vocab, length=500, temperature=1.0, prime="", top_k=None, rng=None):
+    """Generate ``length`` characters after ``prime``, one at a time.
+
+    Parameters
+    ----------
+    model : Sequential, (B, T) ids -> (B, T, V) logits, with a recurrent state.
+    vocab : the :class:`unrolled.data.Vocab` the model was trained with.
+    length : int >= 0, characters to generate (the prime is not counted).
+    temperature : float >= 0; logits are divided by it (below 1: safer, above 1: wilder;
+        0: always the most likely character).
+    prime : str, text the model reads first; the result starts with it. Empty: the model
+        starts from a newline (or the first symbol if the text has none).
+    top_k : int or None, sample among the ``top_k`` most likely characters only.
+    rng : numpy Generator or int seed.
+
+    Returns
+    -------
+    str : ``prime`` followed by the generated characters.
+    """
+    if not isinstance(length, (int, np.integer)) or length < 0:
+        raise ValueError(f"--length must be a non-negative integer, got {length!r}")
+    if not temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"--top-k must be a positive integer, got {top_k!r}")
+    rng = np.random.default_rng(rng)
+    start = encode_prime(vocab, prime) if prime else \
+        np.array([vocab.index("\n") if "\n" in vocab else 0])
+    # read the prime in one call; its last logits give the first generated character
+    logits, state = model(start[None, :], return_state=True)
+    out = []
+    for _ in range(length):
+        z = logits[0, -1].astype(np.float64)
+        if temperature == 0:
+            nxt = int(z.argmax())
+        else:
+            z = z / temperature
+            if top_k is not None and top_k < len(z):
+                cut = np.partition(z, -top_k)[-top_k]
+                z = np.where(z >= cut, z, -np.inf)
+            p = np.exp(z - z.max())
+            nxt = int(rng.choice(len(p), p=p / p.sum()))
+        out.append(nxt)
+        logits, state = model(np.array([[nxt]]), initial_state=state, return_state=True)
+    return prime + (vocab.decode(out) if out else "")
+
+
+# ------------------------------------------------------------------------------- the task
+
+class TextTask(Task):
+    name = "text"
+    summary = "character-level language model on a UTF-8 text file (then `unrolled generate`)"
+    defaults = {
+        "embedding_size": 32,
+        "hidden_size": 128,
+        "num_layers": 1,
+        "dropout": 0.0,
+        "chunk": 64,
+        "val_fraction": 0.05,
+        "test_fraction": 0.1,
+        "eval_streams": 16,
+        # trainer options tuned for a character model on the bundled 200 kB slice
+        "batch_size": 32,
+        "epochs": 3,
+        "lr": 3e-3,
+        "clip": 5.0,
+        "patience": 3,
+    }
+    help = {
+        "embedding_size": "size of the character embedding",
+        "hidden_size": "LSTM hidden units per layer",
+        "num_layers": "stacked LSTM layers",
+        "dropout": "dropout between stacked LSTM layers (training only)",
+        "chunk": "truncated BPTT: steps per chunk; the state is carried across chunks",
+        "val_fraction": "share of the text (before the test part) used for validation",
+        "test_fraction": "share of the text at its end held out for the test",
+        "eval_streams": "parallel streams when measuring held-out loss",
+    }
+    default_data = "tinyshakespeare"
+    loss = "cross_entropy"
+    monitor = "loss"
+    monitor_mode = "min"
+    stateful = True
+
+    def __init__(self, config, state=None):
+        super().__init__(config, state)
+        self.vocab = Vocab.from_dict(state["vocab"]) if state else None
+        self.splits = {}
+        self._streams = (None, None)  # (offset, StreamBatches) of the current epoch
+
+    # -- data ---------------------------------------------------------------------------
+    def load(self, path):
+        cfg = self.config
+        if cfg["chunk"] < 1:
+            raise ValueError(f"--chunk must be at least 1, got {cfg['chunk']}")
+        text = read_text(path)
+        a, b = split_text(len(text), cfg["val_fraction"], cfg["test_fraction"])
+        need = 2 * cfg["batch_size"] + 1
+        if a < need:
+            raise ValueError(f"{path}: {len(text)} characters leave {a} for training, too few "
+                             f"for {cfg['batch_size']} streams; use a longer text or a "
+                             "smaller --batch-size")
+        self.vocab = Vocab.from_text(text)
+        ids = self.vocab.encode(text)
+        self.splits = {"train": ids[:a], "val": ids[a:b], "test": ids[b:]}
+        self.path = str(path)
+
+    def load_eval(self, path):
+        text = read_text(path)
+        try:
+            self.splits["eval"] = self.vocab.encode(text)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def describe(self):
+        n = {k: len(v) for k, v in self.splits.items()}
+        return [f"text: {sum(n.values())} characters, vocabulary of {len(self.vocab)}",
+                "split: " + ", ".join(f"{k} {v}" for k, v in n.items()),
+                f"training: {self.config['batch_size']} streams of "
+                f"{max(n.get('train', 1) - 1, 0) // self.config['batch_size']} steps, "
+                f"chunks of {self.config['chunk']} (truncated BPTT, state carried)"]
+
+    def state(self):
+        return {"vocab": self.vocab.to_dict(),
+                "sizes": {k: int(len(v)) for k, v in self.splits.items()}}
+
+    # -- model and batches ---------------------------------------------------------------
+    def build_model(self):
+        c = self.config
+        return build_char_model(len(self.vocab), c["embedding_size"], c["hidden_size"],
+                                c["num_layers"], c["dropout"], seed=c["seed"])
+
+    def _train_streams(self, offset):
+        if self._streams[0] != offset:
+            self._streams = (offset, stream_batches(self.splits["train"],
+                                                    self.config["batch_size"],
+                                                    self.config["chunk"], offset))
+        return self._streams[1]
+
+    def epoch_batches(self, rng):
+        # a new cut of the streams each epoch: skip 0..chunk-1 leading characters
+        B, k = self.config["batch_size"], self.config["chunk"]
+        spare = len(self.splits["train"]) - 1 - B  # keep at least one step per stream
+        offset = int(rng.integers(min(k, spare) + 1)) if spare > 0 else 0
+        n = len(self._train_streams(offset))
+        return [(offset, i) for i in range(n)]
+
+    def get_batch(self, split, key):
+        if split != "train":
+            raise ValueError(f"text task: batches are for training; evaluate {split!r} with "
+                             "evaluate()")
+        offset, i = key
+        X, Y = chunk_xy(self._train_streams(offset), i)
+        return Batch(X=X, Y=Y, size=X.shape[0])
+
+    # -- metrics and use -----------------------------------------------------------------
+    def evaluate(self, model, split):
+        if split not in self.splits:
+            raise ValueError(f"text task: no {split!r} split loaded")
+        m = stream_loss(model, self.splits[split], self.config["eval_streams"])
+        return {"loss": m["loss"], "bits_per_char": m["bits_per_char"],
+                "accuracy": m["accuracy"]}
+
+    def report(self, model, out_dir):
+        from pathlib import Path
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        m = self.evaluate(model, "test") if len(self.splits.get("test", ())) > 1 else {}
+        prime = "\n"
+        text = sample(model, self.vocab, 500, 0.8, prime, rng=self.config["seed"])
+        path = out / "sample.txt"
+        head = "".join(f"# test {k}: {v:.4f}\n" for k, v in m.items())
+        path.write_text(head + "# 500 characters at temperature 0.8\n" + text.lstrip("\n")
+                        + "\n", encoding="utf-8")
+        return {"generated sample": str(path)}
+
+    def generate(self, model, length=500, temperature=1.0, prime="", top_k=None, seed=None):
+        return sample(model, self.vocab, length, temperature, prime, top_k, seed)
+
+    def predict(self, model, inputs, top=3):
+        """The ``top`` most likely next characters after each input text."""
+        lines = []
+        for text in inputs:
+            ids = encode_prime(self.vocab, text)
+            logits = model(ids[None, :])[0, -1].astype(np.float64)
+            p = np.exp(_log_softmax(logits))
+            order = np.argsort(-p, kind="stable")[:top]
+            best = ", ".join(f"{self.vocab.symbols[i]!r} {p[i]:.3f}" for i in order)
+            lines.append(f"{text!r} -> next: {best}")
+        return lines
