@@ -178,8 +178,9 @@ def saturation(model, data, mask=None, tol=0.05):
             for g, v in d.items():
                 if g in GATE_SET:
                     lo_rail = 0.0 if g in SIGMOID_GATES else -1.0
-                elif g == "h" and not gated and v.min() >= -1 and v.max() <= 1:
-                    lo_rail = -1.0  # Elman / Jordan: the state is itself a tanh output
+                elif (g == "hidden" or (g == "h" and "hidden" not in d)) and not gated \
+                        and v.min() >= -1 and v.max() <= 1:
+                    lo_rail = -1.0  # Elman h, Jordan's hidden layer: a tanh output
                 else:
                     continue
                 valid = np.ones(v.shape[:2], bool) if m is None else m
