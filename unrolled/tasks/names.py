@@ -28,8 +28,8 @@ class NamesTask(SequenceClassification):
         "embed": 32,            # embedding size; 0: one-hot characters
         "hidden": 128,
         "layers": 1,
-        "bidirectional": False,
-        "dropout": 0.0,         # after the embedding, between layers, before the output
+        "bidirectional": True,
+        "dropout": 0.3,         # after the embedding, between layers, before the output
         "dedupe": True,         # count each (name, language) pair once
         "val_fraction": 0.1,
         "test_fraction": 0.1,
