@@ -1,13 +1,15 @@
 """unrolled: recurrent neural networks from plain matrices, with exact hand-written BPTT."""
 from .grad import value_and_grad
-from .layers import GRU, LSTM, Dense, Dropout, Elman, Embedding, Jordan, Sequential
+from . import data, interop
+from .layers import (GRU, LSTM, Dense, Dropout, Elman, Embedding, Jordan, RecursiveNet,
+                     Sequential)
 from .losses import BCE, MSE, CrossEntropy, get_loss
 from .optim import (SGD, Adagrad, Adam, AdamW, CosineLR, RMSprop, StepLR, WarmupLR,
                     clip_grad_norm, clip_grad_value, get_optimizer)
 
 __version__ = "0.1.0"
 
-__all__ = ["Elman", "LSTM", "GRU", "Jordan", "Dense", "Embedding", "Dropout", "Sequential",
+__all__ = ["Elman", "LSTM", "GRU", "Jordan", "Dense", "Embedding", "Dropout", "Sequential", "RecursiveNet",
            "value_and_grad", "CrossEntropy", "MSE", "BCE", "get_loss", "SGD", "Adagrad",
            "RMSprop", "Adam", "AdamW", "StepLR", "CosineLR", "WarmupLR", "clip_grad_norm",
            "clip_grad_value", "get_optimizer"]

@@ -19,3 +19,18 @@ from .readers import (
     read_text,
 )
 from .vocab import Vocab
+from .ctf import read_ctf, write_ctf, ctf_minibatches
+from .trees import (
+    FlatTree,
+    Tree,
+    TreeBatch,
+    TreeVocab,
+    as_tree,
+    batch_trees,
+    binarize,
+    flatten_tree,
+    format_tree,
+    parse_tree,
+    parse_trees,
+    to_tuples,
+)

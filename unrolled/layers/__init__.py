@@ -1,6 +1,7 @@
 from .base import Module
 from .core import Dense, Dropout, Embedding, Sequential
 from .recurrent import GRU, LSTM, Elman, Jordan, Recurrent
+from .tree import RecursiveNet
 
 __all__ = ["Module", "Dense", "Dropout", "Embedding", "Sequential", "Recurrent", "Elman",
-           "LSTM", "GRU", "Jordan"]
+           "LSTM", "GRU", "Jordan", "RecursiveNet"]
