@@ -1,0 +1,242 @@
+"""The fast backends of the time loop against the reference one; no allocation per step;
+subnormal-safe BPTT; the step-by-step Generator."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from unrolled import kernels, unroll
+from unrolled.generate import Generator
+from unrolled.layers import GRU, LSTM, Dense, Elman, Embedding
+
+FAST = ["numpy"] + (["numba"] if kernels.numba_available() else [])
+LAYERS = {
+    "lstm": lambda D, H, **kw: LSTM(D, H, **kw),
+    "gru": lambda D, H, **kw: GRU(D, H, **kw),
+    "elman": lambda D, H, **kw: Elman(D, H, **kw),
+    "relu": lambda D, H, **kw: Elman(D, H, nonlinearity="relu", **kw),
+}
+TOL = {"float64": 1e-12, "float32": 1e-5}
+
+
+def rel_err(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def run_layer(kind, dtype, backend, mask=False, truncate=None, layers=1, bidirectional=False,
+              B=4, T=9, D=3, H=5):
+    """Outputs, final states and every gradient of one forward + backward."""
+    rng = np.random.default_rng(0)
+    m = LAYERS[kind](D, H, dtype=dtype, seed=1, truncate=truncate, num_layers=layers,
+                     bidirectional=bidirectional)
+    X = rng.standard_normal((B, T, D)).astype(dtype)
+    M = None
+    if mask:
+        M = np.ones((B, T), bool)
+        M[1, 6:] = False
+        M[2, :3] = False
+        M[3, 1:] = False
+    with kernels.backend(backend):
+        out, st, cache = m.forward(X, mask=M)
+        d_out = rng.standard_normal(out.shape).astype(dtype)
+        d_st = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in st.items()}
+        g, dX, ds = m.backward(cache, d_out, d_st)
+    return [out, dX, *st.values(), *ds.values()] + [g[n][k] for n in g for k in sorted(g[n])]
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("mask, truncate", [(False, None), (True, None), (True, 4)])
+def test_fast_backends_agree_with_reference(kind, dtype, backend, mask, truncate):
+    ref = run_layer(kind, dtype, "reference", mask, truncate)
+    got = run_layer(kind, dtype, backend, mask, truncate)
+    for a, b in zip(got, ref):
+        assert a.dtype == b.dtype
+        assert rel_err(a, b) < TOL[dtype]
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_fast_backends_stacked_bidirectional(backend):
+    ref = run_layer("lstm", "float64", "reference", True, None, layers=2, bidirectional=True)
+    got = run_layer("lstm", "float64", backend, True, None, layers=2, bidirectional=True)
+    for a, b in zip(got, ref):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_fast_matches_torch_lstm():
+    torch = pytest.importorskip("torch")
+    B, T, D, H = 3, 6, 4, 5
+    m = LSTM(D, H, dtype="float64", seed=3)
+    tm = torch.nn.LSTM(D, H, batch_first=True).double()
+    with torch.no_grad():
+        for k, v in m.params["l0"].items():
+            getattr(tm, f"{k}_l0").copy_(torch.from_numpy(v))
+    X = np.random.default_rng(1).standard_normal((B, T, D))
+    with kernels.backend(FAST[-1]):
+        out, _, cache = m.forward(X)
+        g, dX, _ = m.backward(cache, np.ones_like(out))
+    tX = torch.from_numpy(X).requires_grad_()
+    tout, _ = tm(tX)
+    tout.sum().backward()
+    assert rel_err(out, tout.detach().numpy()) < 1e-12
+    assert rel_err(dX, tX.grad.numpy()) < 1e-12
+    assert rel_err(g["l0"]["weight_hh"], tm.weight_hh_l0.grad.numpy()) < 1e-12
+
+
+def test_backend_selection_and_errors():
+    old = kernels.get_backend()
+    with kernels.backend("reference"):
+        assert kernels.get_backend() == "reference"
+    assert kernels.get_backend() == old
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.set_backend("fortran")
+    # with another array module the numba backend runs NumPy-style ufuncs
+    assert kernels.resolve("numba" if kernels.numba_available() else "numpy", object()) == "numpy"
+
+
+def _traced_peak(fn):
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    fn()
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("kind", ["lstm", "gru", "elman"])
+def test_loop_allocates_nothing_per_step(kind, backend):
+    """Peak memory grows with T by the tape and the per-step gradients only."""
+    B, D, H = 4, 3, 8
+    cell = LAYERS[kind](D, H)._cell
+    m = LAYERS[kind](D, H, seed=0)
+    p = m._prepared("l0", np)
+    s0 = tuple(np.zeros((B, H), np.float32) for _ in m.state_sizes)
+    rng = np.random.default_rng(0)
+    tapes = {}
+
+    def fwd_bwd(T):
+        X = rng.standard_normal((T, B, D)).astype(np.float32)
+        d_out = rng.standard_normal((T, B, H)).astype(np.float32)
+
+        def go():
+            tp = unroll.forward(cell, p, X, s0, np, backend=backend)
+            tapes[T] = tp
+            unroll.backward(cell, p, tp, np, d_out, backend=backend)
+        go()  # warm-up (compilation, caches)
+        return _traced_peak(go)
+
+    small, large = fwd_bwd(20), fwd_bwd(220)
+    tp = tapes[220]
+    # what grows with T: the tape, the input projection and its gradient, dX
+    per_step = (sum(a.nbytes for a in tp.states) + sum(a.nbytes for a in tp.tape.values())) / 221
+    per_step += 2 * B * p["weight_ih"].shape[0] * 4 + B * D * 4
+    per_step += sum(np.prod(s) * 4 for s in cell.saved_shapes(B, H).values())
+    allowed = 200 * per_step * 1.1 + 4096
+    assert large - small <= allowed, (large - small, allowed)
+
+
+@pytest.mark.parametrize("kind", ["elman", "gru", "lstm"])
+def test_subnormal_flush_changes_gradients_by_rounding_only(kind):
+    """Vanishing gradients: the flushed BPTT equals the reference to float32 rounding."""
+    rng = np.random.default_rng(0)
+    B, T, D, H = 4, 200, 6, 16
+    m = LAYERS[kind](D, H, dtype="float32", seed=2, return_sequences=False)
+    for p in m._params["l0"].values():  # small weights: the gradient shrinks every step
+        p *= 0.3
+    X = rng.standard_normal((B, T, D)).astype("float32")
+    res = {}
+    for be in ["reference"] + FAST:
+        with kernels.backend(be):
+            out, _, cache = m.forward(X)
+            g, dX, _ = m.backward(cache, np.ones_like(out))
+        res[be] = (g["l0"], dX)
+    g_ref, dX_ref = res["reference"]
+    assert np.abs(dX_ref[:, 0]).max() < 1e-30  # the gradient did vanish (into subnormals)
+    for be in FAST:
+        g, dX = res[be]
+        assert np.all(np.isfinite(dX))
+        assert np.abs(dX - dX_ref).max() <= 1e-5 * np.abs(dX_ref).max()
+        for k in g:
+            assert rel_err(g[k], g_ref[k]) < 1e-5, k
+        # no subnormal number survives in the flushed gradients
+        tiny = np.finfo(np.float32).tiny
+        assert not np.any((dX != 0) & (np.abs(dX) < tiny))
+
+
+def test_flush_threshold():
+    assert unroll.flush_threshold(np.float32) == pytest.approx(np.finfo(np.float32).tiny * 2**24)
+    assert unroll.flush_threshold(np.float64) < 1e-280
+
+
+# ---------------------------------------------------------------------------- generation
+def _char_model(cls=LSTM, V=11, H=8, layers=1):
+    return (Embedding(V, H, seed=0), cls(H, H, seed=1, num_layers=layers), Dense(H, V, seed=2))
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("cls, layers", [(LSTM, 1), (GRU, 1), (Elman, 1), (LSTM, 2)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_generator_steps_equal_layer_forward(cls, layers, batch, backend):
+    emb, rnn, out = _char_model(cls, layers=layers)
+    with kernels.backend(backend):
+        gen = Generator(rnn, embedding=emb, output=out, batch=batch, seed=0)
+        ids = gen.sample(12, start=3, temperature=0.9)
+        assert ids.shape == (batch, 12) and ids.min() >= 0 and ids.max() < 11
+        seq = np.concatenate([np.full((batch, 1), 3), ids[:, :-1]], 1)
+        logits = out.forward(rnn.forward(emb.forward(seq)[0])[0])[0]
+        gen.reset()
+        x = 3 if batch == 1 else np.full(batch, 3)
+        for t in range(12):
+            lg = gen.step(x)
+            assert rel_err(lg, logits[:, t]) < 1e-5
+            x = int(ids[0, t]) if batch == 1 else ids[:, t].copy()
+        # the state the generator holds is the layer's final state
+        _, st, _ = rnn.forward(emb.forward(np.concatenate([seq, ids[:, -1:]], 1)[:, :12])[0])
+        for k, v in st.items():
+            assert rel_err(gen.state[k], v) < 1e-5
+
+
+def test_generator_greedy_and_distribution():
+    emb, rnn, out = _char_model(V=5)
+    gen = Generator(rnn, embedding=emb, output=out, batch=1, seed=0)
+    logits = np.array([[0.0, 2.0, 1.0, -1.0, 0.5]], np.float32)
+    assert gen.draw(logits.copy(), temperature=0)[0] == 1
+    counts = np.zeros(5)
+    for _ in range(4000):
+        counts[gen.draw(logits.copy(), 1.0)[0]] += 1
+    p = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    assert np.abs(counts / 4000 - p).max() < 0.03
+
+
+def test_generator_no_allocation_per_token():
+    emb, rnn, out = _char_model(V=30, H=32)
+    gen = Generator(rnn, embedding=emb, output=out, batch=1, seed=0)
+    gen.sample(5)  # warm-up
+    gen.reset()
+
+    def steps(n):
+        x = 1
+        for _ in range(n):
+            x = int(gen.draw(gen.step(x), 0.8)[0])
+    small, large = _traced_peak(lambda: steps(10)), _traced_peak(lambda: steps(400))
+    assert large - small < 2048
+
+
+def test_generator_errors():
+    emb, rnn, out = _char_model()
+    with pytest.raises(ValueError, match="bidirectional"):
+        Generator(LSTM(8, 8, bidirectional=True), embedding=emb)
+    with pytest.raises(ValueError, match="batch"):
+        Generator(rnn, batch=0)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        Generator(rnn, embedding=Embedding(11, 4))
+    gen = Generator(rnn)
+    with pytest.raises(ValueError, match="sample needs"):
+        gen.sample(3)
+    gen = Generator(rnn, embedding=emb, output=out)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        gen.step(99)
+    with pytest.raises(ValueError, match="temperature"):
+        gen.draw(np.zeros((1, 11), np.float32), -1.0)

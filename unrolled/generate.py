@@ -1,0 +1,204 @@
+"""Fast step-by-step generation: one token at a time, nothing allocated per token.
+
+A :class:`Generator` wraps a recurrent layer (optionally with the embedding in front of
+it and the dense layer after it) for sampling. Everything a step touches is allocated
+once: the state (two sets of buffers that swap roles), the cell's workspace, the
+logits and the sampling buffers. With an embedding, the product of the embedding table
+and the first layer's input weights (plus its biases) is folded into one table of shape
+(V, G*H), so the input projection of a symbol is a row lookup.
+
+    gen = Generator(lstm, embedding=emb, output=dense, batch=1, seed=0)
+    ids = gen.sample(500, start=vocab.index("\\n"), temperature=0.8)   # (1, 500)
+
+    gen.reset()
+    logits = gen.step(symbols)   # (B, V) view into the generator's buffer
+
+The tables are a snapshot of the weights: build a new Generator (or call
+:meth:`Generator.refresh`) after training further.
+"""
+import numpy as np
+
+from . import kernels
+from .backend import get_xp
+
+
+class Generator:
+    """Sample from ``rnn`` one step at a time.
+
+    Parameters
+    ----------
+    rnn : a recurrent layer (``LSTM``, ``GRU`` with ``reset_after=True``, ``Elman``),
+        unidirectional, any number of layers.
+    embedding : optional ``Embedding`` feeding the first layer: steps then take integer
+        symbols (B,) instead of vectors (B, D).
+    output : optional ``Dense`` on top: steps then return logits (B, V), else the last
+        layer's hidden state (B, H).
+    batch : int, rows sampled in parallel.
+    seed : int or numpy Generator, for the draws.
+    xp : array module (NumPy default; CuPy for a GPU).
+    """
+
+    def __init__(self, rnn, embedding=None, output=None, batch=1, seed=None, xp=None):
+        cell = rnn._cell
+        if not getattr(cell, "fast", False):
+            raise ValueError(f"Generator supports LSTM, GRU(reset_after=True) and Elman layers, "
+                             f"got {rnn!r}; use the layer's forward one step at a time instead")
+        if rnn.bidirectional:
+            raise ValueError("a bidirectional layer cannot generate step by step; use "
+                             "bidirectional=False")
+        if not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ValueError(f"batch must be a positive integer, got {batch!r}")
+        if embedding is not None and embedding.embedding_dim != rnn.input_size:
+            raise ValueError(f"the embedding gives {embedding.embedding_dim} features but the "
+                             f"layer takes {rnn.input_size}; match embedding_dim to input_size")
+        if output is not None and output.in_features != rnn.hidden_size:
+            raise ValueError(f"the output layer takes {output.in_features} features but the "
+                             f"layer gives {rnn.hidden_size}")
+        self.rnn, self.embedding, self.output = rnn, embedding, output
+        self.cell, self.batch = cell, int(batch)
+        self.xp = np if xp is None else xp
+        self.dtype = np.dtype(rnn.dtype)
+        self.rng = np.random.default_rng(seed)
+        self.refresh()
+        self.reset()
+
+    # -- set up ---------------------------------------------------------------------
+    def refresh(self):
+        """Rebuild the folded tables and buffers from the layers' current weights."""
+        xp, B, H = self.xp, self.batch, self.rnn.hidden_size
+        asx = (lambda a: xp.asarray(a))  # noqa: E731
+        self.p = []
+        for name in self.rnn.names:
+            p = self.rnn._prepared(name, np)
+            p = {k: asx(v) for k, v in p.items()}
+            p["W_ihT"] = xp.ascontiguousarray(p["weight_ih"].T)
+            self.p.append(p)
+        self.table = None
+        if self.embedding is not None:  # (V, G*H): embedding . W_ih^T + every foldable bias
+            E = asx(self.embedding._params["weight"])
+            self.table = E @ self.p[0]["W_ihT"] + self.p[0]["bias_x"]
+        if self.output is not None:
+            self.W_outT = xp.ascontiguousarray(asx(self.output._params["weight"]).T)
+            self.b_out = asx(self.output._params["bias"]) if self.output.bias else None
+            V = self.output.out_features
+            self.logits = xp.empty((B, V), self.dtype)
+            self.cum = xp.empty((B, V), self.dtype)
+            self.u = np.empty(B, self.dtype)
+            self.below = xp.empty((B, V), bool)
+            self.ids = xp.empty(B, np.int64)
+            self.top = xp.empty((B, 1), self.dtype)
+        G = self.p[0]["weight_ih"].shape[0]
+        self.xw = xp.empty((B, G), self.dtype)
+        ns = len(self.rnn.state_sizes)
+        L = self.rnn.num_layers
+        self.states = [[tuple(xp.zeros((B, H), self.dtype) for _ in range(ns)) for _ in range(L)]
+                       for _ in range(2)]
+        self.cache = {k: xp.empty(s, self.dtype) for k, s in self.cell.tape_shapes(B, H).items()}
+        self.ws = self.cell.workspace(B, H, self.dtype, xp)
+        be = kernels.resolve(None, xp)
+        self.kern = kernels.kernels_for(be, self.dtype) if be != "reference" else None
+        self.cur = 0
+
+    def reset(self, initial_state=None):
+        """Start again from zeros, or from ``initial_state`` ({"h": (L, B, H), "c": ...}
+        or an (L, B, H) array, as the layer's ``forward`` takes and returns)."""
+        if initial_state is not None and not isinstance(initial_state, dict):
+            initial_state = {"h": initial_state}
+        L = self.rnn.num_layers
+        for k in range(L):
+            for j, key in enumerate(("h", "c")[: len(self.rnn.state_sizes)]):
+                buf = self.states[self.cur][k][j]
+                given = None if initial_state is None else initial_state.get(key)
+                if given is None:
+                    buf[...] = 0
+                else:
+                    if tuple(given.shape) != (L, self.batch, self.rnn.hidden_size):
+                        raise ValueError(f"initial_state['{key}'] must have shape "
+                                         f"({L}, {self.batch}, {self.rnn.hidden_size}), got "
+                                         f"{tuple(given.shape)}")
+                    buf[...] = self.xp.asarray(given[k])
+
+    @property
+    def state(self):
+        """The current state as the layer returns it: {"h": (L, B, H), ...} (copies)."""
+        xp = self.xp
+        keys = ("h", "c")[: len(self.rnn.state_sizes)]
+        return {key: xp.stack([s[j] for s in self.states[self.cur]]) for j, key in
+                enumerate(keys)}
+
+    # -- one step -------------------------------------------------------------------
+    def step(self, x):
+        """Advance one step on ``x``: symbols (B,) (or an int for batch 1) with an
+        embedding, else vectors (B, D). Returns the logits (B, V) with an output layer,
+        else the last hidden state (B, H): a view into a buffer the next step overwrites."""
+        xp, cell = self.xp, self.cell
+        xw = self.xw
+        if self.table is not None:
+            if isinstance(x, (int, np.integer)):
+                if not 0 <= x < self.table.shape[0]:
+                    raise ValueError(f"symbol {x} is outside the vocabulary of "
+                                     f"{self.table.shape[0]}")
+                xw = self.table[x:x + 1] if self.batch == 1 else xp.broadcast_to(
+                    self.table[x], xw.shape)
+            else:
+                xp.take(self.table, x, axis=0, out=xw)
+        else:
+            xp.matmul(x, self.p[0]["W_ihT"], out=xw)
+            xw += self.p[0]["bias_x"]
+        old, new = self.states[self.cur], self.states[1 - self.cur]
+        for k, p in enumerate(self.p):
+            if k > 0:
+                xw = self.xw
+                xp.matmul(new[k - 1][0], p["W_ihT"], out=xw)
+                xw += p["bias_x"]
+            cell.step_into(p, xw, old[k], new[k], self.cache, self.ws, xp, self.kern)
+        self.cur = 1 - self.cur
+        h = new[-1][0]
+        if self.output is None:
+            return h
+        xp.matmul(h, self.W_outT, out=self.logits)
+        if self.b_out is not None:
+            self.logits += self.b_out
+        return self.logits
+
+    def draw(self, logits, temperature=1.0):
+        """Sample one symbol per row of ``logits`` (B, V) at ``temperature`` (0: the most
+        likely one). Returns the (B,) int64 buffer of symbols (overwritten next draw);
+        ``logits`` is overwritten."""
+        xp = self.xp
+        if temperature == 0:
+            return xp.argmax(logits, axis=1, out=self.ids)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        # softmax without temporaries: subtract the row maximum, scale, exponentiate
+        xp.max(logits, axis=1, keepdims=True, out=self.top)
+        logits -= self.top
+        if temperature != 1:
+            logits *= 1.0 / temperature
+        xp.exp(logits, out=logits)
+        xp.cumsum(logits, axis=1, out=self.cum)
+        u = self.rng.random(self.batch, dtype=self.dtype, out=self.u)
+        u *= self.cum[:, -1] if xp is np else xp.asnumpy(self.cum[:, -1])
+        uu = u if xp is np else xp.asarray(u)
+        # the drawn symbol is the number of cumulative weights below u
+        xp.less(self.cum, uu[:, None], out=self.below)
+        xp.sum(self.below, axis=1, out=self.ids)
+        xp.minimum(self.ids, self.cum.shape[1] - 1, out=self.ids)
+        return self.ids
+
+    def sample(self, n, start=0, temperature=1.0):
+        """Generate ``n`` symbols after ``start`` (an int or (B,) symbols); returns (B, n)
+        int64. Needs an embedding and an output layer."""
+        if self.table is None or self.output is None:
+            raise ValueError("sample needs a Generator built with an embedding and an output "
+                             "layer; call step() and draw() yourself otherwise")
+        xp = self.xp
+        out = xp.empty((self.batch, n), np.int64)
+        x = start
+        if isinstance(x, (int, np.integer)) and self.batch > 1:
+            x = xp.full(self.batch, x, np.int64)
+        for t in range(n):
+            ids = self.draw(self.step(x), temperature)
+            out[:, t] = ids
+            x = int(ids[0]) if self.batch == 1 else ids
+        return out
