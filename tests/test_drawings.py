@@ -32,7 +32,8 @@ def open_png(path):
     h, w = img.shape[:2]
     assert 300 <= h <= 4000 and 300 <= w <= 5000, (h, w)
     rgb = img[..., :3]
-    colours = np.unique((rgb * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    q = (rgb * 255).astype(np.uint32)
+    colours = np.unique((q[..., 0] << 16) | (q[..., 1] << 8) | q[..., 2])   # packed RGB
     assert len(colours) > 50, "too few distinct colours: blank or nearly blank"
     ink = (np.abs(rgb - 1.0).sum(axis=2) > 0.05).mean()   # not the white background
     assert 0.03 < ink < 0.6, f"fraction of non-background pixels {ink:.3f}"
@@ -192,6 +193,15 @@ def test_describe_accepts_dicts_dataclasses_and_layer_objects():
     assert got == NetSpec("jordan", 2, 6, 4, 3, True)
     fig = draw_unrolled(Layer(), T=2)
     assert fig.get_size_inches()[1] > draw_unrolled(spec("jordan"), T=2).get_size_inches()[1]
+
+
+def test_describe_reads_the_recurrent_layers():
+    layers = pytest.importorskip("unrolled.layers")
+    cells = pytest.importorskip("unrolled.cells")
+    lstm = layers.Recurrent(cells.LSTMCell(), 3, 8, num_layers=2, bidirectional=True)
+    assert describe(lstm) == NetSpec("lstm", 3, 8, None, 2, True)
+    jordan = layers.Recurrent(cells.JordanCell(output_size=4), 3, 8)
+    assert describe(jordan) == NetSpec("jordan", 3, 8, 4, 1, False)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -96,7 +96,10 @@ def describe(obj):
         obj: a :class:`NetSpec`; a dict with the keys ``cell``, ``input_size``,
             ``hidden_size`` and optionally ``output_size``, ``num_layers``,
             ``bidirectional``; or any object having those attributes (a recurrent
-            layer or model). ``cell`` may be a name or a cell object with ``name``.
+            layer). ``cell`` may be a name or a cell object with ``name``. From an
+            object, ``output_size`` is read only for a Jordan layer (where o is the
+            layer's own output); elsewhere the width of o belongs to the output layer
+            that follows, so pass a dict to show it.
 
     Returns:
         NetSpec: validated.
@@ -125,9 +128,12 @@ def describe(obj):
         if missing:
             raise TypeError(f"{type(obj).__name__} has no attribute(s) {missing}; pass a "
                             f"dict or an object with {list(required)}")
-        raw = {n: getattr(obj, n) for n in names if hasattr(obj, n)}
-        if raw.get("output_size") is None:  # a Jordan cell knows its output width
-            raw["output_size"] = getattr(raw["cell"], "output_size", None)
+        raw = {n: getattr(obj, n) for n in names if hasattr(obj, n) and n != "output_size"}
+        # a recurrent layer's own output is h; only a Jordan layer's output is o
+        if _cell_name(raw["cell"]) == "jordan":
+            raw["output_size"] = getattr(obj, "output_size", None)
+            if raw["output_size"] is None:
+                raw["output_size"] = getattr(raw["cell"], "output_size", None)
     cell = _cell_name(raw["cell"])
     bidir = raw.get("bidirectional", False)
     if not isinstance(bidir, (bool, np.bool_)):
@@ -151,6 +157,7 @@ class _Node:
     w: float = 0.34
     h: float = 0.34
     dashed: bool = False
+    d: int = 0               # row direction: 1 left to right, -1 right to left, 0 one-way
 
     def inside(self, px, py, pad=0.0):
         dx, dy = np.asarray(px) - self.x, np.asarray(py) - self.y
@@ -170,6 +177,10 @@ def _draw_node(ax, n, fontsize=13):
     if n.label:
         ax.text(n.x, n.y, n.label, ha="center", va="center", fontsize=fontsize, zorder=4,
                 color=_INK, fontstyle="italic")
+    if n.d:   # the direction of a bidirectional row, above the name
+        ax.text(n.x, n.y + (n.h - 0.13 if n.shape == "box" else 0.62 * n.w),
+                "⟶" if n.d > 0 else "⟵", ha="center", va="center", fontsize=8,
+                zorder=4, color=_INK)
 
 
 def _quad(p0, c, p2, num=60):
@@ -247,6 +258,8 @@ def _label(ax, pts, text, colour, side=1, at=0.5, dist=0.1, fontsize=12, bold=Tr
     else:
         ha, va = ("left" if n[0] > 0 else "right"), "center"
     q = p + dist * n
+    if text.startswith("$"):   # mathtext (a direction arrow on top) stands taller
+        fontsize -= 1
     ax.text(q[0], q[1], text, ha=ha, va=va, color=colour, fontsize=fontsize, zorder=5,
             fontweight="bold" if bold else "normal", fontstyle="italic",
             bbox=dict(boxstyle="round,pad=0.08", fc="white", ec="none", alpha=0.85))
@@ -284,10 +297,15 @@ _SUP = str.maketrans("0123456789()", "⁰¹²³⁴⁵⁶⁷⁸⁹⁽⁾")
 
 
 def _sym(base, layer=None, d=0, t=None):
-    """A weight or state name in plain Unicode: an arrow over the last letter for the
-    direction of a bidirectional row, ⁽ˡ⁾ for the layer, the step as a subscript.
-    (Plain text renders much faster than mathtext and stays searchable in an SVG.)"""
-    s = base + {1: "\u20d7", -1: "\u20d6"}.get(d, "")
+    """A weight or state name: ⁽ˡ⁾ for the layer, the step as a subscript, in plain
+    Unicode (fast to render, searchable in an SVG). The direction of a bidirectional
+    row (d = 1 or -1) becomes an arrow over the name, in mathtext."""
+    if d:
+        arrow = r"\overrightarrow" if d > 0 else r"\overleftarrow"
+        sup = "" if layer is None else "^{(%d)}" % layer
+        sub = "" if t is None else "_{%s}" % t
+        return f"${arrow}{{{base}}}{sup}{sub}$"
+    s = base
     if layer is not None:
         s += f"({layer})".translate(_SUP)
     if t is not None:
@@ -349,7 +367,7 @@ def _title_of(spec, what):
 def _text_width(text, size):
     """Width in inches of a line of text at the given font size."""
     w, _, _ = TextToPath().get_text_width_height_descent(
-        text, FontProperties(size=size), ismath=False)
+        text, FontProperties(size=size), ismath="$" in text)
     return w / 72
 
 
@@ -473,16 +491,16 @@ def draw_rolled(spec, path=None):
     for layer in range(1, spec.num_layers + 1):
         y += (hh + 0.42 + 0.75) if layer == 1 else pitch
         for d in dirs:
-            lab = "" if gated else _sym("h", layer if spec.num_layers > 1 else None, d)
-            nodes[("h", layer, d)] = _Node(xs[d], y, lab, "h", shape, hw, hh)
+            lab = "" if gated else _sym("h", layer if spec.num_layers > 1 else None)
+            nodes[("h", layer, d)] = _Node(xs[d], y, lab, "h", shape, hw, hh, d=d)
         if jordan:
             y += 0.42 + 1.15
             for d in dirs:
-                lab = _sym("o", layer if spec.num_layers > 1 else None, d)
-                nodes[("o", layer, d)] = _Node(xs[d], y, lab, "o", "circle", 0.42, 0.42)
+                lab = _sym("o", layer if spec.num_layers > 1 else None)
+                nodes[("o", layer, d)] = _Node(xs[d], y, lab, "o", "circle", 0.42, 0.42, d=d)
     top = [("o" if jordan else "h", spec.num_layers, d) for d in dirs]
     if not jordan:
-        y += hh + 1.15 + 0.42 if gated else 1.6
+        y += hh + 0.9 + 0.42 if gated else 1.6
         nodes["o"] = _Node(0, y, "o", "o", "circle", 0.42, 0.42)
         top = ["o"]
     y += 1.5
@@ -604,9 +622,9 @@ def draw_unrolled(spec, T=4, path=None, backward=False):
     top_y = y
     nodes = {}
 
-    def add(key, x, y, label, kind, box=False, dashed=False):
+    def add(key, x, y, label, kind, box=False, dashed=False, d=0):
         nodes[key] = _Node(x, y, label, kind, "box" if box else "circle",
-                           hw if box else r, hh if box else r, dashed)
+                           hw if box else r, hh if box else r, dashed, d)
 
     for t in range(1, T + 1):
         add(("x", t), t * dx, 0.0, _sym("x", t=t), "x")
@@ -617,11 +635,11 @@ def draw_unrolled(spec, T=4, path=None, backward=False):
             steps = [0] + steps if d >= 0 else steps + [T + 1]
         for t in steps:
             box = gated and kind == "h"
-            lab = _sym(kind, layer if multi else None, d, t)
+            lab = _sym(kind, layer if multi else None, t=t)
             if lstm and kind == "h":
-                lab = _sym("C", layer if multi else None, d, t) + "\n\n" + lab
+                lab = _sym("C", layer if multi else None, t=t) + "\n\n" + lab
             add((kind, layer, d, t), t * dx + xoff[d], ly, lab, kind, box,
-                dashed=t in (0, T + 1))
+                dashed=t in (0, T + 1), d=d)
     out_rows = []
     if not jordan:
         top_y += py if not gated else py - 0.1
@@ -694,14 +712,14 @@ def draw_unrolled(spec, T=4, path=None, backward=False):
             else:   # Jordan: h -> o inside the layer
                 link(("h", layer, d, t), key, wts.colour("V", layer, d),
                      wts.text("V", layer, d), sd, grad=True,
-                     grad_text=_sym("∂L/∂o", layer if multi else None, d, t),
+                     grad_text=_sym("∂L/∂o", layer if multi else None, t=t),
                      role="V")
             # the recurrence: from step t-1 (t+1 for a right-to-left row) into step t
             if kind == "h":
                 prev = t - 1 if d >= 0 else t + 1
                 src = ("o" if jordan else "h", layer, d, prev)
                 w_c, w_t = wts.colour("W", layer, d), wts.text("W", layer, d)
-                gsym = _sym("∂L/∂h", layer if multi else None, d, t)
+                gsym = _sym("∂L/∂h", layer if multi else None, t=t)
                 if lstm:
                     # top to bottom: C, its gradient, (W label), W, dL/dh, (its label)
                     link(src, key, _CPATH, "C", sd, ports=(port, port), grad=True, role="C")
