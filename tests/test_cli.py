@@ -67,6 +67,23 @@ def test_evaluate_prints_name_value_fractions(trained, capsys):
     assert 1 / 3 < float(values["accuracy"]) <= 1  # better than chance over 3 languages
 
 
+def test_evaluate_on_the_training_data_uses_the_test_split(trained, tmp_path, capsys):
+    data, out = trained
+    main(["evaluate", str(out), "--data", str(data)])
+    held_out = capsys.readouterr()
+    assert "held-out test split" in held_out.err
+    copy = tmp_path / "other"
+    copy.mkdir()
+    for f in data.iterdir():  # other data: one language, every name scored
+        if f.name == "Japanese.txt":
+            (copy / f.name).write_bytes(f.read_bytes())
+    assert main(["evaluate", str(out), "--data", str(copy)]) == 0
+    res = capsys.readouterr()
+    assert "held-out" not in res.err
+    acc = float(dict(line.split(": ") for line in res.out.splitlines())["accuracy"])
+    assert acc > 0.5  # Japanese names, mostly seen in training
+
+
 def test_predict_prints_top_three_with_probabilities(trained, capsys):
     _, out = trained
     assert main(["predict", str(out), "Dostoevsky", "Nakamura"]) == 0

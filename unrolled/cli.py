@@ -233,7 +233,7 @@ def _run_train(args, extra):
     files = task.report(trainer.model, out)
     test = getattr(task, "last_report", {}).get("metrics") or task.evaluate(trainer.model, "test")
     extra = {"history": history.rows, "test": test, "best_epoch": trainer.best["epoch"],
-             "train_seconds": round(seconds, 1)}
+             "train_seconds": round(seconds, 1), "data_sha256": fingerprint(data)}
     model_path = io.save_model(trainer.model, out, config=cfg, task_state=task.state(),
                                extra=extra)
     lines = [f"task: {task_cls.name}", f"data: {data}",
@@ -275,12 +275,27 @@ def _add_evaluate(sub):
     return p
 
 
+def fingerprint(path):
+    """sha256 of a file's bytes, or of the names and bytes of a directory's data files
+    (documentation such as SOURCE.md and hidden files are left out)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and p.suffix != ".md" and not p.name.startswith("."))
+    for f in files:
+        h.update(f.relative_to(path).as_posix().encode() if f != path else b"")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def _run_evaluate(args):
     model, meta, task = _load(args.model)
     data = Path(args.data).expanduser()
     split = "eval"
-    trained_on = (meta.get("config") or {}).get("data")
-    if trained_on and data.exists() and data.resolve() == Path(trained_on).resolve():
+    if data.exists() and fingerprint(data) == (meta.get("extra") or {}).get("data_sha256"):
         # the training data: rebuild the same split (same seed) and score its held-out test
         # part only, so that names seen in training do not inflate the figures
         task = type(task)(meta["config"])
@@ -430,6 +445,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except BrokenPipeError:  # e.g. `unrolled info MODEL | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except (ValueError, TypeError, OSError) as e:
         if os.environ.get("UNROLLED_DEBUG"):
             raise

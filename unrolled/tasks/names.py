@@ -19,6 +19,16 @@ from .base import SequenceClassification, stratified_split
 PAD, UNK = "<pad>", "<unk>"
 
 
+def dedupe(names, labels):
+    """The first line of each distinct (name, language) pair, in file order."""
+    seen, keep = set(), []
+    for i, key in enumerate(zip(names, labels.tolist())):
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return [names[i] for i in keep], labels[keep]
+
+
 class NamesTask(SequenceClassification):
     name = "names"
     summary = "classify family names by language (a directory of <Language>.txt files)"
@@ -66,9 +76,7 @@ class NamesTask(SequenceClassification):
         self.classes = classes
         self.n_lines = len(names)
         if cfg["dedupe"]:
-            keep = sorted({(n, int(y)): i for i, (n, y) in
-                           reversed(list(enumerate(zip(names, labels))))}.values())
-            names, labels = [names[i] for i in keep], labels[keep]
+            names, labels = dedupe(names, labels)
         rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), 0]))
         tr, va, te = stratified_split(labels, (cfg["val_fraction"], cfg["test_fraction"]),
                                       rng, groups=names)
@@ -89,6 +97,8 @@ class NamesTask(SequenceClassification):
         if unknown:
             raise ValueError(f"{path}: languages {unknown} were not in the training data; "
                              f"the model knows {self.classes}")
+        if self.config.get("dedupe"):
+            names, labels = dedupe(names, labels)
         remap = np.array([self.classes.index(c) for c in classes])
         self.records["eval"] = [self.encode(n) for n in names]
         self.labels["eval"] = remap[labels]
