@@ -8,10 +8,7 @@ import types
 import numpy as np
 import pytest
 
-try:
-    from unrolled.data import ctf_minibatches, read_ctf, write_ctf
-except ImportError:  # the data package does not export them yet
-    from unrolled.data.ctf import ctf_minibatches, read_ctf, write_ctf
+from unrolled.data import ctf_minibatches, read_ctf, write_ctf  # the public contract
 
 STREAMS = {"A": (3, "dense"), "B": (6, "sparse"), "C": (1, "dense")}
 
