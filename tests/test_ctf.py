@@ -176,6 +176,12 @@ def test_crlf_line_ends_and_byte_order_mark(tmp_path):
     np.testing.assert_array_equal(seq["A"], [[1, 2, 3], [4, 5, 6]])
 
 
+def test_bytes_that_are_not_utf8_are_located(tmp_path):
+    path = write_text(tmp_path, b"0 |A 1 2 3\n0 |A 1 \xff 3\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2:8: the file is not valid UTF-8")):
+        list(read_ctf(path, STREAMS))
+
+
 def test_one_label_per_sequence_beside_one_per_step(tmp_path):
     # slot filling with intents: streams of one sequence have different lengths
     streams = {"word": (10, "sparse"), "slot": (4, "sparse"), "intent": (3, "sparse")}

@@ -269,30 +269,47 @@ def _read(fname, specs, dtype, skip_unknown, return_ids):
     cur_open = False  # whether a sequence is being assembled
 
     with open(fname, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                sid, pending = _parse_line(line, lineno, bufs, skip_unknown, known)
-            except _LineError as e:
-                raise _first_error(fname, bufs, *e.args) from None
-            if sid is None and not pending:
-                continue  # blank or comment-only line: no effect on sequences
+        try:
+            for lineno, line in enumerate(f, 1):
+                try:
+                    sid, pending = _parse_line(line, lineno, bufs, skip_unknown, known)
+                except _LineError as e:
+                    raise _first_error(fname, bufs, *e.args) from None
+                if sid is None and not pending:
+                    continue  # blank or comment-only line: no effect on sequences
 
-            # which sequence the line belongs to
-            if sid is not None:
-                same = cur_open and cur_id == sid
-            else:
-                same = cur_open and cur_id is not None
-            if not same:
-                if cur_rows:
-                    yield _record(fname, bufs, dtype, cur_id, return_ids)
-                cur_id, cur_rows, cur_open = sid, 0, True
+                # which sequence the line belongs to
+                if sid is not None:
+                    same = cur_open and cur_id == sid
+                else:
+                    same = cur_open and cur_id is not None
+                if not same:
+                    if cur_rows:
+                        yield _record(fname, bufs, dtype, cur_id, return_ids)
+                    cur_id, cur_rows, cur_open = sid, 0, True
 
-            for buf, data, col1, off in pending:
-                buf.add(data, lineno, col1, off)
-            cur_rows += len(pending)
+                for buf, data, col1, off in pending:
+                    buf.add(data, lineno, col1, off)
+                cur_rows += len(pending)
+        except UnicodeDecodeError:
+            # text is decoded a block at a time: find the line of the bad bytes afresh
+            raise _utf8_error(fname) from None
 
     if cur_rows:
         yield _record(fname, bufs, dtype, cur_id, return_ids)
+
+
+def _utf8_error(fname):
+    """The ValueError naming the first line and column that are not valid UTF-8."""
+    with open(fname, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                col = len(raw[:e.start].decode("utf-8", "replace")) + 1
+                return ValueError(f"{fname}:{lineno}:{col}: the file is not valid UTF-8 "
+                                  f"({e.reason}); save it as UTF-8")
+    return ValueError(f"{fname}: the file is not valid UTF-8; save it as UTF-8")
 
 
 def _record(fname, bufs, dtype, sid, return_ids):
