@@ -312,7 +312,8 @@ def _tiny_names_task(path):
                  for _ in range(40)}
         (path / f"{lang}.txt").write_text("\n".join(sorted(names)) + "\n")
     cfg = {**TRAIN_DEFAULTS, **NamesTask.defaults, "task": "names", "embed": 4, "hidden": 6,
-           "cell": "elman", "epochs": 2, "batch_size": 16, "progress": False, "seed": 0}
+           "cell": "elman", "layers": 1, "bidirectional": True, "dropout": 0.2, "epochs": 2,
+           "batch_size": 16, "progress": False, "seed": 0}
     task = NamesTask(cfg)
     task.load(str(path))
     return task, cfg
@@ -330,14 +331,15 @@ def test_monitor_in_the_trainer_records_without_changing_training(tmp_path):
     mine = tree_flatten(watched.model.params)
     for k, v in tree_flatten(plain.model.params).items():
         assert np.array_equal(v, mine[k])  # measuring does not touch training
-    steps = [h["step"] for h in mon.history]
-    assert steps == list(range(3, watched.step + 1, 3)) and all(h["layer"] == "1/l0"
-                                                              for h in mon.history)
+    keys = list(traces(watched.model, mon.probe.X, mon.probe.mask))  # 2/l0, 2/l0_reverse
+    assert len(keys) == 2
+    for key in keys:  # one record per layer and direction every 3 steps (dropout is on)
+        assert mon.norms(key)[0].tolist() == list(range(3, watched.step + 1, 3))
     T = mon.probe.X.shape[1]
     assert all(h["norms"].shape == (T,) and np.isfinite(h["weight_norm"]) for h in mon.history)
     epoch_end = cb_mod.GradientMonitor()  # every=0: once per epoch, at its end
     train.Trainer(task, cfg, callbacks=[epoch_end], log=lambda m: None).fit()
-    assert [h["step"] for h in epoch_end.history] == [watched.step // 2, watched.step]
+    assert [h["step"] for h in epoch_end.history] == [watched.step // 2] * 2 + [watched.step] * 2
 
 
 # --------------------------------------------------------------------------- pictures
@@ -391,7 +393,7 @@ def _saved_names_model(path):
     from unrolled.tasks.names import PAD, UNK, NamesTask
 
     cfg = {**TRAIN_DEFAULTS, **NamesTask.defaults, "task": "names", "embed": 4, "hidden": 5,
-           "cell": "lstm", "seed": 0}
+           "cell": "lstm", "layers": 1, "bidirectional": False, "dropout": 0.0, "seed": 0}
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["K", "D"]
     state = {"vocab": Vocab([PAD, UNK] + letters, specials=[PAD, UNK]).to_dict(),
              "classes": ["Greek", "Irish", "Russian"], "sizes": {}}
