@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 matplotlib = pytest.importorskip("matplotlib")
-import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.image as mpimg
 
-from unrolled.inspect import CELLS, NetSpec, describe, draw_rolled, draw_unrolled  # noqa: E402
+from unrolled.inspect import CELLS, NetSpec, describe, draw_rolled, draw_unrolled
 
 BASE = dict(input_size=3, hidden_size=8, output_size=5)
 GRAD_RGB = np.array([0xd4, 0x00, 0x6a]) / 255     # drawings._GRAD
@@ -126,7 +126,8 @@ def test_svg_shows_shared_weights_once_per_step(cell, T, tmp_path):
     texts = svg_texts(tmp_path / "u.svg")
     for w in ("U", "W", "V"):
         assert texts.count(w) == T, (w, texts.count(w))
-    assert any(f"sharedbyall{T}steps" in t for t in texts)
+    shared = f"sharedbyall{T}steps" if T > 1 else "thematrixoftheonestep"
+    assert sum(shared in t for t in texts) == 3        # U, W, V in the legend
     edges = svg_edges(tmp_path / "u.svg")
     w_edges = [(s, t) for r, s, t in edges if r == "W"]
     assert len(w_edges) == T

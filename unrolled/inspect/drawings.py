@@ -21,15 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
 from matplotlib.path import Path as MPath
-from matplotlib.font_manager import FontProperties
-from matplotlib.textpath import TextToPath
-import matplotlib
 
 CELLS = ("elman", "jordan", "lstm", "gru")
 _ALIASES = {"rnn": "elman", "vanilla": "elman", "rnn_tanh": "elman", "rnn_relu": "elman"}
@@ -302,8 +300,8 @@ def _sym(base, layer=None, d=0, t=None):
     row (d = 1 or -1) becomes an arrow over the name, in mathtext."""
     if d:
         arrow = r"\overrightarrow" if d > 0 else r"\overleftarrow"
-        sup = "" if layer is None else "^{(%d)}" % layer
-        sub = "" if t is None else "_{%s}" % t
+        sup = "" if layer is None else f"^{{({layer})}}"
+        sub = "" if t is None else f"_{{{t}}}"
         return f"${arrow}{{{base}}}{sup}{sub}$"
     s = base
     if layer is not None:
@@ -345,7 +343,8 @@ class _Weights:
                 "V": "hidden → output"}
         if self.spec.cell == "jordan":
             what["W"] = "previous output → hidden (the recurrence)"
-        where = f"shared by all {T} steps" if T else "one matrix, reused every step"
+        where = ("one matrix, reused every step" if T is None else
+                 "the matrix of the one step" if T == 1 else f"shared by all {T} steps")
         out = []
         for (base, layer, d), colour in self.items.items():
             name = self.text(base, layer, d)
@@ -364,53 +363,59 @@ def _title_of(spec, what):
     return f"{', '.join(parts)}, {what}", sizes
 
 
-def _text_width(text, size):
-    """Width in inches of a line of text at the given font size."""
-    w, _, _ = TextToPath().get_text_width_height_descent(
-        text, FontProperties(size=size), ismath="$" in text)
-    return w / 72
-
-
 def _new_figure(xlim, ylim, title, subtitle, legend, min_width=6.0):
     """A figure at the common scale with the drawing on top and the legend below.
 
     ``legend`` holds ``(colour, text, style)`` with style a line style or ``"s"`` for
-    a square marker. The legend takes two columns when they fit the width.
+    a square marker. The legend and the title are measured first, so the figure is
+    wide and tall enough for them; the legend takes two columns when they fit.
     """
     (x0, x1), (y0, y1) = xlim, ylim
-    entry = max(_text_width(t, 9.5) for _, t, _ in legend) + 0.75   # handle + gaps
-    w = max((x1 - x0) * _SCALE, min_width, entry + 0.3)
-    ncol = 2 if len(legend) > 2 and 2 * entry + 0.3 <= w else 1
+    fig = Figure(figsize=(max((x1 - x0) * _SCALE, min_width), 4), dpi=100)
+    FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    head = fig.text(0.5, 1, title, ha="center", va="top", fontsize=14, fontweight="bold")
+    sub = fig.text(0.5, 1, subtitle, ha="center", va="top", fontsize=10.5, color="#555555")
+    handles = [Line2D([], [], color=c, ls="none", marker="s", ms=7) if st == "s" else
+               Line2D([], [], color=c, lw=3, ls=st) for c, _, st in legend]
+    labels = [t for _, t, _ in legend]
+    w = fig.get_size_inches()[0]
+    leg = None
+    for ncol in ((2, 1) if len(legend) > 2 else (1,)):
+        if leg is not None:
+            leg.remove()
+        leg = fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False,
+                         fontsize=9.5, handlelength=2.2, columnspacing=1.5, borderaxespad=0)
+        box = leg.get_window_extent(renderer)
+        if box.width / fig.dpi + 0.3 <= w:
+            break
+    w = max(w, box.width / fig.dpi + 0.3, head.get_window_extent(renderer).width / fig.dpi + 0.4)
     pad = (w / _SCALE - (x1 - x0)) / 2         # widen the view, keep the scale
     x0, x1 = x0 - pad, x1 + pad
-    h_draw = (y1 - y0) * _SCALE
-    rows = -(-len(legend) // ncol)
-    h_leg, h_top = 0.23 * rows + 0.3, 0.8
+    h_draw, h_leg, h_top = (y1 - y0) * _SCALE, box.height / fig.dpi + 0.3, 0.8
     H = h_draw + h_leg + h_top
-    fig = Figure(figsize=(w, H), dpi=100)
-    FigureCanvasAgg(fig)
+    fig.set_size_inches(w, H)
     ax = fig.add_axes([0, h_leg / H, 1, h_draw / H])
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_aspect("equal")
     ax.axis("off")
-    fig.text(0.5, 1 - 0.2 / H, title, ha="center", va="top", fontsize=14, fontweight="bold")
-    fig.text(0.5, 1 - 0.5 / H, subtitle, ha="center", va="top", fontsize=10.5,
-             color="#555555")
-    handles = [Line2D([], [], color=c, ls="none", marker="s", ms=7) if st == "s" else
-               Line2D([], [], color=c, lw=3, ls=st) for c, _, st in legend]
-    fig.legend(handles, [t for _, t, _ in legend], loc="lower center", ncol=ncol,
-               frameon=False, fontsize=9.5, bbox_to_anchor=(0.5, 0.1 / H),
-               handlelength=2.2, columnspacing=1.5, borderaxespad=0)
+    head.set_y(1 - 0.2 / H)
+    sub.set_y(1 - 0.5 / H)
+    leg.set_bbox_to_anchor((0.5, 0.1 / H), transform=fig.transFigure)
     return fig, ax
+
+
+def _check_path(path):
+    if path is not None and Path(path).suffix.lower() not in _SUFFIXES:
+        raise ValueError(f"path must end in one of {_SUFFIXES} (the format is taken from "
+                         f"the suffix), got {str(path)!r}")
 
 
 def _save(fig, path):
     if path is not None:
         path = Path(path)
-        if path.suffix.lower() not in _SUFFIXES:
-            raise ValueError(f"path must end in one of {_SUFFIXES} (the format is taken "
-                             f"from the suffix), got {str(path)!r}")
+        _check_path(path)
         # svg.fonttype "none" keeps labels as <text>, searchable and selectable
         with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "unrolled"}):
             fig.savefig(path, metadata={"Date": None} if path.suffix.lower() == ".svg" else None)
@@ -477,6 +482,7 @@ def draw_rolled(spec, path=None):
     a bidirectional layer as two cells side by side.
     """
     spec = describe(spec)
+    _check_path(path)
     wts = _Weights(spec)
     gated, jordan = spec.cell in ("lstm", "gru"), spec.cell == "jordan"
     dirs = (1, -1) if spec.bidirectional else (0,)
@@ -487,7 +493,7 @@ def draw_rolled(spec, path=None):
 
     # ---- nodes, bottom to top
     nodes = {"x": _Node(0, 0, "x", "x")}
-    y, inputs = 0.0, ["x"]
+    y = 0.0
     for layer in range(1, spec.num_layers + 1):
         y += (hh + 0.42 + 0.75) if layer == 1 else pitch
         for d in dirs:
@@ -600,6 +606,7 @@ def draw_unrolled(spec, T=4, path=None, backward=False):
         raise ValueError(f"T must be an integer >= 1 (the number of time steps to draw), "
                          f"got {T!r}")
     T = int(T)
+    _check_path(path)
     wts = _Weights(spec)
     gated, jordan, lstm = spec.cell in ("lstm", "gru"), spec.cell == "jordan", spec.cell == "lstm"
     dirs = (1, -1) if spec.bidirectional else (0,)
@@ -640,12 +647,10 @@ def draw_unrolled(spec, T=4, path=None, backward=False):
                 lab = _sym("C", layer if multi else None, t=t) + "\n\n" + lab
             add((kind, layer, d, t), t * dx + xoff[d], ly, lab, kind, box,
                 dashed=t in (0, T + 1), d=d)
-    out_rows = []
     if not jordan:
         top_y += py if not gated else py - 0.1
         for t in range(1, T + 1):
             add(("o", t), t * dx, top_y, _sym("o", t=t), "o")
-        out_rows = [("o", t) for t in range(1, T + 1)]
     y_L, y_y = top_y + 1.4, top_y + 2.8
     for t in range(1, T + 1):
         add(("L", t), t * dx, y_L, _sym("L", t=t), "L")
@@ -664,11 +669,14 @@ def draw_unrolled(spec, T=4, path=None, backward=False):
     first_col = 0 if any(k[-1] == 0 for k in nodes if len(k) == 4) else 1
     last_col = T + 1 if spec.bidirectional else T
     x0, x1 = first_col * dx - hw - stagger - 0.9, last_col * dx + hw + stagger + 0.9
+    if backward:   # room for the three sum boxes below
+        boxes = _sum_boxes([dx, T * dx])
+        x0, x1 = min(x0, boxes[0] - 2.2), max(x1, boxes[-1] + 2.2)
     y0 = -0.9 - (2.6 if backward else 0.0)
     fig, ax = _new_figure((x0, x1), (y0, y_y + 0.8), title, sub, legend,
                           min_width=7.0)
     for n in allnodes:
-        _draw_node(ax, n, fontsize=11 if not lstm else 10)
+        _draw_node(ax, n, fontsize=12.5 if not lstm else 11)
     dkw = dict(ls="--", lw=1.4, fontsize=9, bold=False)
 
     # ---- forward edges (and, with backward=True, the gradient along each in reverse)
@@ -742,28 +750,34 @@ def draw_unrolled(spec, T=4, path=None, backward=False):
                      role="loss")
         link(("y", t), ("L", t), _INK, None, 1, role="target")
     if backward:
-        _sums(ax, spec, nodes, T, dx, jordan)
+        _sums(ax, spec, nodes, T, jordan)
     return _save(fig, path)
 
 
-def _sums(ax, spec, nodes, T, dx, jordan):
+def _sum_boxes(xs):
+    """x of the three sum boxes (dU, dW, dV) under columns xs, at least 3.6 apart."""
+    mid, step = (xs[0] + xs[-1]) / 2, max(xs[-1] - xs[0], 10.8) / 3
+    return [mid - step, mid, mid + step]
+
+
+def _sums(ax, spec, nodes, T, jordan):
     """Every step's share of dU, dW, dV, gathered on a bus and summed."""
     ybus, ybox = -1.15, -2.35
     xs = [nodes[("x", t)].x for t in range(1, T + 1)]
+    boxes = _sum_boxes(xs)
     for x in xs:   # each column adds its share
         ax.plot([x, x], [-0.45, ybus], color=_GRAD, lw=1.2, ls=":", zorder=1)
         ax.plot([x], [ybus], marker="o", ms=3.5, color=_GRAD, zorder=2)
-    ax.plot([xs[0], xs[-1]], [ybus, ybus], color=_GRAD, lw=1.6, zorder=1)
-    ax.text(xs[0] - 0.3, ybus, r"$\sum_{t=1}^{%d}$" % T, ha="right", va="center",
+    left, right = min(xs[0], boxes[0]), max(xs[-1], boxes[-1])
+    ax.plot([left, right], [ybus, ybus], color=_GRAD, lw=1.6, zorder=1)
+    ax.text(left - 0.3, ybus, rf"$\sum_{{t=1}}^{{{T}}}$", ha="right", va="center",
             color=_GRAD, fontsize=13)
     prev = "o_{t-1}" if jordan else "h_{t-1}"
     texts = [r"$\partial L/\partial U = \sum_t\, \delta_t\, x_t^{\top}$",
-             r"$\partial L/\partial W = \sum_t\, \delta_t\, %s^{\top}$" % prev,
+             rf"$\partial L/\partial W = \sum_t\, \delta_t\, {prev}^{{\top}}$",
              r"$\partial L/\partial V = \sum_t\, (\partial L/\partial o_t)\, h_t^{\top}$"]
-    mid = (xs[0] + xs[-1]) / 2
-    width = max(xs[-1] - xs[0], 3 * 3.6)
-    for i, txt in enumerate(texts):
-        bx = mid + (i - 1) * width / 3
+    mid = boxes[1]
+    for bx, txt in zip(boxes, texts):
         _arrow(ax, np.array([[bx, ybus], [bx, ybox + 0.3]]), _GRAD, lw=1.4)
         ax.text(bx, ybox, txt, ha="center", va="center", fontsize=10.5, color=_GRAD,
                 zorder=5, bbox=dict(boxstyle="round,pad=0.3", fc="white", ec=_GRAD))
