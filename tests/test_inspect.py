@@ -427,3 +427,21 @@ def test_cli_inspect_writes_the_report(tmp_path):
     assert arrays["jacobian/1/l0/singular_values"].shape == (6, 10)
     # bad input names the fix
     assert main(["inspect", str(tmp_path / "model"), "--input", " ", "--out", str(out)]) == 2
+
+
+def test_input_of_numbers_becomes_a_window():
+    from unrolled.inspect.report import record_from_input
+
+    class NoEncode:
+        name = "series"
+
+    model = Sequential(LSTM(2, 3, return_sequences=False, seed=0), Dense(3, 1, seed=0))
+    rec, target, _, notes = record_from_input(NoEncode(), "1,2; 3,4;5, 6", model)
+    assert rec.dtype == np.float32 and target is None and "3 steps" in notes[0]
+    np.testing.assert_array_equal(rec, [[1, 2], [3, 4], [5, 6]])
+    np.testing.assert_array_equal(record_from_input(NoEncode(), "1 2 3 4", model)[0],
+                                  [[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match="reads 2 per step"):
+        record_from_input(NoEncode(), "1,2,3;4,5,6", model)
+    with pytest.raises(ValueError, match="window of numbers"):
+        record_from_input(NoEncode(), "Dostoevsky", model)

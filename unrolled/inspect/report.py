@@ -212,8 +212,43 @@ def _is_classifier(loss):
 
 # --------------------------------------------------------------------------- the CLI
 
-def record_from_input(task, text):
-    """``(record, target, labels, notes)`` for ``--input`` in the task's own form."""
+def _input_size(model):
+    """The width of one step of input, or None for a model that reads symbols."""
+    from ..layers import Embedding, Sequential
+
+    first = model.layers[0] if isinstance(model, Sequential) else model
+    if isinstance(first, Embedding):
+        return None
+    return getattr(first, "input_size", None)
+
+
+def _numbers(text, D):
+    """A window of numbers as (T, D): rows split by ';' or new lines, values by ',' or
+    spaces; a single row of T*D values is read step by step."""
+    rows = [r for r in str(text).replace("\n", ";").split(";") if r.strip()]
+    try:
+        vals = [[float(v) for v in r.replace(",", " ").split()] for r in rows]
+    except ValueError:
+        return None
+    if not vals or len({len(r) for r in vals}) != 1:
+        return None
+    arr = np.array(vals, dtype=np.float64)
+    if arr.shape[1] == D:
+        return arr
+    if arr.shape[0] == 1 and arr.size % D == 0:
+        return arr.reshape(-1, D)
+    raise ValueError(f"--input holds rows of {arr.shape[1]} values but the model reads "
+                     f"{D} per step; pass one row of {D} values per step, rows separated "
+                     "by ';'")
+
+
+def record_from_input(task, text, model=None):
+    """``(record, target, labels, notes)`` for ``--input`` in the task's own form.
+
+    A task's own ``encode(text)`` comes first (a name, an image's 64 values, ...); a
+    language model's vocabulary reads a prime; otherwise, for a model of real-valued
+    inputs, ``--input`` is a window of numbers fed as given.
+    """
     if hasattr(task, "encode"):  # names, digits, ... : one record to classify
         rec = np.asarray(task.encode(text))
         labels = list(str(text).strip()) if rec.shape[0] == len(str(text).strip()) else None
@@ -228,7 +263,14 @@ def record_from_input(task, text):
                              "step is scored on predicting the next one")
         return ids[:-1], ids[1:][None], list(text[:-1]), [(f"record: {text!r}, each step "
                                                           "predicting the next character")]
-    raise ValueError(f"task {getattr(task, 'name', '?')!r} cannot turn --input into a record")
+    D = None if model is None else _input_size(model)
+    rec = None if D is None else _numbers(text, D)
+    if rec is not None:
+        return (rec.astype(getattr(model, "dtype", "float32")), None, None,
+                [(f"record: a window of {rec.shape[0]} steps of {D} value(s), fed as given "
+                 "(scale them as the training data was)")])
+    raise ValueError(f"task {getattr(task, 'name', '?')!r} cannot turn --input into a "
+                     "record; pass a window of numbers, one row per step separated by ';'")
 
 
 def cli_inspect(model_dir, input_text, out_dir):
@@ -247,7 +289,7 @@ def cli_inspect(model_dir, input_text, out_dir):
         raise ValueError(f"{model_dir}: the model was not trained by `unrolled train` (no task "
                          "in its config); use unrolled.inspect.write_report from Python")
     task = get_task(cfg["task"])(cfg, meta.get("task_state") or {})
-    record, target, labels, notes = record_from_input(task, input_text)
+    record, target, labels, notes = record_from_input(task, input_text, model)
     loss = task.loss
     X, _ = as_batch(record)
     out = model(X)
