@@ -24,6 +24,7 @@ same replay, seeded at the last step with the identity, one seed per record row.
 """
 import contextlib
 import dataclasses
+import threading
 import warnings
 
 import numpy as np
@@ -34,23 +35,32 @@ from .traces import as_batch, new_figure, recurrent_caches, save_figure, to_inpu
 
 # --------------------------------------------------------------------------- replay
 
+_RECORDING = threading.Lock()
+
+
 @contextlib.contextmanager
 def record_backward_calls():
     """Record ``(args, result)`` of every :func:`unrolled.unroll.backward` call made
-    inside the block (by the layers' own backward). Not thread-safe."""
-    calls = []
-    original = unroll.backward
+    inside the block (by the layers' own backward).
 
-    def recording(cell, p, tp, xp, d_out=None, d_final=None, truncate=None):
-        result = original(cell, p, tp, xp, d_out, d_final, truncate)
-        calls.append(((cell, p, tp, xp, d_out, d_final, truncate), result))
-        return result
+    The module function is swapped for a recording one for the duration of the block;
+    blocks in different threads wait for each other. A call made meanwhile by another
+    thread is recorded too (and ignored by :func:`gradient_flow`, which matches calls
+    to its own tapes)."""
+    with _RECORDING:
+        calls = []
+        original = unroll.backward
 
-    unroll.backward = recording
-    try:
-        yield calls
-    finally:
-        unroll.backward = original
+        def recording(cell, p, tp, xp, d_out=None, d_final=None, truncate=None, **kw):
+            result = original(cell, p, tp, xp, d_out, d_final, truncate, **kw)
+            calls.append(((cell, p, tp, xp, d_out, d_final, truncate), result))
+            return result
+
+        unroll.backward = recording
+        try:
+            yield calls
+        finally:
+            unroll.backward = original
 
 
 def step_tape(tp, t):
