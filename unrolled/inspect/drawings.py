@@ -286,7 +286,8 @@ def _loop(ax, n, side, colour, text, port=0.0, size=0.36, gid=None):
     far = np.array([cx + side * size, cy])
     ax.add_patch(Rectangle(far - 0.07, 0.14, 0.14, color=_INK, zorder=4))
     ax.text(far[0] + side * 0.16, far[1], text, color=colour, fontsize=12, zorder=5,
-            ha="left" if side > 0 else "right", va="center", fontweight="bold")
+            ha="left" if side > 0 else "right", va="center", fontweight="bold",
+            fontstyle="italic")
 
 
 # --------------------------------------------------------------- names and colours
@@ -578,7 +579,8 @@ def _jordan_loop(ax, o, h, side, colour, text, gid=None):
     mid = pts[len(pts) // 2]
     ax.add_patch(Rectangle(mid - 0.07, 0.14, 0.14, color=_INK, zorder=4))
     ax.text(mid[0] + side * 0.16, mid[1], text, color=colour, fontsize=12, zorder=5,
-            ha="left" if side > 0 else "right", va="center", fontweight="bold")
+            ha="left" if side > 0 else "right", va="center", fontweight="bold",
+            fontstyle="italic")
 
 
 # --------------------------------------------------------------------- unrolled
