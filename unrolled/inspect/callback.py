@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 
+from ..backend import to_numpy
 from .gradflow import gradient_flow
 from .traces import new_figure, save_figure
 
@@ -94,7 +95,7 @@ class GradientMonitor(_Base):
         new = []
         for key in flow.norms:
             norms = flow.total_norms[key]
-            wn = float(np.sqrt(sum(float(np.sum(np.asarray(v, np.float64) ** 2))
+            wn = float(np.sqrt(sum(float(np.sum(to_numpy(v).astype(np.float64) ** 2))
                                    for v in _layer_grads(flow.grads, key).values())))
             top = float(np.max(norms)) if np.all(np.isfinite(norms)) else float("inf")
             live = norms[np.isfinite(norms)]

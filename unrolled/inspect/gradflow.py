@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 from .. import unroll
+from ..backend import to_numpy
 from ..losses import get_loss
 from .traces import as_batch, new_figure, recurrent_caches, save_figure, to_input_order
 
@@ -225,25 +226,25 @@ def gradient_flow(model, X, Y=None, loss=None, mask=None, initial_state=None, lo
         cell, p, _, xp, dd, d_final, truncate = args
         r = replay(cell, p, tp, xp, dd, d_final, truncate, shares=True)
         for a, b in zip(r["d_state0"], full_d0):  # the replay is the loop, bit for bit
-            if not np.array_equal(a, b):
+            if not bool((a == b).all()):
                 warnings.warn(f"{key}: the step-by-step replay differs from the backward "
-                              f"by {float(np.max(np.abs(a - b))):.3g}", RuntimeWarning,
+                              f"by {float(abs(a - b).max()):.3g}", RuntimeWarning,
                               stacklevel=2)
         names = ("h", "c")
-        res.dstate[key] = {names[j] if j < 2 else f"s{j}":
-                           np.ascontiguousarray(np.swapaxes(to_input_order(d, name, lc, xp), 0, 1))
-                           for j, d in enumerate(r["dstate"])}
+        host = [to_numpy(to_input_order(d, name, lc, xp)) for d in r["dstate"]]  # (T, B, S)
+        res.dstate[key] = {names[j] if j < 2 else f"s{j}": np.ascontiguousarray(d.swapaxes(0, 1))
+                           for j, d in enumerate(host)}
         dh = res.dstate[key]["h"]
         res.norms[key] = np.sqrt((dh.astype(np.float64) ** 2).sum(-1))
         res.total_norms[key] = np.sqrt((res.norms[key] ** 2).sum(0))
-        res.d_state0[key] = r["d_state0"]
+        res.d_state0[key] = tuple(to_numpy(d) for d in r["d_state0"])
         res.order[key] = "reverse" if name.endswith("_reverse") else "input"
         # shares in the input's order: a reverse direction's step t reads input T-1-t
         # (per record: the permutation is applied per batch row, so the shares, which sum
         # over the batch, are kept in processing order for reverse directions)
         steps = r["shares"]
         pnames = [k for k in steps[0] if k in full_g]
-        stacked = {k: np.stack([s[k] for s in steps]) for k in pnames}
+        stacked = {k: np.stack([to_numpy(s[k]) for s in steps]) for k in pnames}
         res.share_norms[key] = {k: np.sqrt((v.astype(np.float64) ** 2)
                                            .reshape(v.shape[0], -1).sum(1))
                                 for k, v in stacked.items()}
@@ -308,7 +309,7 @@ def state_jacobians(model, X, mask=None, initial_state=None, key=None, record=0,
     r = replay(layer._cell, layer._prepared(name, xp), one, xp, None, tuple(seeds), None,
                shares=False)
     J = np.empty((T + 1, N, N), dtype=np.float64)
-    cols = lambda ds: np.concatenate([np.asarray(d) for d in ds], -1)[:, :N]
+    cols = lambda ds: np.concatenate([to_numpy(d) for d in ds], -1)[:, :N]
     J[0] = cols(r["d_state0"])
     for t in range(T):
         J[t + 1] = cols([d[t] for d in r["dstate"]])

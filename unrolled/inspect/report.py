@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backend import to_numpy
 from .gradflow import (
     gradient_flow,
     plot_gradient_flow,
@@ -118,7 +119,7 @@ def write_report(model, record, out_dir, target=None, loss=None, mask=None, labe
             target = output.argmax(-1)
         else:                     # follow the sum of the outputs
             loss = None
-    files, sections, arrays = [], [], {"record": np.asarray(X), "output": np.asarray(output)}
+    files, sections, arrays = [], [], {"record": to_numpy(X), "output": to_numpy(output)}
 
     # -- drawings (when the drawing module is there)
     figs = []

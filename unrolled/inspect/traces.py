@@ -20,6 +20,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..backend import to_numpy
+
 # the gates stored side by side in the tape's "acts" (T, B, G*H), in the cell's order
 GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 # gates that go through a sigmoid (near 0 = shut, near 1 = open); the rest are tanh
@@ -65,7 +67,7 @@ def to_input_order(a, name, layer_cache, xp=np):
 
 
 def _batch_first(a):
-    return np.ascontiguousarray(np.swapaxes(np.asarray(a), 0, 1))
+    return np.ascontiguousarray(np.swapaxes(to_numpy(a), 0, 1))  # on the host
 
 
 def _split_tape(cell_name, tape):
@@ -114,7 +116,7 @@ def traces(model, X, mask=None, initial_state=None):
         for j, s in enumerate(tp.states):
             sname = STATE_NAMES[j] if j < len(STATE_NAMES) else f"s{j}"
             tr[sname] = _batch_first(to_input_order(s[1:], name, lc, xp))
-            tr[sname + "0"] = np.array(s[0])
+            tr[sname + "0"] = to_numpy(s[0]).copy()
         for g, v in _split_tape(layer.cell, tp.tape).items():
             tr[g] = _batch_first(to_input_order(v, name, lc, xp))
         if tp.mask is not None:
