@@ -184,3 +184,43 @@ def test_resume_from_a_different_run_is_not_silent(tmp_path):
     t2 = names_task(data, epochs=1, seed=1, hidden=8)
     with pytest.raises(ValueError, match="another model architecture"):
         Trainer(t2, out_dir=tmp_path / "r", log=quiet).fit(resume=True)
+
+
+def test_metrics_by_hand():
+    from unrolled import metrics as M
+
+    y = np.array([0, 0, 0, 1, 1, 2])
+    p = np.array([0, 0, 1, 1, 2, 2])
+    assert M.accuracy(y, p) == pytest.approx(4 / 6)
+    cm = M.confusion_matrix(y, p, 3)
+    assert cm.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    # F1 per class: 2TP / (2TP + FP + FN) = 4/5, 2/4, 2/3
+    assert M.macro_f1(y, p) == pytest.approx((4 / 5 + 2 / 4 + 2 / 3) / 3)
+    assert M.macro_f1(y, y) == 1.0 and M.macro_f1(y, np.zeros_like(y)) < 0.3
+    assert M.bits_per_char(np.log(2) * 2.5) == pytest.approx(2.5)
+    t, f = np.array([1.0, 2.0, np.nan]), np.array([2.0, 4.0, 100.0])
+    ok = ~np.isnan(t)
+    assert M.rmse(t, f, ok) == pytest.approx(np.sqrt((1 + 4) / 2))
+    assert M.mae(t, f, ok) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="no values"):
+        M.rmse(t, f, np.zeros(3, bool))
+    idx, probs = M.top_k(np.array([0.1, 0.6, 0.3]), 2)
+    assert idx.tolist() == [1, 2] and probs.tolist() == [0.6, 0.3]
+    text = M.format_confusion(cm, ["ant", "bee", "cat"])
+    assert text.splitlines()[1].split() == ["ant", "2", "1", "0", "0.667", "0.800"]
+
+
+def test_stratified_split_keeps_groups_together_and_classes_in_proportion():
+    from unrolled.tasks import stratified_split
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [500, 300, 200])
+    groups = [f"n{i // 2}" for i in range(1000)]  # every name twice
+    parts = stratified_split(labels, (0.1, 0.2), rng, groups=groups)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(1000))
+    names = [{groups[i] for i in p} for p in parts]
+    assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
+    for p, frac in zip(parts[1:], (0.1, 0.2)):
+        counts = np.bincount(labels[p], minlength=3)
+        np.testing.assert_allclose(counts / len(p), [0.5, 0.3, 0.2], atol=0.02)
+        assert abs(len(p) / 1000 - frac) < 0.01

@@ -457,4 +457,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module's main, so that plugins register into the same COMMANDS
+    from unrolled.cli import main as _main
+
+    sys.exit(_main())

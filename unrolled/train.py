@@ -471,5 +471,6 @@ def _progress(total, initial, desc, enabled):
         return _NoBar()
     from tqdm import tqdm
 
+    # disable=None: no bar when stderr is not a terminal (logs stay readable)
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", file=sys.stderr,
-                leave=False, dynamic_ncols=True, mininterval=0.5)
+                leave=False, dynamic_ncols=True, mininterval=0.5, disable=None)
