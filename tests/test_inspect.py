@@ -226,6 +226,11 @@ def test_shares_sum_to_the_full_gradient():
             np.testing.assert_allclose(v.sum(0), full, rtol=1e-12, atol=1e-15)
             np.testing.assert_allclose(flow.share_norms[key][pname],
                                        np.linalg.norm(v.reshape(6, -1), axis=1))
+    light = gradient_flow(model, X, Y, "mse", mask=mask)  # norms only, no T copies
+    assert all(v is None for v in light.shares.values())
+    for key, norms in light.share_norms.items():
+        for pname, v in norms.items():
+            np.testing.assert_allclose(v, flow.share_norms[key][pname], rtol=1e-12)
     # negative control: with truncation the steps outside the window get no share
     layer = Elman(3, 4, dtype="float64", seed=6, truncate=2)
     f2 = gradient_flow(layer, X[:1], None, WeightedSum(rng.standard_normal((1, 6, 4))),

@@ -80,7 +80,8 @@ def replay(cell, p, tp, xp, d_out=None, d_final=None, truncate=None, shares=True
     as the loop carries it into step t (∂L/∂h_t including the path through o_t; with
     ``truncate``, after the truncation window, and at padded steps the value passed
     through); ``d_state0`` tuple of (B, S); ``shares`` list of T parameter-gradient dicts
-    (or None); ``dX`` (T, B, D).
+    (``shares=True``), of T dicts of their norms (``shares="norms"``) or None; ``dX``
+    (T, B, D).
     """
     if tp.teacher is not False:
         raise ValueError("the gradient flow of a teacher-forced run has no recurrence to "
@@ -108,7 +109,10 @@ def replay(cell, p, tp, xp, d_out=None, d_final=None, truncate=None, shares=True
         if dX is None:
             dX = xp.empty((T,) + dx.shape[1:], dtype=dtype)
         dX[t] = dx[0]
-        if shares:
+        if shares == "norms":  # only the size of each share: no T copies of the weights
+            per_step[t] = {k: float(xp.sqrt((v.astype(xp.float64) ** 2).sum()))
+                           for k, v in g.items()}
+        elif shares:
             per_step[t] = g
         carry = list(d0)
     return {"dstate": dstate, "d_state0": tuple(carry), "shares": per_step, "dX": dX}
@@ -224,7 +228,8 @@ def gradient_flow(model, X, Y=None, loss=None, mask=None, initial_state=None, lo
                                "unrolled.unroll.backward; its gradient flow cannot be read")
         args, (full_g, _, full_d0) = by_tape[id(tp)]
         cell, p, _, xp, dd, d_final, truncate = args
-        r = replay(cell, p, tp, xp, dd, d_final, truncate, shares=True)
+        r = replay(cell, p, tp, xp, dd, d_final, truncate,
+                   shares=True if keep_shares else "norms")
         for a, b in zip(r["d_state0"], full_d0):  # the replay is the loop, bit for bit
             if not bool((a == b).all()):
                 warnings.warn(f"{key}: the step-by-step replay differs from the backward "
@@ -239,16 +244,20 @@ def gradient_flow(model, X, Y=None, loss=None, mask=None, initial_state=None, lo
         res.total_norms[key] = np.sqrt((res.norms[key] ** 2).sum(0))
         res.d_state0[key] = tuple(to_numpy(d) for d in r["d_state0"])
         res.order[key] = "reverse" if name.endswith("_reverse") else "input"
-        # shares in the input's order: a reverse direction's step t reads input T-1-t
-        # (per record: the permutation is applied per batch row, so the shares, which sum
-        # over the batch, are kept in processing order for reverse directions)
+        # shares stay in the order the direction read its input: a reverse direction
+        # reverses each record's valid steps separately, so its step-t share (a sum over
+        # the batch) has no single position in the input
         steps = r["shares"]
         pnames = [k for k in steps[0] if k in full_g]
-        stacked = {k: np.stack([to_numpy(s[k]) for s in steps]) for k in pnames}
-        res.share_norms[key] = {k: np.sqrt((v.astype(np.float64) ** 2)
-                                           .reshape(v.shape[0], -1).sum(1))
-                                for k, v in stacked.items()}
-        res.shares[key] = stacked if keep_shares else None
+        if keep_shares:
+            stacked = {k: np.stack([to_numpy(s[k]) for s in steps]) for k in pnames}
+            res.shares[key] = stacked
+            res.share_norms[key] = {k: np.sqrt((v.astype(np.float64) ** 2)
+                                               .reshape(v.shape[0], -1).sum(1))
+                                    for k, v in stacked.items()}
+        else:
+            res.shares[key] = None
+            res.share_norms[key] = {k: np.array([s[k] for s in steps]) for k in pnames}
     if not res.norms:
         raise ValueError(f"{type(model).__name__} has no recurrent layer; pass a recurrent "
                          "layer or a Sequential that holds one")
