@@ -12,7 +12,8 @@ def _add_inspect(sub):
     p.add_argument("model", help="model directory (the --out of train) or .npz file")
     p.add_argument("--input", required=True,
                    help="one record in the task's own form: a name (names), a text prime "
-                        "(text), 64 comma-separated values (digits)")
+                        "(text), 64 comma-separated values (digits), or a window of numbers "
+                        "with one row per step, rows separated by ';' (series)")
     p.add_argument("--out", required=True, help="folder for the report")
     return p
 
