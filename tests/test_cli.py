@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_writes_model_log_report_and_prints_where(trained, capsys):
-    data, out = trained
+    _, out = trained
     for f in ("model.npz", "config.json", "log.csv", "log.json", "report.txt",
               "confusion.txt", "confusion.png", "checkpoint.npz"):
         assert (out / f).is_file(), f
@@ -118,8 +118,8 @@ def test_config_file_and_precedence(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     # the command line beats the file, the file beats the defaults; all printed
-    assert re.search(r"^epochs\s+= 1$", text, re.M) and re.search(r"^hidden\s+= 10$", text, re.M)
-    assert re.search(r'^cell\s+= "lstm"$', text, re.M)
+    assert re.search(r"^epochs\s+= 1$", text, re.MULTILINE) and re.search(r"^hidden\s+= 10$", text, re.MULTILINE)
+    assert re.search(r'^cell\s+= "lstm"$', text, re.MULTILINE)
     toml.write_text("hiden = 10\n")
     assert main(["train", "names", "--data", str(data), "--config", str(toml)]) == 2
     assert "unknown option 'hiden' in the config file" in capsys.readouterr().err
@@ -176,10 +176,10 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
 def test_the_installed_command_exits_nonzero_without_traceback(tmp_path):
     env_cmd = [sys.executable, "-m", "unrolled.cli"]
     bad = subprocess.run(env_cmd + ["train", "names", "--data", str(tmp_path / "nope")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+                         check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("unrolled train: error:") and bad.stderr.count("\n") == 1
-    helps = subprocess.run(env_cmd + ["train", "--help"], capture_output=True, text=True,
+    helps = subprocess.run(env_cmd + ["train", "--help"], check=False, capture_output=True, text=True,
                            cwd=ROOT, timeout=60)
     assert helps.returncode == 0 and "task names:" in helps.stdout and "--hidden" in helps.stdout
 

@@ -320,7 +320,7 @@ def _add_predict(sub):
 
 
 def _run_predict(args):
-    model, meta, task = _load(args.model)
+    model, _, task = _load(args.model)
     _out(*task.predict(model, args.inputs, top=args.top))
     return 0
 
@@ -339,7 +339,7 @@ def _add_generate(sub):
 
 
 def _run_generate(args):
-    model, meta, task = _load(args.model)
+    model, _, task = _load(args.model)
     if args.length < 1:
         raise ValueError(f"--length must be at least 1, got {args.length}")
     if not args.temperature > 0:
@@ -376,8 +376,8 @@ def _run_info(args):
     path = io.resolve_model_path(args.model)
     model, meta = io.load_model(path)
     cfg, st, extra = meta.get("config", {}), meta.get("task_state", {}), meta.get("extra", {})
-    lines = [f"file: {path} ({path.stat().st_size} bytes, {meta['format']} version "
-             f"{meta['version']})", f"task: {cfg.get('task', '-')}",
+    lines = [(f"file: {path} ({path.stat().st_size} bytes, {meta['format']} version "
+              f"{meta['version']})"), f"task: {cfg.get('task', '-')}",
              f"parameters: {model.num_params()}", "architecture:"]
     lines += ["  " + line for line in _describe_spec(meta["architecture"])]
     if st.get("classes"):
@@ -417,7 +417,7 @@ def build_parser():
 
     parser.add_argument("--version", action="version", version=f"unrolled {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, (add, _) in COMMANDS.items():
+    for add, _ in COMMANDS.values():
         add(sub)
     return parser
 
@@ -446,7 +446,7 @@ def main(argv=None):
         _err("interrupted")
         return 130
     except BrokenPipeError:  # e.g. `unrolled info MODEL | head`
-        sys.stdout = open(os.devnull, "w")
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
         return 0
     except (ValueError, TypeError, OSError) as e:
         if os.environ.get("UNROLLED_DEBUG"):

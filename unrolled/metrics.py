@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 
-__all__ = ["accuracy", "bits_per_char", "confusion_matrix", "format_confusion", "mae",
-           "macro_f1", "per_class_f1", "rmse", "softmax", "top_k"]
+__all__ = ["accuracy", "bits_per_char", "confusion_matrix", "format_confusion", "macro_f1",
+           "mae", "per_class_f1", "plot_confusion", "rmse", "softmax", "top_k"]
 
 
 def softmax(logits, axis=-1):

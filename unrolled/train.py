@@ -22,7 +22,6 @@ The loop, in labelled sections (see :meth:`Trainer.fit`)::
                           checkpoint every N batches
         validate -> early stopping -> log -> checkpoint
 """
-import csv
 import json
 import math
 import signal

@@ -44,5 +44,5 @@ def available_tasks():
     return out
 
 
-__all__ = ["Batch", "Task", "REGISTRY", "DEFAULT_TASK", "get_task", "available_tasks",
+__all__ = ["DEFAULT_TASK", "REGISTRY", "Batch", "Task", "available_tasks", "get_task",
            "stratified_split"]

@@ -78,7 +78,7 @@ class Batch:
 
     def __post_init__(self):
         if not self.size:
-            self.size = int(len(self.X))
+            self.size = len(self.X)
 
 
 class Task:
@@ -297,9 +297,9 @@ class SequenceClassification(Task):
         res = self.evaluate(model, split)
         lines = [f"{split} set: {len(y)} records, {C} classes",
                  *(f"{k}: {v:.4f}" for k, v in res.items()),
-                 f"majority-class baseline ({self.classes[major]}): accuracy "
-                 f"{M.accuracy(y, np.full_like(y, major)):.4f}, macro_f1 "
-                 f"{M.macro_f1(y, np.full_like(y, major), C):.4f}",
+                 (f"majority-class baseline ({self.classes[major]}): accuracy "
+                  f"{M.accuracy(y, np.full_like(y, major)):.4f}, macro_f1 "
+                  f"{M.macro_f1(y, np.full_like(y, major), C):.4f}"),
                  "", "confusion matrix (rows: true class, columns: predicted)",
                  M.format_confusion(cm, self.classes)]
         txt = out_dir / "confusion.txt"

@@ -96,8 +96,8 @@ class DigitsTask(SequenceClassification):
 
     def describe(self):
         test = self.files[1] or "held out of the training file"
-        return [f"digits: train {self.sizes['train']}, val {self.sizes['val']}, test "
-                f"{self.sizes['test']} images of 8 rows x 8 values (test: {test})"]
+        return [(f"digits: train {self.sizes['train']}, val {self.sizes['val']}, test "
+                 f"{self.sizes['test']} images of 8 rows x 8 values (test: {test})")]
 
     def encode(self, raw):
         """64 comma-separated values 0..16 (one optdigits row without the class) -> (8, 8)."""

@@ -112,9 +112,9 @@ class NamesTask(SequenceClassification):
         return [f"names: {sum(self.sizes.values())} names, {len(self.classes)} languages, "
                 f"{len(self.vocab) - 2} characters"
                 + (f" ({dup} repeated (name, language) lines dropped)" if dup else ""),
-                f"split by distinct name: train {self.sizes['train']}, val "
-                f"{self.sizes['val']}, test {self.sizes['test']} (largest classes in train: "
-                f"{top})"]
+                (f"split by distinct name: train {self.sizes['train']}, val "
+                 f"{self.sizes['val']}, test {self.sizes['test']} (largest classes in train: "
+                 f"{top})")]
 
     def encode(self, name):
         """A name as (n,) symbol ids (characters not seen in training -> <unk>), or as
