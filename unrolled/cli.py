@@ -193,7 +193,10 @@ def _run_train(args, extra):
             raise ValueError(f"options {changed} differ from the checkpoint's config; drop "
                              "them to resume, or train into a new --out")
         cfg["epochs"], cfg["progress"] = given["epochs"], given["progress"]
-        data = args.data or cfg["data"]
+        if args.data and Path(args.data).expanduser().resolve() != Path(cfg["data"]).resolve():
+            raise ValueError(f"--data {args.data} is not the data of the run to resume "
+                             f"({cfg['data']}); drop --data to resume")
+        data = cfg["data"]
     else:
         cfg = resolve_config(task_cls, args.config, overrides)
         if args.data:

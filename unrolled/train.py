@@ -336,20 +336,20 @@ class Trainer:
         return self.history
 
     def _catch_sigint(self):
-        """Ctrl-C sets a flag; the loop stops at the next batch boundary and checkpoints,
-        so the saved state is never half-way through an update."""
+        """Ctrl-C (or SIGTERM) sets a flag; the loop stops at the next batch boundary and
+        checkpoints, so the saved state is never half-way through an update."""
         def handler(signum, frame):
             if self._interrupted:  # a second Ctrl-C stops at once
                 raise KeyboardInterrupt
             self._interrupted = True
         try:
-            return signal.signal(signal.SIGINT, handler)
+            return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         except ValueError:  # not in the main thread
             return None
 
     def _restore_sigint(self, old):
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
+        for s, h in (old or {}).items():
+            signal.signal(s, h)
 
     def _run_epoch(self):
         cfg, task = self.config, self.task
