@@ -153,3 +153,88 @@ def test_unfold_from_vectors_and_its_gradients():
     assert rel_err(grads["readout"]["weight"], numw) < 1e-6
     with pytest.raises(ValueError, match="fed back"):
         UnfoldFrom(Jordan(3, 4), Dense(4, 2))
+
+
+# -- Jordan: teacher forcing (no sequential loop), free running, scheduled sampling --------
+from unrolled.patterns import scheduled_backward, scheduled_forward  # noqa: E402
+
+
+def _jordan_case(seed=20):
+    rng = np.random.default_rng(seed)
+    layer = Jordan(3, 5, output_size=2, dtype="float64", seed=seed)
+    X, Y = rng.standard_normal((4, 6, 3)), rng.standard_normal((4, 6, 2))
+    return layer, X, Y, rng.standard_normal((4, 6, 2))
+
+
+@pytest.mark.parametrize("sampling", [0.0, 1.0])
+def test_scheduled_sampling_ends_are_teacher_forcing_and_free_running(sampling):
+    layer, X, Y, R = _jordan_case()
+    out, cache = scheduled_forward(layer, X, Y, sampling, np.random.default_rng(0))
+    kw = {"teacher": Y} if sampling == 0 else {}
+    ref, _, rcache = layer.forward(X, training=True, **kw)
+    np.testing.assert_allclose(out, ref, atol=1e-12)
+    g, dX = scheduled_backward(layer, cache, R)
+    rg, rdX, _ = layer.backward(rcache, R)
+    np.testing.assert_allclose(dX, rdX, atol=1e-12)
+    for k, v in tree_flatten(rg).items():
+        assert rel_err(tree_flatten(g)[k], v) < 1e-10, k
+
+
+def test_teacher_forcing_runs_every_step_at_once():
+    # with the true previous outputs given, step t does not need step t-1: changing the
+    # input of one step changes that step's output only
+    layer, X, Y, _ = _jordan_case()
+    out = layer.forward(X, teacher=Y)[0]
+    X2 = X.copy()
+    X2[:, 2] += 1.0
+    out2 = layer.forward(X2, teacher=Y)[0]
+    changed = np.abs(out2 - out).max(axis=(0, 2)) > 0
+    assert changed.tolist() == [False, False, True, False, False, False]
+    free = layer.forward(X2)[0] - layer.forward(X)[0]
+    assert np.all(np.abs(free[:, 3:]).max(axis=(0, 2)) > 0)   # free running: it propagates
+
+
+def test_scheduled_sampling_gradients_match_finite_differences():
+    layer, X, Y, R = _jordan_case()
+    f = lambda: float(np.sum(scheduled_forward(layer, X, Y, 0.5,  # noqa: E731
+                                               np.random.default_rng(3))[0] * R))
+    _, cache = scheduled_forward(layer, X, Y, 0.5, np.random.default_rng(3))
+    assert any(o is not None and o.any() and not o.all() for o in cache[1])  # a real mix
+    g, dX = scheduled_backward(layer, cache, R)
+    flat = tree_flatten(layer.params)
+    for k, a in flat.items():
+        (num,) = numeric_grads(f, [a])
+        assert rel_err(tree_flatten(g)[k], num) < 1e-6, k
+    (nX,) = numeric_grads(f, [X])
+    assert rel_err(dX, nX) < 1e-6
+    with pytest.raises(TypeError, match="Jordan"):
+        scheduled_forward(LSTM(3, 2), X, Y, 0.5, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("teacher", [True, False])
+def test_jordan_against_pytorch_autograd(teacher):
+    torch = pytest.importorskip("torch")
+    layer, X, Y, R = _jordan_case(21)
+    mask = np.arange(6)[None] < np.array([6, 4, 2, 5])[:, None]
+    out, _, cache = layer.forward(X, mask, training=True, teacher=Y if teacher else None)
+    g, dX, _ = layer.backward(cache, R * mask[..., None])
+    P = {k: torch.tensor(v, requires_grad=True) for k, v in layer.params["l0"].items()}
+    Xt, Yt = torch.tensor(X, requires_grad=True), torch.tensor(Y)
+    y = torch.zeros(4, 2, dtype=torch.float64)
+    outs = []
+    for t in range(6):
+        if teacher and t > 0:
+            # the true previous target where the previous step was real
+            y = torch.where(torch.tensor(mask[:, t - 1:t]), Yt[:, t - 1], torch.zeros_like(y))
+        h = torch.tanh(Xt[:, t] @ P["weight_ih"].T + P["bias_ih"] + y @ P["weight_hh"].T
+                       + P["bias_hh"])
+        y_new = h @ P["weight_ho"].T + P["bias_ho"]
+        m = torch.tensor(mask[:, t:t + 1])
+        outs.append(torch.where(m, y_new, torch.zeros_like(y_new)))
+        y = torch.where(m, y_new, y)
+    loss = (torch.stack(outs, 1) * torch.tensor(R * mask[..., None])).sum()
+    loss.backward()
+    np.testing.assert_allclose(out, torch.stack(outs, 1).detach().numpy(), atol=1e-12)
+    for k, v in g["l0"].items():
+        assert rel_err(v, P[k].grad.numpy()) < 1e-10, k
+    assert rel_err(dX * mask[..., None], Xt.grad.numpy()) < 1e-10

@@ -298,3 +298,64 @@ class UnfoldFrom(Module):
             if done.all():
                 break
         return out if self.embed is not None else np.stack(out, 1)
+
+
+def scheduled_forward(layer, X, teacher, sampling, rng, initial_state=None, training=True):
+    """Jordan network trained with scheduled sampling (Bengio et al. 2015).
+
+    At each step t > 0 and for each record, the output fed back into the hidden layer is
+    the true previous target ``teacher[:, t-1]`` with probability ``1 - sampling``, else the
+    network's own previous output. ``sampling=0`` is teacher forcing (use
+    ``layer.forward(X, teacher=Y)``: no sequential loop), ``sampling=1`` free running (use
+    ``layer.forward(X)``). In between the steps depend on coin flips and run one at a
+    time; where the network's own output was fed back, the gradient flows back through it.
+
+    Parameters
+    ----------
+    layer : a one-layer :class:`~unrolled.layers.Jordan` (its state is its output).
+    X : (B, T, D) inputs; teacher : (B, T, O) true outputs.
+    sampling : float in [0, 1]; rng : numpy Generator for the coin flips.
+
+    Returns
+    -------
+    out : (B, T, O) outputs; cache for :func:`scheduled_backward`.
+    """
+    if not isinstance(layer, Jordan) or layer.num_layers != 1 or layer.bidirectional:
+        raise TypeError("scheduled_forward needs a one-layer, one-direction Jordan layer, "
+                        f"got {layer!r}")
+    if not 0 <= sampling <= 1:
+        raise ValueError(f"sampling must be a probability in [0, 1], got {sampling}")
+    B, T, _ = X.shape
+    O = layer.state_sizes[0]
+    if teacher.shape != (B, T, O):
+        raise ValueError(f"teacher must have shape {(B, T, O)}, got {tuple(teacher.shape)}")
+    state, steps, outs, owns = initial_state, [], [], []
+    for t in range(T):
+        own = None
+        if t > 0:
+            own = rng.random(B) < sampling                      # True: the model's output
+            prev = np.where(own[:, None], outs[-1], teacher[:, t - 1]).astype(layer.dtype)
+            state = {"h": prev[None]}
+        y, _, c = layer.forward(X[:, t:t + 1], None, initial_state=state, training=training)
+        steps.append(c)
+        owns.append(own)
+        outs.append(y[:, 0])
+    return np.stack(outs, 1), (steps, owns)
+
+
+def scheduled_backward(layer, cache, d_out):
+    """Gradients of the layer's parameters and of X for :func:`scheduled_forward`."""
+    steps, owns = cache
+    grads, dXs, d_next = None, [], None
+    for t in reversed(range(len(steps))):
+        ds = None if d_next is None else {"h": d_next[None]}
+        g, dX, d0 = layer.backward(steps[t], d_out[:, t:t + 1], ds)
+        grads = g if grads is None else _add(grads, g)
+        dXs.append(dX[:, 0])
+        # the gradient reaches the previous output only where that output was fed back
+        d_next = None if owns[t] is None else d0["h"][0] * owns[t][:, None]
+    return grads, np.stack(dXs[::-1], 1)
+
+
+def _add(a, b):
+    return {k: _add(a[k], b[k]) for k in a} if isinstance(a, dict) else a + b
