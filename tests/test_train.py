@@ -264,3 +264,30 @@ def test_stateful_task_resumes_bit_exact_with_its_carried_state(tmp_path):
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
     assert full.carry is not None and all(
         np.array_equal(full.carry[k], resumed.carry[k]) for k in full.carry)
+
+
+def test_weighted_cross_entropy_gradient_and_torch_oracle():
+    from unrolled.tasks.base import WeightedCrossEntropy, balanced_weights
+
+    rng = np.random.default_rng(0)
+    o, y = rng.standard_normal((6, 4)), rng.integers(0, 4, 6)
+    w = balanced_weights(np.array([0, 0, 0, 1, 2, 2]), 4)
+    np.testing.assert_allclose(w, [6 / 12, 6 / 4, 6 / 8, 1.0])
+    loss = WeightedCrossEntropy(w)
+    value, d = loss.value_and_grad(o, y)
+    num, eps = np.zeros_like(o), 1e-6
+    for i in range(6):
+        for j in range(4):
+            a, b = o.copy(), o.copy()
+            a[i, j] += eps
+            b[i, j] -= eps
+            num[i, j] = (loss.value_and_grad(a, y)[0] - loss.value_and_grad(b, y)[0]) / (2 * eps)
+    np.testing.assert_allclose(d, num, atol=1e-8)
+    d_wrong = loss.value_and_grad(o, (y + 1) % 4)[1]  # negative control
+    assert np.abs(d_wrong - num).max() > 1e-2
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(o, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(t, torch.tensor(y), weight=torch.tensor(w))
+    ref.backward()
+    assert value == pytest.approx(ref.item(), abs=1e-12)
+    np.testing.assert_allclose(d, t.grad.numpy(), atol=1e-12)

@@ -215,6 +215,39 @@ def stratified_split(labels, fractions, rng, groups=None):
     return [np.array(sorted(p), dtype=np.int64) for p in parts]
 
 
+class WeightedCrossEntropy:
+    """Softmax cross-entropy for (B, C) logits with a weight per class.
+
+    The value is ``sum_i w[y_i] * -log softmax(o_i)[y_i] / sum_i w[y_i]`` (the weighted
+    mean, as ``torch.nn.functional.cross_entropy(weight=w)``); with ``w_c = N / (C n_c)``
+    ("balanced") every class weighs the same in the loss however few records it has.
+    """
+
+    name = "cross_entropy"
+
+    def __init__(self, weights):
+        self.weights = np.asarray(weights, dtype=np.float64)
+
+    def value_and_grad(self, outputs, targets, mask=None):
+        """outputs (B, C) logits, targets (B,) ids -> (value, d_outputs (B, C))."""
+        z = outputs - outputs.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))          # (B, C)
+        w = self.weights[targets]                                         # (B,)
+        rows = np.arange(len(targets))
+        total = w.sum()
+        value = float(-(w * logp[rows, targets]).sum() / total)
+        d = np.exp(logp)                                                  # softmax
+        d[rows, targets] -= 1                                             # - onehot
+        d *= (w / total)[:, None]
+        return value, d.astype(outputs.dtype, copy=False)
+
+
+def balanced_weights(labels, n_classes):
+    """(C,) weights N / (C n_c) of scikit-learn's class_weight="balanced" (1 if n_c = 0)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 1.0)
+
+
 class SequenceClassification(Task):
     """Shared machinery of the many-to-one classification tasks (``names``, ``digits``).
 
@@ -235,6 +268,11 @@ class SequenceClassification(Task):
         super().__init__(config, state)
         self.records, self.labels = {}, {}
         self.classes = list(state["classes"]) if state else []
+
+    def use_balanced_loss(self):
+        """Weigh the classes equally in the training loss (call at the end of load)."""
+        self.loss = WeightedCrossEntropy(balanced_weights(self.labels["train"],
+                                                          len(self.classes)))
 
     def _lengths(self, split):
         return np.array([len(r) for r in self.records[split]])
