@@ -50,7 +50,7 @@ TRAIN_HELP = {
     "min_delta": "smallest improvement of the monitored metric that counts",
     "restore_best": "end with the weights of the best validation epoch",
     "monitor": "validation metric watched by early stopping and restore_best, e.g. loss or "
-               "accuracy (default: the task's)",
+               "accuracy; empty: the task's choice",
     "max_batches": "at most this many batches per epoch (0: all)",
     "checkpoint_every": "batches between checkpoints (0: only at epoch ends)",
     "progress": "show a progress bar",
