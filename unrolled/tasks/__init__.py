@@ -14,6 +14,7 @@ REGISTRY = {
     "text": "unrolled.tasks.text:TextTask",
     "series": "unrolled.tasks.series:SeriesTask",
     "digits": "unrolled.tasks.digits:DigitsTask",
+    "tagging": "unrolled.tasks.tagging:TaggingTask",
 }
 
 DEFAULT_TASK = "names"
