@@ -3,13 +3,18 @@ from .grad import value_and_grad
 from . import data, interop
 from .layers import (GRU, LSTM, Dense, Dropout, Elman, Embedding, Jordan, RecursiveNet,
                      Sequential)
+from . import metrics
+from .io import load_model, save_model
+from .train import Callback, History, Trainer
 from .losses import BCE, MSE, CrossEntropy, get_loss
 from .optim import (SGD, Adagrad, Adam, AdamW, CosineLR, RMSprop, StepLR, WarmupLR,
                     clip_grad_norm, clip_grad_value, get_optimizer)
 
 __version__ = "0.1.0"
 
-__all__ = ["Elman", "LSTM", "GRU", "Jordan", "Dense", "Embedding", "Dropout", "Sequential", "RecursiveNet",
+__all__ = ["Elman", "LSTM", "GRU", "Jordan", "Dense", "Embedding", "Dropout", "Sequential",
+           "RecursiveNet",
            "value_and_grad", "CrossEntropy", "MSE", "BCE", "get_loss", "SGD", "Adagrad",
            "RMSprop", "Adam", "AdamW", "StepLR", "CosineLR", "WarmupLR", "clip_grad_norm",
-           "clip_grad_value", "get_optimizer"]
+           "clip_grad_value", "get_optimizer", "Trainer", "Callback", "History", "save_model",
+           "load_model", "metrics", "data", "interop"]
