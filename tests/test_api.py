@@ -55,6 +55,18 @@ def test_params_assignment():
         layer.params = {"l0": {}}
 
 
+def test_params_assignment_nested_sequential():
+    inner = u.Sequential(u.Dense(3, 4, seed=0), u.Dense(4, 2, seed=1))
+    model = u.Sequential(inner, u.Dense(2, 1, seed=2))
+    tree = {"0": {"0": {"weight": np.full((4, 3), 2.0), "bias": np.zeros(4)},
+                  "1": {"weight": np.ones((2, 4)), "bias": np.zeros(2)}},
+            "1": {"weight": np.ones((1, 2)), "bias": np.zeros(1)}}
+    model.params = tree
+    assert np.all(inner.layers[0].params["weight"] == 2)
+    assert inner.layers[0].params["weight"].dtype == np.float32
+    assert model(np.ones((1, 3), np.float32)).item() == 48.0  # 2*3 -> *4 -> *2 summed
+
+
 def test_seeded_initialisation_is_reproducible():
     a, b = u.GRU(3, 4, seed=5), u.GRU(3, 4, seed=5)
     assert all(np.array_equal(a.params["l0"][k], b.params["l0"][k]) for k in a.params["l0"])

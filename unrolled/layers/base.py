@@ -11,6 +11,7 @@ inference mode and keeps no tape.
 """
 import numpy as np
 
+from ..backend import get_xp
 from ..tree import tree_flatten, tree_structure
 
 
@@ -59,8 +60,7 @@ def assign_like(old, new, who):
         if tuple(getattr(a, "shape", ())) != tuple(v.shape):
             raise ValueError(f"{who}.params['{k}'] has shape {tuple(getattr(a, 'shape', ()))}, "
                              f"expected {tuple(v.shape)}")
-        xp = type(v).__module__.startswith("cupy") and __import__("cupy") or np
-        out[k] = xp.array(a, dtype=v.dtype, copy=True)
+        out[k] = get_xp(v).array(a, dtype=v.dtype, copy=True)  # on v's device
     return out
 
 

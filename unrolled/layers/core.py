@@ -1,8 +1,6 @@
 """Feed-forward building blocks and the Sequential container."""
 import math
 
-import numpy as np
-
 from ..backend import get_xp
 from ..checks import check_dtype_name, check_mask
 from .base import Module, assign_like, make_rng
@@ -133,11 +131,12 @@ class Sequential(Module):
 
     @params.setter
     def params(self, tree):
-        new = assign_like(self.params, tree, "Sequential")
+        new = assign_like(self.params, tree, "Sequential")  # checked copies
         for i, layer in enumerate(self.layers):
-            layer._params = new[str(i)] if not isinstance(layer, Sequential) else layer._params
-            if isinstance(layer, Sequential):
+            if isinstance(layer, Sequential):  # has no _params of its own
                 layer.params = new[str(i)]
+            else:
+                layer._params = new[str(i)]
 
     @property
     def dtype(self):
