@@ -197,7 +197,7 @@ class UORO(_Online):
         """J_t v by central differences of the cell step (the state direction v, (B, S))."""
         xw = x @ p["weight_ih"].T + p["bias_ih"]
         norm = np.linalg.norm(v, axis=1, keepdims=True)
-        scale = np.where(norm > 0, self.eps / np.maximum(norm, 1e-300), 0.0).astype(self.dtype)
+        scale = np.where(norm > 0, self.eps / np.where(norm > 0, norm, 1), 0).astype(self.dtype)
         split = np.cumsum(self.sizes)[:-1]
         dv = np.split(v * scale, split, axis=1)
         plus, _ = self.cell.step(p, xw, tuple(a + d for a, d in zip(prev, dv)), np)
