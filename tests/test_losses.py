@@ -145,6 +145,31 @@ def test_cross_entropy_finite_differences(reduction):
     assert err < 1e-6
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_class_weighted_cross_entropy_matches_torch_and_finite_differences(reduction):
+    rng = np.random.default_rng(6)
+    logits, targets, mask = ce_case(rng)
+    w = rng.uniform(0.2, 3.0, C)
+    loss = CrossEntropy(reduction, weight=w)
+    valid = np.broadcast_to(mask[..., None], logits.shape)
+    err, _, _ = fd_check(loss, logits, targets, mask, valid)
+    assert err < 1e-6
+    torch = pytest.importorskip("torch")
+    value, grad = loss.value_and_grad(logits, targets, mask)
+    fn = lambda o, t, reduction: torch.nn.functional.cross_entropy(
+        o, t, weight=torch.tensor(w), reduction=reduction)
+    ref_v, ref_g = torch_value_and_grad(fn, logits, np.where(mask, targets, 0), mask,
+                                        reduction)
+    np.testing.assert_allclose(value, ref_v, rtol=1e-10)
+    np.testing.assert_allclose(grad, ref_g, rtol=1e-10, atol=1e-14)
+    # unit weights give the plain loss; a wrong weight count is refused
+    plain = CrossEntropy(reduction).value_and_grad(logits, targets, mask)
+    ones = CrossEntropy(reduction, weight=np.ones(C)).value_and_grad(logits, targets, mask)
+    np.testing.assert_allclose(ones[0], plain[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="one weight per class"):
+        CrossEntropy(weight=np.ones(C + 1)).value_and_grad(logits, targets, mask)
+
+
 @pytest.mark.parametrize("mask_kind", ["step", "element"])
 @pytest.mark.parametrize("loss", [MSE(), BCE(), MSE("sum"), BCE("sum")], ids=repr)
 def test_real_losses_finite_differences(loss, mask_kind):

@@ -16,7 +16,7 @@ import numpy as np
 
 from .backend import get_xp
 
-__all__ = ["BCE", "MSE", "CrossEntropy", "get_loss"]
+__all__ = ["BCE", "MSE", "CrossEntropy", "get_loss", "log_softmax"]
 
 
 class _Loss:
@@ -78,6 +78,17 @@ def _check_finite(xp, outputs, valid):
             "training has diverged: lower the learning rate or clip the gradients")
 
 
+def log_softmax(logits, axis=-1):
+    """``log softmax(logits)`` along ``axis``, stable for large logits.
+
+    The logits are shifted by their maximum before exponentiating, so nothing overflows;
+    works for NumPy and CuPy arrays alike. Shape and dtype are those of ``logits``.
+    """
+    xp = get_xp(logits)
+    z = logits - logits.max(axis=axis, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+
+
 class CrossEntropy(_Loss):
     """Softmax cross-entropy over integer class targets (logits in).
 
@@ -87,7 +98,12 @@ class CrossEntropy(_Loss):
     Parameters
     ----------
     reduction : {"mean", "sum"}
-        ``"mean"`` divides by the number of valid steps.
+        ``"mean"`` divides by the number of valid steps, or with ``weight`` by the sum
+        of the weights of their targets, as PyTorch does.
+    weight : (C,) floats or None
+        A weight per class: step ``t`` counts ``weight[y_t]`` times (e.g. the
+        ``"balanced"`` weights ``N / (C n_c)``, so rare classes count as much as common
+        ones), as ``torch.nn.functional.cross_entropy(weight=...)``.
 
     Shapes: ``outputs`` (B, T, C) logits with ``targets`` (B, T) and ``mask`` (B, T)
     bool, or ``outputs`` (B, C) with ``targets`` (B,) for classification at the last
@@ -96,6 +112,19 @@ class CrossEntropy(_Loss):
     """
 
     name = "cross_entropy"
+
+    def __init__(self, reduction="mean", weight=None):
+        super().__init__(reduction)
+        if weight is not None:
+            weight = np.asarray(weight, dtype=np.float64)
+            if weight.ndim != 1 or not np.all(np.isfinite(weight)) or np.any(weight < 0):
+                raise ValueError("weight must be a 1-D array of finite, non-negative class "
+                                 f"weights (one per class), got {weight!r}")
+        self.weight = weight
+
+    def __repr__(self):
+        w = "" if self.weight is None else f", weight={self.weight.tolist()!r}"
+        return f"{type(self).__name__}(reduction={self.reduction!r}{w})"
 
     def value_and_grad(self, outputs, targets, mask=None):
         """Loss value (float) and ``d_outputs`` (shape and dtype of ``outputs``)."""
@@ -136,16 +165,26 @@ class CrossEntropy(_Loss):
 
         _check_finite(xp, outputs, valid[..., None])
         o = xp.where(valid[..., None], outputs, 0)  # garbage at masked steps cannot leak
-        # numerically stable log-softmax: shift by the max before exponentiating
-        z = o - o.max(axis=-1, keepdims=True)  # (..., C)
-        logp = z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))  # (..., C)
+        logp = log_softmax(o)  # (..., C)
         picked = xp.take_along_axis(logp, t[..., None], axis=-1)[..., 0]  # (...,)
-        total = -float(xp.where(valid, picked, 0).sum())
-        value = total / n if self.reduction == "mean" else total
+        # each valid step counts w_t: 1, or the weight of its target class
+        if self.weight is None:
+            w, denom = valid.astype(outputs.dtype), n
+        else:
+            if self.weight.shape != (C,):
+                raise ValueError(f"weight has {self.weight.shape[0]} class weights but the "
+                                 f"outputs have {C} classes; pass one weight per class")
+            w = xp.where(valid, xp.asarray(self.weight)[t], 0)  # (...,) float64
+            denom = float(w.sum())  # PyTorch's weighted mean divides by sum(w), not n
+            if denom == 0 and self.reduction == "mean":
+                raise ValueError("every valid step has a class of weight 0, so the weighted "
+                                 "mean is undefined; give those classes a weight > 0")
+        total = -float((w * picked).sum())
+        value = total / denom if self.reduction == "mean" else total
 
         # d/do of -log softmax(o)[y] is softmax(o) - onehot(y); zero at masked steps
         onehot = xp.arange(C) == t[..., None]  # (..., C) bool
-        weight = valid.astype(outputs.dtype) * outputs.dtype.type(self._scale(n))
+        weight = w.astype(outputs.dtype) * outputs.dtype.type(self._scale(denom))
         d_outputs = (xp.exp(logp) - onehot) * weight[..., None]
         return value, d_outputs.astype(outputs.dtype, copy=False)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.trees import TreeBatch, TreeVocab, batch_trees
+from ..losses import log_softmax
 from ..tree import tree_leaves, tree_map
 from .base import assign_like
 
@@ -55,8 +56,7 @@ def softmax_cross_entropy(logits, labels):
         loss (float), dlogits (M, C) -- the gradient of the mean loss.
     """
     M = logits.shape[0]
-    z = logits - logits.max(axis=1, keepdims=True)  # stable log-sum-exp
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (M, C)
+    logp = log_softmax(logits, axis=1)  # (M, C)
     loss = -logp[np.arange(M), labels].mean()
     dlogits = np.exp(logp)
     dlogits[np.arange(M), labels] -= 1  # softmax - one_hot

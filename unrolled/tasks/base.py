@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from ..losses import CrossEntropy, log_softmax
+
 
 @dataclass
 class Batch:
@@ -215,31 +217,17 @@ def stratified_split(labels, fractions, rng, groups=None):
     return [np.array(sorted(p), dtype=np.int64) for p in parts]
 
 
-class WeightedCrossEntropy:
+class WeightedCrossEntropy(CrossEntropy):
     """Softmax cross-entropy for (B, C) logits with a weight per class.
 
     The value is ``sum_i w[y_i] * -log softmax(o_i)[y_i] / sum_i w[y_i]`` (the weighted
     mean, as ``torch.nn.functional.cross_entropy(weight=w)``); with ``w_c = N / (C n_c)``
     ("balanced") every class weighs the same in the loss however few records it has.
+    ``CrossEntropy(weight=weights)`` under the name the tasks use.
     """
 
-    name = "cross_entropy"
-
     def __init__(self, weights):
-        self.weights = np.asarray(weights, dtype=np.float64)
-
-    def value_and_grad(self, outputs, targets, mask=None):
-        """outputs (B, C) logits, targets (B,) ids -> (value, d_outputs (B, C))."""
-        z = outputs - outputs.max(axis=1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))          # (B, C)
-        w = self.weights[targets]                                         # (B,)
-        rows = np.arange(len(targets))
-        total = w.sum()
-        value = float(-(w * logp[rows, targets]).sum() / total)
-        d = np.exp(logp)                                                  # softmax
-        d[rows, targets] -= 1                                             # - onehot
-        d *= (w / total)[:, None]
-        return value, d.astype(outputs.dtype, copy=False)
+        super().__init__(weight=weights)
 
 
 def balanced_weights(labels, n_classes):
@@ -311,8 +299,7 @@ class SequenceClassification(Task):
             raise ValueError(f"the {split!r} split is empty; use more data or change the "
                              "split fractions")
         logits, y = self.logits(model, split), self.labels[split]
-        logp = logits - logits.max(1, keepdims=True)
-        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        logp = log_softmax(logits)  # (N, C)
         pred = logits.argmax(1)
         return {"loss": float(-logp[np.arange(len(y)), y].mean()),
                 "accuracy": M.accuracy(y, pred),
