@@ -6,9 +6,9 @@ streams, each chunk of ``chunk`` steps continues every stream where the previous
 stopped, and the final state of one chunk is the initial state of the next (the trainer
 carries it, ``stateful = True``). The gradient reaches back ``chunk`` steps.
 
-Splits are contiguous: the first part of the file trains, then ``val_fraction`` of it
-validates and the last ``test_fraction`` is the held-out test text (by default the last
-10 %). The vocabulary is every character of the file, so held-out text can always be
+Splits are contiguous: the last ``test_fraction`` of the file is the held-out test text
+(by default the last 10 %), the first ``val_fraction`` validates, and the text between
+them trains, so that training runs right up to the test text. The vocabulary is every character of the file, so held-out text can always be
 encoded; nothing else is learned from the held-out parts.
 
 Plain functions (usable without the trainer): :func:`build_char_model`,
@@ -47,7 +47,12 @@ def build_char_model(vocab_size, embedding_size=32, hidden_size=256, num_layers=
 def split_text(n, val_fraction, test_fraction):
     """Contiguous split points of a text of ``n`` characters.
 
-    Returns ``(a, b)``: train is ``[0, a)``, val ``[a, b)``, test ``[b, n)``.
+    The test text is the end; the validation text is the start, so that the training
+    text runs right up to the test text (a long text changes as it goes: in
+    tinyshakespeare the last plays bring new speakers, whom a model trained up to the
+    test text has met).
+
+    Returns ``(a, b)``: val is ``[0, a)``, train ``[a, b)``, test ``[b, n)``.
     """
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 <= f < 1:
@@ -55,8 +60,8 @@ def split_text(n, val_fraction, test_fraction):
     if val_fraction + test_fraction >= 0.9:
         raise ValueError("--val-fraction + --test-fraction must leave at least 10 % of the "
                          "text for training; lower them")
-    b = n - int(round(n * test_fraction))
-    a = b - int(round(n * val_fraction))
+    b = n - round(n * test_fraction)
+    a = round(n * val_fraction)
     return a, b
 
 
@@ -197,7 +202,7 @@ class TextTask(Task):
         "layers": "stacked LSTM layers",
         "dropout": "dropout between stacked LSTM layers (training only)",
         "chunk": "truncated BPTT: steps per chunk; the state is carried across chunks",
-        "val_fraction": "share of the text (just before the test part) for validation",
+        "val_fraction": "share of the text at its start used for validation",
         "test_fraction": "share of the text at its end held out for the test",
         "eval_streams": "parallel streams when measuring the held-out loss",
     }
@@ -221,13 +226,13 @@ class TextTask(Task):
         text = read_text(path)
         a, b = split_text(len(text), cfg["val_fraction"], cfg["test_fraction"])
         need = 2 * cfg["batch_size"] + 1
-        if a < need:
-            raise ValueError(f"{path}: {len(text)} characters leave {a} for training, too few "
+        if b - a < need:
+            raise ValueError(f"{path}: {len(text)} characters leave {b - a} for training, too few "
                              f"for {cfg['batch_size']} streams; use a longer text or a "
                              "smaller --batch-size")
         self.vocab = Vocab.from_text(text)
         ids = self.vocab.encode(text)
-        self.splits = {"train": ids[:a], "val": ids[a:b], "test": ids[b:]}
+        self.splits = {"train": ids[a:b], "val": ids[:a], "test": ids[b:]}
         self.path = str(path)
 
     def load_eval(self, path):
