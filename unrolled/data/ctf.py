@@ -21,8 +21,9 @@ more named streams::
   word). A stream may appear at most once per line.
 - Blank lines and lines holding only comments are ignored.
 
-Public functions: :func:`read_ctf` (lazy, line by line), :func:`write_ctf` (its inverse)
-and :func:`ctf_minibatches` (padded, masked minibatches). See ``docs/ctf.md``.
+Public functions: :func:`read_ctf` (lazy, line by line), :func:`write_ctf` (its inverse),
+:func:`ctf_minibatches` (padded, masked minibatches) and :func:`infer_ctf_streams` (the
+stream table of a file, guessed by reading it once). See ``docs/ctf.md``.
 """
 
 import os
@@ -33,9 +34,10 @@ from collections import namedtuple
 
 import numpy as np
 
+from ..io import atomic_open
 from .batching import pad
 
-__all__ = ["CTFBatch", "ctf_minibatches", "read_ctf", "write_ctf"]
+__all__ = ["CTFBatch", "ctf_minibatches", "infer_ctf_streams", "read_ctf", "write_ctf"]
 
 _KINDS = ("dense", "sparse")
 _TOKEN = re.compile(r"\S+")
@@ -437,81 +439,74 @@ def write_ctf(path, sequences, streams, ids=True, *, fmt=None):
         id_iter = False
     else:
         id_iter = iter(ids)
-    tmp = fname + ".tmp"
     count, prev_id = 0, None  # count: sequences written so far
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for seq in sequences:
-                if not isinstance(seq, dict):
-                    raise TypeError(
-                        f"sequence {count} must be a dict {{name: array (n, dim)}}, "
-                        f"got {type(seq).__name__}")
-                unknown = set(seq) - set(specs)
-                if unknown:
+    with atomic_open(fname, text=True) as f:  # all or nothing
+        for seq in sequences:
+            if not isinstance(seq, dict):
+                raise TypeError(
+                    f"sequence {count} must be a dict {{name: array (n, dim)}}, "
+                    f"got {type(seq).__name__}")
+            unknown = set(seq) - set(specs)
+            if unknown:
+                raise ValueError(
+                    f"sequence {count} has streams {sorted(unknown)} that are not in "
+                    f"streams ({list(specs)}); add them to streams")
+            arrays = {}
+            for s, (dim, kind) in specs.items():
+                if s not in seq:
+                    continue
+                a = np.asarray(seq[s])
+                if a.ndim != 2 or a.shape[1] != dim:
                     raise ValueError(
-                        f"sequence {count} has streams {sorted(unknown)} that are not in "
-                        f"streams ({list(specs)}); add them to streams")
-                arrays = {}
-                for s, (dim, kind) in specs.items():
-                    if s not in seq:
-                        continue
-                    a = np.asarray(seq[s])
-                    if a.ndim != 2 or a.shape[1] != dim:
-                        raise ValueError(
-                            f"sequence {count}, stream {s!r}: expected an array of shape "
-                            f"(n, {dim}), got {a.shape}")
-                    arrays[s] = a
-                T = max((len(a) for a in arrays.values()), default=0)
-                if T == 0:
-                    raise ValueError(
-                        f"sequence {count} has no rows in any stream; CTF cannot "
-                        "represent an empty sequence: drop it")
+                        f"sequence {count}, stream {s!r}: expected an array of shape "
+                        f"(n, {dim}), got {a.shape}")
+                arrays[s] = a
+            T = max((len(a) for a in arrays.values()), default=0)
+            if T == 0:
+                raise ValueError(
+                    f"sequence {count} has no rows in any stream; CTF cannot "
+                    "represent an empty sequence: drop it")
 
-                # the id written in front of each line of this sequence
-                if id_iter is None:
-                    sid = count
-                elif id_iter is False:
-                    if T > 1:
-                        raise ValueError(
-                            f"sequence {count} has {T} rows but ids=False writes one line "
-                            "per sequence; use ids=True")
-                    sid = None
+            # the id written in front of each line of this sequence
+            if id_iter is None:
+                sid = count
+            elif id_iter is False:
+                if T > 1:
+                    raise ValueError(
+                        f"sequence {count} has {T} rows but ids=False writes one line "
+                        "per sequence; use ids=True")
+                sid = None
+            else:
+                sid = next(id_iter, None)
+                if isinstance(sid, bool) or not isinstance(sid, (int, np.integer)) \
+                        or sid < 0:
+                    raise ValueError(
+                        f"ids must give a non-negative int for sequence {count}, "
+                        f"got {sid!r}")
+                if sid == prev_id:
+                    raise ValueError(
+                        f"sequences {count - 1} and {count} have the same id {sid}; "
+                        "consecutive sequences need different ids")
+                prev_id = sid
+            prefix = "" if sid is None else f"{int(sid)}\t"
+
+            lines = [[] for _ in range(T)]
+            for s, a in arrays.items():
+                dim, kind = specs[s]
+                f1 = fmt or ("%.9g" if a.dtype.itemsize <= 4 else "%.17g")
+                if kind == "dense":
+                    row_fmt = f"|{s} " + " ".join([f1] * dim)
+                    for t, row in enumerate(a.tolist()):
+                        lines[t].append(row_fmt % tuple(row))
                 else:
-                    sid = next(id_iter, None)
-                    if isinstance(sid, bool) or not isinstance(sid, (int, np.integer)) \
-                            or sid < 0:
-                        raise ValueError(
-                            f"ids must give a non-negative int for sequence {count}, "
-                            f"got {sid!r}")
-                    if sid == prev_id:
-                        raise ValueError(
-                            f"sequences {count - 1} and {count} have the same id {sid}; "
-                            "consecutive sequences need different ids")
-                    prev_id = sid
-                prefix = "" if sid is None else f"{int(sid)}\t"
-
-                lines = [[] for _ in range(T)]
-                for s, a in arrays.items():
-                    dim, kind = specs[s]
-                    f1 = fmt or ("%.9g" if a.dtype.itemsize <= 4 else "%.17g")
-                    if kind == "dense":
-                        row_fmt = f"|{s} " + " ".join([f1] * dim)
-                        for t, row in enumerate(a.tolist()):
-                            lines[t].append(row_fmt % tuple(row))
-                    else:
-                        entry = "%d:" + f1
-                        for t, row in enumerate(a):
-                            nz = np.flatnonzero(row)
-                            body = " ".join(entry % (j, v) for j, v in
-                                            zip(nz.tolist(), row[nz].tolist()))
-                            lines[t].append(f"|{s} {body}" if body else f"|{s}")
-                f.write("".join(prefix + "\t".join(cells) + "\n" for cells in lines))
-                count += 1
-        os.replace(tmp, fname)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+                    entry = "%d:" + f1
+                    for t, row in enumerate(a):
+                        nz = np.flatnonzero(row)
+                        body = " ".join(entry % (j, v) for j, v in
+                                        zip(nz.tolist(), row[nz].tolist()))
+                        lines[t].append(f"|{s} {body}" if body else f"|{s}")
+            f.write("".join(prefix + "\t".join(cells) + "\n" for cells in lines))
+            count += 1
     return count
 
 
@@ -611,3 +606,69 @@ def _collate(batch, features, labels, side):
     x, x_mask = pad([s[features] for s in batch], side=side)  # (B, T_x, D_x), (B, T_x)
     y, y_mask = pad([s[labels] for s in batch], side=side)    # (B, T_y, D_y), (B, T_y)
     return CTFBatch(x, x_mask, y, y_mask)
+
+
+# ----------------------------------------------------------------------------- inference
+
+def infer_ctf_streams(path):
+    """Guess the stream table of a CTF file by reading it once.
+
+    A stream with an ``index:value`` entry anywhere is sparse, with dim one more than the
+    largest index seen (a one-hot label whose last classes never occur is therefore
+    narrower than its true dim: give the table explicitly then). Any other stream is
+    dense, with dim the number of values of its samples, which must all agree.
+
+    Args:
+        path: the CTF file.
+
+    Returns:
+        dict: ``{name: (dim, "dense" | "sparse")}`` in order of first appearance, ready
+        for :func:`read_ctf`.
+
+    Raises:
+        ValueError: a file with no stream, a stream that is dense on one line and sparse
+        on another, dense samples of different sizes, or a stream whose samples are all
+        empty (its dim cannot be known), as ``"file:line: ..."``.
+    """
+    fname = os.fspath(path)
+    seen = {}  # name -> [kind or None (only empty samples so far), dim, first line]
+    try:
+        with open(fname, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                # '|' starts every sample and every comment ('|#'), so the pieces between
+                # bars are exactly the samples and the comments of the line
+                for piece in line.split("|")[1:]:
+                    if not piece or piece[0] == "#" or piece[0].isspace():
+                        continue  # comments; a malformed sample is left to read_ctf
+                    name, *values = piece.split()
+                    info = seen.setdefault(name, [None, 0, lineno])
+                    if not values:
+                        continue  # an empty sample: only a sparse stream may have one
+                    sparse = ":" in values[0]
+                    kind = "sparse" if sparse else "dense"
+                    if info[0] not in (None, kind):
+                        raise ValueError(f"{fname}:{lineno}: stream {name!r} is {kind} here "
+                                         f"but {info[0]} before; fix the file or give the "
+                                         "streams explicitly")
+                    if sparse:
+                        try:
+                            top = max(int(v.split(":", 1)[0]) for v in values)
+                        except ValueError:
+                            raise ValueError(f"{fname}:{lineno}: stream {name!r}: expected "
+                                             "index:value entries") from None
+                        info[0], info[1] = kind, max(info[1], top + 1)
+                    elif info[0] is None:
+                        info[0], info[1], info[2] = kind, len(values), lineno
+                    elif len(values) != info[1]:
+                        raise ValueError(f"{fname}:{lineno}: stream {name!r} has {len(values)} "
+                                         f"values here but {info[1]} on line {info[2]}")
+    except UnicodeDecodeError:
+        raise _utf8_error(fname) from None
+    if not seen:
+        raise ValueError(f"{fname}: no stream found; a CTF line looks like "
+                         "'0 |features 1 2 3 |labels 0:1'")
+    for name, (kind, dim, lineno) in seen.items():
+        if kind is None:
+            raise ValueError(f"{fname}:{lineno}: every sample of stream {name!r} is empty, so "
+                             "its dim cannot be inferred; give the streams explicitly")
+    return {name: (dim, kind) for name, (kind, dim, _) in seen.items()}

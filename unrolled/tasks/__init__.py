@@ -15,6 +15,7 @@ REGISTRY = {
     "series": "unrolled.tasks.series:SeriesTask",
     "digits": "unrolled.tasks.digits:DigitsTask",
     "tagging": "unrolled.tasks.tagging:TaggingTask",
+    "ctf": "unrolled.tasks.ctf:CTFTask",
 }
 
 DEFAULT_TASK = "names"

@@ -1,0 +1,172 @@
+"""The ``ctf`` task: CNTK text format files through `unrolled train / evaluate / predict`,
+stream tables inferred from the file, and one-line errors for bad stream names."""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from unrolled.cli import main
+from unrolled.data.ctf import infer_ctf_streams, write_ctf
+from unrolled.tasks import get_task
+from unrolled.tasks.ctf import parse_streams
+
+FAST = ["--epochs", "8", "--hidden", "16", "--batch-size", "16", "--lr", "0.01", "--quiet"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1):
+        yield
+
+
+def sum_sign(n, seed, per_step=False):
+    """Sequences of 3..11 numbers; label: is the sum positive (per sequence), or is the
+    running sum positive (per step). One-hot labels in a sparse stream, as in CNTK."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = rng.standard_normal((int(rng.integers(3, 12)), 1)).astype(np.float32)
+        c = (np.cumsum(x[:, 0]) > 0).astype(int) if per_step else [int(x.sum() > 0)]
+        y = np.eye(2, dtype=np.float32)[c]
+        out.append({"x": x, "y": y})
+    return out
+
+
+STREAMS = {"x": (1, "dense"), "y": (2, "sparse")}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ctf")
+    write_ctf(d / "train.ctf", sum_sign(500, 0), STREAMS)
+    write_ctf(d / "new.ctf", sum_sign(200, 1), STREAMS)
+    write_ctf(d / "tags.ctf", sum_sign(300, 2, per_step=True), STREAMS)
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    out = data / "run"
+    rc = main(["train", "ctf", "--data", str(data / "train.ctf"), "--features", "x",
+               "--labels", "y", "--out", str(out), *FAST])
+    assert rc == 0
+    return out
+
+
+def metrics(text):
+    return {k: float(v) for k, v in re.findall(r"^(\w+): ([-\d.]+)$", text, re.MULTILINE)}
+
+
+def test_sequence_classification_learns_through_the_cli(trained):
+    meta = json.loads((trained / "config.json").read_text())["config"]
+    assert meta["task"] == "ctf" and meta["features"] == "x"
+    report = (trained / "report.txt").read_text()
+    assert "majority-class baseline" in report
+    m = metrics(report.split("test metrics:")[1])
+    # the sign of a sum of up to 11 numbers: chance is 0.5
+    assert m["accuracy"] > 0.85, report
+
+
+def test_evaluate_on_new_data_prints_metrics(trained, data, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(trained), "--data", str(data / "new.ctf")]) == 0
+    m = metrics(capsys.readouterr().out)
+    assert set(m) == {"loss", "accuracy", "macro_f1"}
+    assert m["accuracy"] > 0.85 and m["loss"] < 0.4
+
+
+def test_predict_gives_classes_per_sequence(trained, data, capsys):
+    capsys.readouterr()
+    assert main(["predict", str(trained), str(data / "new.ctf"), "--top", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 201
+    seqs = sum_sign(200, 1)
+    got = [int(re.match(r"  sequence \d+ \(id \d+\): (\d)", s).group(1)) for s in lines[1:]]
+    truth = [int(s["y"][0].argmax()) for s in seqs]
+    assert np.mean(np.array(got) == truth) > 0.85
+
+
+def test_tagging_one_label_per_step(data, capsys):
+    out = data / "tags-run"
+    rc = main(["train", "ctf", "--data", str(data / "tags.ctf"), "--features", "x",
+               "--labels", "y", "--out", str(out), *FAST])
+    assert rc == 0
+    assert "tagging (one label per step)" in capsys.readouterr().out
+    report = (out / "report.txt").read_text()
+    assert "steps" in report and "confusion matrix over steps" in report
+    # the sign of the running sum at every step
+    assert metrics(report.split("test metrics:")[1])["accuracy"] > 0.85, report
+    # a tagger refuses a file with one label per sequence
+    assert main(["evaluate", str(out), "--data", str(data / "new.ctf")]) == 2
+    assert "one label per step" in capsys.readouterr().err
+
+
+def test_dim1_labels_are_class_ids_and_explicit_streams(tmp_path):
+    seqs = [{"f": s["x"], "c": s["y"].argmax(1)[:, None].astype(np.float32) * 2}
+            for s in sum_sign(60, 3)]
+    write_ctf(tmp_path / "d.ctf", seqs, {"f": (1, "dense"), "c": (1, "dense")})
+    cfg = {"seed": 0, "features": "f", "labels": "c", "streams": "f:1:dense,c:1:dense",
+           "val_fraction": 0.2, "test_fraction": 0.2}
+    task = get_task("ctf")(cfg)
+    task.load(tmp_path / "d.ctf")
+    assert task.classes == ["0", "1", "2"] and not task.per_step
+    assert sorted(set(np.concatenate([task.labels[s] for s in task.labels]))) == [0, 2]
+    assert sum(task.sizes.values()) == 60
+
+
+def test_bad_stream_names_give_one_line_errors(data, capsys):
+    f = str(data / "train.ctf")
+    cases = [(["--features", "z", "--labels", "y"], "--features 'z' is not a stream"),
+             (["--features", "x", "--labels", "q"], "--labels 'q' is not a stream"),
+             ([], "needs --features NAME and --labels NAME"),
+             (["--features", "x", "--labels", "x"], "must be another stream"),
+             (["--features", "x", "--labels", "y", "--streams", "x:1"], "name:dim:kind"),
+             (["--features", "x", "--labels", "y", "--streams", "x:2:dense,y:2:sparse"],
+              "train.ctf:1:3: stream 'x' has 1 values, expected 2")]
+    for args, msg in cases:
+        capsys.readouterr()
+        assert main(["train", "ctf", "--data", f, "--out", str(data / "bad"), *args]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err
+    capsys.readouterr()
+    main(["train", "ctf", "--data", f, "--features", "z", "--labels", "y"])
+    assert "its streams are: x (1, dense), y (2, sparse)" in capsys.readouterr().err
+
+
+def test_label_rows_must_be_per_sequence_or_per_step(tmp_path):
+    seqs = [{"x": np.ones((4, 1), np.float32), "y": np.eye(2, dtype=np.float32)[[0, 1]]}]
+    write_ctf(tmp_path / "m.ctf", seqs * 10, STREAMS)
+    task = get_task("ctf")({"seed": 0, "features": "x", "labels": "y", "streams": "",
+                            "val_fraction": 0.1, "test_fraction": 0.1})
+    with pytest.raises(ValueError, match="2 rows of 'y' and 4 of 'x'"):
+        task.load(tmp_path / "m.ctf")
+
+
+def test_infer_streams_reads_dims_and_kinds(tmp_path):
+    p = tmp_path / "a.ctf"
+    p.write_text("0\t|A 1 2 3\t|B 0:1 4:2.5\t|C 7\n"
+                 "0 |A 4 5 6 |# a comment |B\n"
+                 "|# an escaped pipe |# in a comment |A -1 -2e-1 .5\n"
+                 "1|B 5:1 1:-1\t\t|A\t7  8\t9\n"
+                 "1 |C 0.25\n")
+    assert infer_ctf_streams(p) == {"A": (3, "dense"), "B": (6, "sparse"), "C": (1, "dense")}
+    for text, msg in [("|A 1 2\n|A 1 2 3\n", ":2: stream 'A' has 3 values here but 2 on line 1"),
+                      ("|A 1 2\n|A 0:1\n", ":2: stream 'A' is sparse here but dense before"),
+                      ("|A 1\n|B\n", ":2: every sample of stream 'B' is empty"),
+                      ("|# only a comment\n", "no stream found")]:
+        p.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            infer_ctf_streams(p)
+
+
+def test_parse_streams():
+    assert parse_streams("x:8:dense, y:2:sparse") == {"x": (8, "dense"), "y": (2, "sparse")}
+    for bad in ("x:0:dense", "x:8:dens", "x:8"):
+        with pytest.raises(ValueError, match="name:dim:kind"):
+            parse_streams(bad)

@@ -1,0 +1,310 @@
+"""``ctf``: learn from a CNTK Text Format file, one label per sequence or one per step.
+
+    unrolled train ctf --data train.ctf --features x --labels y [--streams x:8:dense,y:2:sparse]
+
+Data: a CTF file (see ``docs/ctf.md``) with a feature stream (``--features``, dense or
+sparse; its rows are the input vectors, one per step) and a label stream (``--labels``).
+The stream table is inferred from the file (:func:`unrolled.data.ctf.infer_ctf_streams`)
+unless ``--streams`` gives it as ``name:dim:kind`` items; other streams are skipped.
+
+A label row is a class: the index of its largest value for a one-hot stream (dim >= 2,
+dense or sparse, the CNTK way), or the value itself for a dense stream of dim 1 (class
+ids 0, 1, ...). The shape of the problem is read off the file:
+
+- every sequence has one label row: **sequence classification** (many-to-one; the
+  recurrent layer is folded to its last valid step, as in ``names`` and ``digits``);
+- every sequence has as many label rows as feature rows: **tagging** (many-to-many,
+  one class per step, loss and metrics per step).
+
+The sequences are split at random into train, validation and test parts
+(``val_fraction``, ``test_fraction``; stratified by class for sequence classification).
+Metrics: loss, accuracy and macro-F1 (per sequence, or per step for tagging), against
+the majority-class baseline in the report.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from .base import Batch, SequenceClassification, stratified_split
+
+_KINDS = ("dense", "sparse")
+
+
+def parse_streams(text):
+    """``"x:8:dense,y:2:sparse"`` -> ``{"x": (8, "dense"), "y": (2, "sparse")}``."""
+    out = {}
+    for item in str(text).split(","):
+        if not item.strip():
+            continue
+        parts = item.strip().split(":")
+        if len(parts) != 3 or parts[2] not in _KINDS or not parts[1].isdigit() \
+                or int(parts[1]) < 1:
+            raise ValueError(f"--streams item {item.strip()!r} is not name:dim:kind; write "
+                             "e.g. --streams x:8:dense,y:2:sparse")
+        out[parts[0]] = (int(parts[1]), parts[2])
+    return out
+
+
+def _table(streams):
+    return ", ".join(f"{n} ({d}, {k})" for n, (d, k) in streams.items())
+
+
+class CTFTask(SequenceClassification):
+    name = "ctf"
+    summary = ("classify sequences or tag every step of a CNTK text format file "
+               "(--data FILE.ctf --features NAME --labels NAME)")
+    defaults = {
+        "features": "",         # name of the input stream
+        "labels": "",           # name of the label stream
+        "streams": "",          # "name:dim:kind,..."; empty: inferred from the file
+        "cell": "gru",          # gru | lstm | elman
+        "hidden": 64,
+        "layers": 1,
+        "bidirectional": False,
+        "val_fraction": 0.1,
+        "test_fraction": 0.1,
+        "epochs": 20,
+        "batch_size": 32,
+    }
+    help = {
+        "features": "CTF stream holding the inputs, one row per step (required)",
+        "labels": "CTF stream holding the labels: one row per sequence, or one per step "
+                  "(required)",
+        "streams": "stream table as name:dim:kind items, e.g. x:8:dense,y:2:sparse "
+                   "(default: inferred from the file)",
+        "cell": "recurrent cell: gru, lstm or elman",
+        "hidden": "hidden units of the recurrent layer",
+        "layers": "stacked recurrent layers",
+        "bidirectional": "read each sequence in both directions",
+        "val_fraction": "share of the sequences held out for validation",
+        "test_fraction": "share of the sequences held out for the test",
+    }
+    batch_dtype = "float32"
+
+    def __init__(self, config, state=None):
+        super().__init__(config, state)
+        state = state or {}
+        self.streams = {k: tuple(v) for k, v in state.get("streams", {}).items()}
+        self.per_step = bool(state.get("per_step", False))
+        self.sizes = dict(state.get("sizes", {}))
+
+    # -- data -------------------------------------------------------------------------
+    def _streams_for(self, path):
+        """The table of the feature and label streams, checked against the names given."""
+        from ..data.ctf import infer_ctf_streams
+
+        cfg = self.config
+        table = parse_streams(cfg["streams"]) if cfg["streams"] else infer_ctf_streams(path)
+        where = "--streams" if cfg["streams"] else f"{path}"
+        for opt in ("features", "labels"):
+            name = cfg[opt]
+            if not name:
+                raise ValueError(f"the ctf task needs --features NAME and --labels NAME; the "
+                                 f"streams of {where} are: {_table(table)}")
+            if name not in table:
+                raise ValueError(f"--{opt} {name!r} is not a stream of {where}; its streams "
+                                 f"are: {_table(table)}")
+        if cfg["features"] == cfg["labels"]:
+            raise ValueError(f"--features and --labels are both {cfg['features']!r}; the "
+                             "labels must be another stream")
+        return {cfg["features"]: table[cfg["features"]], cfg["labels"]: table[cfg["labels"]]}
+
+    def _read(self, path, streams):
+        """(feature arrays, per-row class ids, per-step?) of every sequence of the file."""
+        from ..data.ctf import read_ctf
+
+        f, lab = self.config["features"], self.config["labels"]
+        dim = streams[lab][0]
+        X, Y, n_rows = [], [], []
+        for k, seq in enumerate(read_ctf(path, streams, skip_unknown=True)):
+            x, y = seq[f], seq[lab]
+            if not len(x) or not len(y):
+                empty = f if not len(x) else lab
+                raise ValueError(f"{path}: sequence {k} has no row of stream {empty!r}; "
+                                 "every sequence needs features and labels")
+            if dim == 1:  # the value is the class id
+                ids = y[:, 0]
+                if (ids < 0).any() or (ids != np.round(ids)).any():
+                    raise ValueError(f"{path}: sequence {k}: labels of a dim-1 stream must "
+                                     f"be class ids 0, 1, ..., got {ids.tolist()}")
+            else:         # one-hot (or scores): the largest entry
+                if (y.max(1) <= 0).any():
+                    raise ValueError(f"{path}: sequence {k} has a row of {lab!r} with no "
+                                     "positive entry, so it names no class; write one-hot "
+                                     "labels")
+                ids = y.argmax(1)
+            X.append(x)
+            Y.append(ids.astype(np.int64))
+            n_rows.append((len(x), len(y)))
+        if not X:
+            raise ValueError(f"{path}: no sequence with stream {f!r}")
+        rows = np.array(n_rows)
+        if (rows[:, 1] == 1).all():
+            per_step = False
+        elif (rows[:, 0] == rows[:, 1]).all():
+            per_step = True
+        else:
+            k = int(np.flatnonzero((rows[:, 1] != 1) & (rows[:, 0] != rows[:, 1]))[0])
+            raise ValueError(f"{path}: sequence {k} has {rows[k, 1]} rows of {lab!r} and "
+                             f"{rows[k, 0]} of {f!r}; labels must be one row per sequence "
+                             "(classification) or one per step (tagging) in every sequence")
+        return X, Y, per_step
+
+    def load(self, path):
+        cfg = self.config
+        self.streams = self._streams_for(path)
+        X, Y, self.per_step = self._read(path, self.streams)
+        dim = self.streams[cfg["labels"]][0]
+        n_classes = dim if dim > 1 else int(max(y.max() for y in Y)) + 1
+        self.classes = [str(c) for c in range(n_classes)]
+        # stratify by the sequence's class (tagging: by its first step's, for a spread)
+        first = np.array([y[0] for y in Y])
+        rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), 0]))
+        parts = stratified_split(first, (cfg["val_fraction"], cfg["test_fraction"]), rng)
+        for split, idx in zip(("train", "val", "test"), parts):
+            if not len(idx):
+                raise ValueError(f"{path}: {len(X)} sequences are too few to make a {split} "
+                                 "set; pass more data or change --val-fraction / "
+                                 "--test-fraction")
+            self._set(split, [X[i] for i in idx], [Y[i] for i in idx])
+        self.path = str(path)
+
+    def _set(self, split, X, Y):
+        self.records[split] = X
+        self.labels[split] = Y if self.per_step else np.array([y[0] for y in Y])
+        self.sizes[split] = len(X)
+
+    def load_eval(self, path):
+        X, Y, _ = self._read(path, self.streams)
+        if self.per_step and any(len(x) != len(y) for x, y in zip(X, Y)):
+            raise ValueError(f"{path}: the model tags every step, but the sequences of this "
+                             "file do not have one label per step")
+        if not self.per_step and any(len(y) != 1 for y in Y):
+            raise ValueError(f"{path}: the model classifies whole sequences, but the "
+                             "sequences of this file do not have one label each")
+        C = len(self.classes)
+        top = max(int(y.max()) for y in Y)
+        if top >= C:
+            raise ValueError(f"{path}: class {top} is not one of the {C} classes of the model")
+        self._set("eval", X, Y)
+        self.labels.setdefault("train", self.labels["eval"])
+
+    def describe(self):
+        f, lab = self.config["features"], self.config["labels"]
+        kind = "tagging (one label per step)" if self.per_step else \
+            "sequence classification (one label per sequence)"
+        lengths = [len(r) for s in ("train", "val", "test") for r in self.records[s]]
+        return [(f"ctf: {self.path}: {kind}; features {f!r} {self.streams[f]}, labels "
+                 f"{lab!r} {self.streams[lab]}, {len(self.classes)} classes"),
+                (f"sequences: train {self.sizes['train']}, val {self.sizes['val']}, test "
+                 f"{self.sizes['test']}; {min(lengths)} to {max(lengths)} steps")]
+
+    def state(self):
+        return {"classes": self.classes, "streams": {k: list(v) for k, v in self.streams.items()},
+                "per_step": self.per_step, "sizes": self.sizes}
+
+    # -- model and batches ------------------------------------------------------------
+    def build_model(self):
+        from .. import layers as L
+
+        cfg = self.config
+        seeds = np.random.SeedSequence([int(cfg["seed"]), 2]).generate_state(2)
+        cells = {"gru": L.GRU, "lstm": L.LSTM, "elman": L.Elman}
+        if cfg["cell"] not in cells:
+            raise ValueError(f"--cell must be gru, lstm or elman, got {cfg['cell']!r}")
+        D = self.streams[cfg["features"]][0]
+        rnn = cells[cfg["cell"]](D, cfg["hidden"], num_layers=cfg["layers"],
+                                 bidirectional=cfg["bidirectional"],
+                                 return_sequences=self.per_step, seed=int(seeds[0]))
+        return L.Sequential(rnn, L.Dense(rnn.output_size, len(self.classes),
+                                         seed=int(seeds[1])))
+
+    def get_batch(self, split, key):
+        if not self.per_step:
+            return super().get_batch(split, key)
+        from ..data import pad
+
+        X, mask = pad([self.records[split][i] for i in key], dtype=np.float32)  # (B, T, D)
+        Y, _ = pad([self.labels[split][i] for i in key], dtype=np.int64)        # (B, T)
+        return Batch(X, Y, mask, len(key))
+
+    # -- evaluation -------------------------------------------------------------------
+    def _steps(self, model, split, batch_size=256):
+        """Tagging: (true ids, predicted ids, log-probability of the truth) of every step."""
+        from ..data import bucket_batches
+
+        ys, ps, lps = [], [], []
+        lengths = self._lengths(split)
+        for idx in bucket_batches(lengths, batch_size, shuffle=False):
+            b = self.get_batch(split, idx)
+            logits = np.asarray(model(b.X, mask=b.mask), dtype=np.float64)   # (B, T, C)
+            z = logits - logits.max(-1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+            m = b.mask if b.mask is not None else np.ones(b.Y.shape, bool)
+            ys.append(b.Y[m])
+            ps.append(logits.argmax(-1)[m])
+            lps.append(np.take_along_axis(logp, b.Y[..., None], -1)[..., 0][m])
+        return np.concatenate(ys), np.concatenate(ps), np.concatenate(lps)
+
+    def evaluate(self, model, split):
+        if not self.per_step:
+            return super().evaluate(model, split)
+        from .. import metrics as M
+
+        if not len(self.records.get(split, ())):
+            raise ValueError(f"the {split!r} split is empty; use more data or change the "
+                             "split fractions")
+        y, pred, lp = self._steps(model, split)
+        return {"loss": float(-lp.mean()), "accuracy": M.accuracy(y, pred),
+                "macro_f1": M.macro_f1(y, pred, len(self.classes))}
+
+    def report(self, model, out_dir, split="test"):
+        if not self.per_step:
+            return super().report(model, out_dir, split)
+        from .. import metrics as M
+        from ..io import atomic_write_text
+
+        y, pred, _ = self._steps(model, split)
+        C = len(self.classes)
+        major = int(np.bincount(np.concatenate(self.labels["train"]), minlength=C).argmax())
+        base = np.full_like(y, major)
+        res = self.evaluate(model, split)
+        lines = [(f"{split} set: {len(self.records[split])} sequences, {len(y)} steps, "
+                  f"{C} classes"), *(f"{k}: {v:.4f}" for k, v in res.items()),
+                 (f"majority-class baseline ({self.classes[major]}): accuracy "
+                  f"{M.accuracy(y, base):.4f}, macro_f1 {M.macro_f1(y, base, C):.4f}"),
+                 "", "confusion matrix over steps (rows: true class, columns: predicted)",
+                 M.format_confusion(M.confusion_matrix(y, pred, C), self.classes)]
+        path = atomic_write_text(Path(out_dir) / "confusion.txt", "\n".join(lines) + "\n")
+        self.last_report = {"metrics": res, "text": "\n".join(lines)}
+        return {"confusion matrix (text)": path}
+
+    def predict(self, model, inputs, top=3):
+        """For each CTF file in ``inputs``: per sequence, the top classes (classification)
+        or the predicted class of every step (tagging)."""
+        from ..data import pad
+        from ..data.ctf import read_ctf
+        from ..metrics import softmax, top_k
+
+        f = self.config["features"]
+        lines = []
+        for path in inputs:
+            if not Path(path).is_file():
+                raise ValueError(f"{path}: no such file; `unrolled predict` on a ctf model "
+                                 "takes CTF files")
+            lines.append(str(path))
+            streams = {f: self.streams[f]}
+            for k, (sid, seq) in enumerate(read_ctf(path, streams, skip_unknown=True,
+                                                    return_ids=True)):
+                if not len(seq[f]):
+                    continue
+                X, _ = pad([seq[f]], dtype=np.float32)
+                p = softmax(np.asarray(model(X), dtype=np.float64))[0]   # (C,) or (T, C)
+                name = f"  sequence {k}" + ("" if sid is None else f" (id {sid})")
+                if self.per_step:
+                    lines.append(f"{name}: " + " ".join(self.classes[i] for i in p.argmax(-1)))
+                else:
+                    idx, ps = top_k(p, min(top, len(p)))
+                    lines.append(f"{name}: " + ", ".join(f"{self.classes[i]} {q:.3f}"
+                                                         for i, q in zip(idx, ps)))
+        return lines
