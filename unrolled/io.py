@@ -22,6 +22,7 @@ and ``fsync``-ed, then moved over the target with ``os.replace`` (atomic on POSI
 Windows), and the directory is ``fsync``-ed: a crash or ``kill -9`` at any moment leaves
 either the old file or the new one, never a mix, so the last good checkpoint survives.
 """
+import contextlib
 import json
 import os
 import tempfile
@@ -36,7 +37,8 @@ MODEL_FORMAT = "unrolled-model"
 CHECKPOINT_FORMAT = "unrolled-checkpoint"
 FORMAT_VERSION = 1  # the newest version this code reads and the one it writes
 
-__all__ = ["CHECKPOINT_FORMAT", "FORMAT_VERSION", "MODEL_FORMAT", "atomic_write_bytes",
+__all__ = ["CHECKPOINT_FORMAT", "FORMAT_VERSION", "MODEL_FORMAT", "atomic_open",
+           "atomic_write_bytes",
            "atomic_write_text", "build_model", "load_arrays", "load_model", "model_spec",
            "save_arrays", "save_model"]
 
@@ -56,14 +58,23 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def _atomic_write(path, write):
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over."""
+@contextlib.contextmanager
+def atomic_open(path, text=False):
+    """Open a temporary file beside ``path`` for writing; on a clean exit it replaces
+    ``path`` (flushed, ``fsync``-ed, renamed), on an exception it is removed.
+
+    ``text=True`` gives a UTF-8 text file with ``"\n"`` line ends, else a binary one.
+
+    >>> with atomic_open(tmp / "out.txt", text=True) as f:  # doctest: +SKIP
+    ...     f.write("all or nothing\n")
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        mode = {"mode": "w", "encoding": "utf-8", "newline": "\n"} if text else {"mode": "wb"}
+        with os.fdopen(fd, **mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is an ordinary file
@@ -75,7 +86,13 @@ def _atomic_write(path, write):
             pass
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def _atomic_write(path, write):
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over."""
+    with atomic_open(path) as f:
+        write(f)
+    return Path(path)
 
 
 def atomic_write_bytes(path, data):
