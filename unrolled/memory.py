@@ -436,7 +436,7 @@ def policy(layer, B, T, keep_tape, teacher, seq_needed):
             if plan.bytes > limit:
                 raise MemoryPlanError(
                     f"full BPTT over T={T} steps (batch {B}) needs about {_fmt(plan.bytes)} "
-                    f"by the planner (unrolled.plan_memory), more than the {_fmt(limit)} "
+                    f"by the planner (unrolled.memory.plan_memory), more than the {_fmt(limit)} "
                     f"allowed; build the layer with memory='checkpoint' (about "
                     f"{_fmt(_cached_plan(layer, B, T, 'checkpoint').bytes)}) or a byte "
                     f"budget memory=<bytes>, set truncate=k, or use shorter chunks")
@@ -447,11 +447,11 @@ def policy(layer, B, T, keep_tape, teacher, seq_needed):
     if limit is not None and keep_tape and plan.bytes > limit:
         raise MemoryPlanError(
             f"even checkpointed BPTT over T={T} steps (batch {B}) needs about "
-            f"{_fmt(plan.bytes)} (unrolled.plan_memory), more than the {_fmt(limit)} allowed; "
-            f"use truncate=k or shorter chunks (unrolled.streams.TBPTT)")
-    if isinstance(memory, int) and plan.bytes > memory:
+            f"{_fmt(plan.bytes)} (unrolled.memory.plan_memory), more than the "
+            f"{_fmt(limit)} allowed; use truncate=k or shorter chunks (unrolled.streams.TBPTT)")
+    if keep_tape and isinstance(memory, int) and plan.bytes > memory:
         raise MemoryPlanError(
             f"memory={memory} bytes is below the smallest checkpointed plan for T={T}, "
-            f"batch {B}: about {_fmt(plan.bytes)} (unrolled.plan_memory); raise the budget "
-            f"or use truncate=k")
+            f"batch {B}: about {_fmt(plan.bytes)} (unrolled.memory.plan_memory); raise the "
+            f"budget or use truncate=k")
     return Checkpointed(plan.segment, seq_needed, layer.truncate)
