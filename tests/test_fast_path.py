@@ -240,3 +240,50 @@ def test_generator_errors():
         gen.step(99)
     with pytest.raises(ValueError, match="temperature"):
         gen.draw(np.zeros((1, 11), np.float32), -1.0)
+
+
+# ---------------------------------------------------------------------------- CuPy (GPU)
+def _cupy():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no GPU")
+    except Exception:  # no driver or no device
+        pytest.skip("no GPU")
+    return cp
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cupy", "reference"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "elman"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cupy_arrays_agree_with_numpy(kind, dtype, backend):
+    cp = _cupy()
+    rng = np.random.default_rng(0)
+    B, T, D, H = 4, 9, 3, 5
+    m = LAYERS[kind](D, H, dtype=dtype, seed=1)
+    X = rng.standard_normal((B, T, D)).astype(dtype)
+    M = np.ones((B, T), bool)
+    M[1, 6:] = False
+    with kernels.backend("reference"):
+        out, _, cache = m.forward(X, mask=M)
+        g, dX, _ = m.backward(cache, np.ones_like(out))
+    m._params = {n: {k: cp.asarray(v) for k, v in p.items()} for n, p in m._params.items()}
+    with kernels.backend(backend):
+        gout, _, gcache = m.forward(cp.asarray(X), mask=cp.asarray(M))
+        gg, gdX, _ = m.backward(gcache, cp.ones_like(gout))
+    assert rel_err(cp.asnumpy(gout), out) < TOL[dtype]
+    assert rel_err(cp.asnumpy(gdX), dX) < TOL[dtype]
+    for k in g["l0"]:
+        assert rel_err(cp.asnumpy(gg["l0"][k]), g["l0"][k]) < TOL[dtype], k
+
+
+def test_cupy_generator():
+    cp = _cupy()
+    emb, rnn, out = _char_model()
+    ref = Generator(rnn, embedding=emb, output=out, batch=2, seed=0)
+    gen = Generator(rnn, embedding=emb, output=out, batch=2, seed=0, xp=cp)
+    x = np.array([1, 4])
+    for _ in range(5):
+        a, b = ref.step(x), gen.step(cp.asarray(x))
+        assert rel_err(cp.asnumpy(b), a) < 1e-5
+        x = ref.draw(a.copy(), 0).copy()

@@ -37,10 +37,10 @@ class GRUCell:
             # fast path folds them; n's hidden bias sits inside r * (...) and cannot be)
             b = params["bias_ih"] + params["bias_hh"]
             b[2 * H:] = params["bias_ih"][2 * H:]
-            return {**params, "W_hhT": xp.ascontiguousarray(W.T), "bias_x": b,
+            return {**params, "W_hhT": W.T.copy(), "bias_x": b,
                     "bias_hn": params["bias_hh"][2 * H:]}
-        return {**params, "W_rzT": xp.ascontiguousarray(W[:2 * H].T),
-                "W_nT": xp.ascontiguousarray(W[2 * H:].T)}
+        return {**params, "W_rzT": W[:2 * H].T.copy(),
+                "W_nT": W[2 * H:].T.copy()}
 
     def step(self, p, xw, state, xp):
         h = state[0]

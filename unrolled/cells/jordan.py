@@ -59,8 +59,8 @@ class JordanCell:
         return (self.output_size,)
 
     def prepare(self, params, xp):
-        return {**params, "W_hhT": xp.ascontiguousarray(params["weight_hh"].T),
-                "W_hoT": xp.ascontiguousarray(params["weight_ho"].T)}
+        return {**params, "W_hhT": params["weight_hh"].T.copy(),
+                "W_hoT": params["weight_ho"].T.copy()}
 
     def step(self, p, xw, state, xp):
         h = _act(self.nonlinearity, xw + state[0] @ p["W_hhT"] + p["bias_hh"], xp)

@@ -26,7 +26,7 @@ class LSTMCell:
 
     def prepare(self, params, xp):
         # bias_x: every bias folded into the input projection (used by the fast path)
-        return {**params, "W_hhT": xp.ascontiguousarray(params["weight_hh"].T),
+        return {**params, "W_hhT": params["weight_hh"].T.copy(),
                 "bias_x": params["bias_ih"] + params["bias_hh"]}
 
     def step(self, p, xw, state, xp):

@@ -12,17 +12,23 @@ Three backends share the one loop in :mod:`unrolled.unroll`:
 ``"numba"``
     the same loop and buffers, with each cell's gate arithmetic fused into one compiled
     kernel per step (forward and backward); the matrix products stay with NumPy's BLAS.
-    Needs the optional ``numba`` package and NumPy arrays; elsewhere it falls back to
-    ``"numpy"``.
+    Needs the optional ``numba`` package and NumPy arrays.
+``"cupy"``
+    the same fused kernels as CUDA kernels, for CuPy arrays on a GPU (one launch per
+    step for the gate math beside cuBLAS's product).
+``"auto"`` (the default)
+    ``"numba"`` for NumPy arrays where numba is installed, else ``"numpy"``;
+    ``"cupy"`` for CuPy arrays.
 
-The default is ``"numba"`` where numba is installed, else ``"numpy"``. Choose with
-:func:`set_backend`, the :func:`backend` context manager, or the environment variable
-``UNROLLED_BACKEND`` (read once, at import).
+Choose with :func:`set_backend`, the :func:`backend` context manager, or the environment
+variable ``UNROLLED_BACKEND`` (read once, at import). A backend that does not fit the
+arrays of a call (numba with CuPy arrays, cupy with NumPy arrays) runs the ``"numpy"``
+path written with the arrays' own module.
 """
 import contextlib
 import os
 
-BACKENDS = ("reference", "numpy", "numba")
+BACKENDS = ("auto", "reference", "numpy", "numba", "cupy")
 
 
 def numba_available():
@@ -47,7 +53,7 @@ def _default():
     env = os.environ.get("UNROLLED_BACKEND")
     if env:
         return _check(env.strip().lower())
-    return "numba" if numba_available() else "numpy"
+    return "auto"
 
 
 _current = [_default()]
@@ -78,19 +84,27 @@ def backend(name):
 def resolve(name, xp):
     """The backend that will really run: ``name`` (or the current one) for array module xp.
 
-    numba kernels work on NumPy arrays only; with any other array module ``"numba"``
-    means the ``"numpy"`` path written with that module's ufuncs.
+    Returns "reference", "numpy", "numba" or "cupy".
     """
     name = _current[0] if name is None else _check(name)
-    if name == "numba" and getattr(xp, "__name__", "") != "numpy":
+    mod = getattr(xp, "__name__", "")
+    if name == "auto":
+        if mod == "cupy":
+            return "cupy"
+        return "numba" if mod == "numpy" and numba_available() else "numpy"
+    if (name == "numba" and mod != "numpy") or (name == "cupy" and mod != "cupy"):
         return "numpy"
     return name
 
 
 def kernels_for(name, dtype):
     """The fused kernel library for a resolved backend and dtype (None for NumPy ufuncs)."""
-    if name != "numba":
-        return None
-    from . import cells_numba
+    if name == "numba":
+        from . import cells_numba
 
-    return cells_numba.library(dtype)
+        return cells_numba.library(dtype)
+    if name == "cupy":
+        from . import cells_cupy
+
+        return cells_cupy.library(dtype)
+    return None
