@@ -177,6 +177,17 @@ class Task:
                          "model trained by the `text` task")
 
 
+def recurrent_class(cell):
+    """The recurrent layer class for the ``--cell`` option: ``"gru"``, ``"lstm"`` or
+    ``"elman"``."""
+    from .. import layers as L
+
+    cells = {"gru": L.GRU, "lstm": L.LSTM, "elman": L.Elman}
+    if cell not in cells:
+        raise ValueError(f"--cell must be gru, lstm or elman, got {cell!r}")
+    return cells[cell]
+
+
 def stratified_split(labels, fractions, rng, groups=None):
     """Split records into parts with every class in the same proportions.
 
@@ -207,7 +218,7 @@ def stratified_split(labels, fractions, rng, groups=None):
         idx = np.flatnonzero(unit_label == c)
         idx = idx[rng.permutation(len(idx))]
         start = 0
-        counts = [int(round(f * len(idx))) for f in fractions]
+        counts = [round(f * len(idx)) for f in fractions]
         for p, n in enumerate(counts, start=1):
             for j in idx[start:start + n]:
                 parts[p].extend(units[j])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import read_optdigits
-from .base import SequenceClassification, stratified_split
+from .base import SequenceClassification, recurrent_class, stratified_split
 
 _PAIRS = ((".tra", ".tes"), ("-train.csv", "-test.csv"), ("train.csv", "test.csv"))
 
@@ -117,10 +117,7 @@ class DigitsTask(SequenceClassification):
 
         cfg = self.config
         seeds = np.random.SeedSequence([int(cfg["seed"]), 2]).generate_state(2)
-        cells = {"gru": L.GRU, "lstm": L.LSTM, "elman": L.Elman}
-        if cfg["cell"] not in cells:
-            raise ValueError(f"--cell must be gru, lstm or elman, got {cfg['cell']!r}")
-        rnn = cells[cfg["cell"]](8, cfg["hidden"], num_layers=cfg["layers"],
-                                 bidirectional=cfg["bidirectional"], return_sequences=False,
-                                 seed=int(seeds[0]))
+        rnn = recurrent_class(cfg["cell"])(8, cfg["hidden"], num_layers=cfg["layers"],
+                                           bidirectional=cfg["bidirectional"],
+                                           return_sequences=False, seed=int(seeds[0]))
         return L.Sequential(rnn, L.Dense(rnn.output_size, 10, seed=int(seeds[1])))

@@ -13,8 +13,8 @@ a majority-class baseline and the confusion matrix as text and PNG.
 """
 import numpy as np
 
-from ..data import Vocab, read_names_dir
-from .base import SequenceClassification, stratified_split
+from ..data import Vocab, one_hot, read_names_dir
+from .base import SequenceClassification, recurrent_class, stratified_split
 
 PAD, UNK = "<pad>", "<unk>"
 
@@ -130,7 +130,7 @@ class NamesTask(SequenceClassification):
         unk = self.vocab.index(UNK)
         ids = np.array([self.vocab._index.get(ch, unk) for ch in name], dtype=np.int64)
         if self.config.get("embed", 0) == 0:
-            return np.eye(len(self.vocab), dtype=np.float32)[ids]
+            return one_hot(ids, len(self.vocab))  # (n, V) float32
         return ids
 
     def state(self):
@@ -142,17 +142,14 @@ class NamesTask(SequenceClassification):
 
         cfg = self.config
         seeds = np.random.SeedSequence([int(cfg["seed"]), 2]).generate_state(5)
-        cells = {"gru": L.GRU, "lstm": L.LSTM, "elman": L.Elman}
-        if cfg["cell"] not in cells:
-            raise ValueError(f"--cell must be gru, lstm or elman, got {cfg['cell']!r}")
         V, E, H = len(self.vocab), cfg["embed"], cfg["hidden"]
         p = cfg["dropout"]
         mods = [L.Embedding(V, E, seed=int(seeds[0]))] if E else []
         if p:
             mods.append(L.Dropout(p, seed=int(seeds[3])))
-        rnn = cells[cfg["cell"]](E or V, H, num_layers=cfg["layers"],
-                                 bidirectional=cfg["bidirectional"], dropout=p,
-                                 return_sequences=False, seed=int(seeds[1]))
+        rnn = recurrent_class(cfg["cell"])(E or V, H, num_layers=cfg["layers"],
+                                           bidirectional=cfg["bidirectional"], dropout=p,
+                                           return_sequences=False, seed=int(seeds[1]))
         mods.append(rnn)
         if p:
             mods.append(L.Dropout(p, seed=int(seeds[4])))
