@@ -37,37 +37,36 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
     os.environ.pop(var, None)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from unrolled.data import Vocab, read_text, stream_batches  # noqa: E402
-from unrolled.losses import CrossEntropy  # noqa: E402
-from unrolled.optim import Adam, clip_grad_norm  # noqa: E402
-from unrolled.tasks.text import build_char_model, chunk_xy, sample, stream_loss  # noqa: E402
+from unrolled.data import Vocab, read_text, stream_batches
+from unrolled.losses import CrossEntropy
+from unrolled.optim import Adam, clip_grad_norm
+from unrolled.tasks.text import build_char_model, chunk_xy, sample, stream_loss
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" \
     / "input.txt"
 
 
 def blas_info():
-    """The BLAS library NumPy uses and its thread count (numpy.show_runtime)."""
-    try:
-        import io
-        from contextlib import redirect_stdout
+    """The BLAS library NumPy uses and its thread count (from numpy.show_runtime)."""
+    import io
+    import re
+    from contextlib import redirect_stdout
 
-        buf = io.StringIO()
+    buf = io.StringIO()
+    try:
         with redirect_stdout(buf):
             np.show_runtime()
-        text = buf.getvalue()
-        keys = ("internal_api", "architecture", "num_threads", "version")
-        found = {}
-        for line in text.splitlines():
-            for k in keys:
-                if f"'{k}'" in line and k not in found:
-                    found[k] = line.split(":", 1)[1].strip().strip(",").strip("'")
-        return found
-    except Exception as e:  # pragma: no cover - informative only
+    except (ImportError, AttributeError) as e:  # pragma: no cover - informative only
         return {"error": str(e)}
+    found = {}
+    for k in ("internal_api", "architecture", "num_threads", "version"):
+        m = re.search(rf"'{k}': '?([^',}}\]]+)", buf.getvalue())
+        if m:
+            found[k] = m.group(1)
+    return found
 
 
 def schedule(n_train, batch, chunk, seed):
@@ -110,7 +109,7 @@ class Budget:
         return self.seconds - self.used - run
 
 
-def train_unrolled(args, V, train, held, init_model):
+def train_unrolled(args, vocab, train, held, init_model):
     model = init_model
     opt = Adam(lr=args.lr)
     ce = CrossEntropy()
@@ -146,7 +145,7 @@ def train_unrolled(args, V, train, held, init_model):
     budget.stop()
     final = stream_loss(model, held)
     curve.append(_point(budget, steps, chars, final["loss"]))
-    text = sample(model, VOCAB, 300, 0.8, "ROMEO:", rng=0)
+    text = sample(model, vocab, 300, 0.8, "ROMEO:", rng=0)
     return {"steps": steps, "chars": chars, "train_seconds": budget.used,
             "last_train_loss": last, "held_out_loss": final["loss"],
             "held_out_bits_per_char": final["bits_per_char"], "curve": curve, "sample": text}
@@ -259,13 +258,12 @@ def main(argv=None):
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
 
-    global VOCAB
     text = read_text(args.data)
-    VOCAB = Vocab.from_text(text)
-    ids = VOCAB.encode(text)
-    cut = len(ids) - int(round(len(ids) * args.held_out))
+    vocab = Vocab.from_text(text)
+    ids = vocab.encode(text)
+    cut = len(ids) - round(len(ids) * args.held_out)
     train, held = ids[:cut], ids[cut:]
-    V = len(VOCAB)
+    V = len(vocab)
     print(f"data: {args.data}: {len(ids)} characters, vocabulary {V}; train {len(train)}, "
           f"held out (last {args.held_out:.0%}) {len(held)}")
     print(f"model: Embedding({V}, {args.embedding}) -> LSTM({args.embedding}, {args.hidden}) "
@@ -281,7 +279,7 @@ def main(argv=None):
     init_params = init.params
     if args.which in ("both", "unrolled"):
         print("training unrolled ...", flush=True)
-        results["unrolled"] = train_unrolled(args, V, train, held, init)
+        results["unrolled"] = train_unrolled(args, vocab, train, held, init)
         results["load_after_unrolled"] = os.getloadavg()
     if args.which in ("both", "torch"):
         try:
@@ -313,8 +311,6 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(f"\nwrote {args.json}")
 
-
-VOCAB = None
 
 if __name__ == "__main__":
     main()

@@ -10,8 +10,14 @@ from unrolled.cli import main
 from unrolled.config import resolve_config
 from unrolled.data import Vocab
 from unrolled.tasks import get_task
-from unrolled.tasks.text import (TextTask, build_char_model, chunk_xy, sample, split_text,
-                                 stream_loss)
+from unrolled.tasks.text import (
+    TextTask,
+    build_char_model,
+    chunk_xy,
+    sample,
+    split_text,
+    stream_loss,
+)
 from unrolled.train import Trainer
 
 WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "to", "a", "red", "hat"]
@@ -149,7 +155,7 @@ def test_saved_model_generates(trained, tmp_path):
 
 
 def test_cli_errors_are_one_line(trained, tmp_path, capsys):
-    task, model, _, path = trained
+    task, model = trained[:2]
     io.save_model(model, tmp_path / "m", config={**task.config, "task": "text"},
                   task_state=task.state())
     assert main(["generate", str(tmp_path / "m"), "--length", "5", "--prime", "Xyz"]) == 2

@@ -27,6 +27,7 @@ With ``delta = true`` (default) the network predicts the change from the last ob
 target value, in normalised units, which lets it follow a trend beyond the training range.
 """
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -119,8 +120,8 @@ def prepare_series(cs, target, window, horizon, val_fraction, test_fraction, sta
         vals[:, j] = np.log(vals[:, j])
 
     # -- split the windows in time: by the row each one forecasts
-    n_test = int(round(M * test_fraction)) if stats is None else M
-    n_val = int(round(M * val_fraction)) if stats is None else 0
+    n_test = round(M * test_fraction) if stats is None else M
+    n_val = round(M * val_fraction) if stats is None else 0
     n_train = M - n_val - n_test
     if stats is None and (n_train < 1 or (val_fraction and n_val < 1)
                           or (test_fraction and n_test < 1)):
@@ -181,7 +182,7 @@ def prepare_series(cs, target, window, horizon, val_fraction, test_fraction, sta
 class SeriesTask(Task):
     name = "series"
     summary = "forecast a column of a CSV time series (RMSE/MAE vs naive and seasonal naive)"
-    defaults = {
+    defaults: ClassVar[dict] = {
         "target": "",           # column to forecast ("": the last numeric column)
         "features": [],         # input columns besides the target ([]: every other column)
         "categorical": [],      # text columns to one-hot encode
@@ -204,7 +205,7 @@ class SeriesTask(Task):
         "lr": 3e-3,
         "patience": 30,
     }
-    help = {
+    help: ClassVar[dict] = {
         "target": "column to forecast; default: the last numeric column",
         "features": "comma-separated input columns besides the target; default: all others",
         "categorical": "comma-separated text columns to one-hot encode",
@@ -287,7 +288,7 @@ class SeriesTask(Task):
                       "channels": self.data["channels"], "stats": self.data["stats"],
                       "missing": {k: int(v) for k, v in cs.missing_counts.items()},
                       "rows": int(cs.values.shape[0]),
-                      "windows": {k: int(len(v)) for k, v in self.data["splits"].items()}}
+                      "windows": {k: len(v) for k, v in self.data["splits"].items()}}
 
     def load_eval(self, path):
         c = self.config
@@ -307,8 +308,8 @@ class SeriesTask(Task):
 
     def describe(self):
         d, cs = self.data, self.cs
-        lines = [f"series: {cs.values.shape[0]} rows; target {cs.target!r}; "
-                 f"{len(d['channels'])} input channels: {', '.join(d['channels'])}",
+        lines = [(f"series: {cs.values.shape[0]} rows; target {cs.target!r}; "
+                  f"{len(d['channels'])} input channels: {', '.join(d['channels'])}"),
                  f"windows of {self.config['window']} rows, forecast {self.config['horizon']} "
                  "row(s) ahead; split in time: "
                  + ", ".join(f"{k} {len(v)}" for k, v in d["splits"].items()),
@@ -360,9 +361,7 @@ class SeriesTask(Task):
         ok = ~np.isnan(self.data["yt"][self.data["targets_at"]])
         out = []
         for b in batches:
-            if out and not ok[b].any():
-                out[-1] = np.concatenate([out[-1], b])
-            elif out and not ok[out[-1]].any():
+            if out and (not ok[b].any() or not ok[out[-1]].any()):
                 out[-1] = np.concatenate([out[-1], b])
             else:
                 out.append(b)
@@ -435,8 +434,8 @@ class SeriesTask(Task):
         tgt = self.saved["target"]
         n = len(f["true"])
         miss = int(np.isnan(f["true"]).sum())
-        lines = [f"{split}: {n} forecasts of {tgt!r}, {self.config['horizon']} row(s) ahead; "
-                 f"{miss} missing target(s) left out of the metrics",
+        lines = [(f"{split}: {n} forecasts of {tgt!r}, {self.config['horizon']} row(s) ahead; "
+                  f"{miss} missing target(s) left out of the metrics"),
                  f"{'':16} {'rmse':>10} {'mae':>10}",
                  f"{'model':16} {m['rmse']:>10.3f} {m['mae']:>10.3f}",
                  f"{'naive':16} {m['naive_rmse']:>10.3f} {m['naive_mae']:>10.3f}"]

@@ -16,6 +16,7 @@ Plain functions (usable without the trainer): :func:`build_char_model`,
 chunks) and :func:`sample` (generation with temperature, top-k and a prime).
 """
 import math
+from typing import ClassVar
 
 import numpy as np
 
@@ -179,7 +180,7 @@ def sample(model, vocab, length=500, temperature=1.0, prime="", top_k=None, rng=
 class TextTask(Task):
     name = "text"
     summary = "character-level language model on a UTF-8 text file (then `unrolled generate`)"
-    defaults = {
+    defaults: ClassVar[dict] = {
         "embed": 32,            # character embedding size
         "hidden": 256,          # LSTM units per layer
         "layers": 1,
@@ -196,7 +197,7 @@ class TextTask(Task):
         "clip": 5.0,
         "patience": 3,
     }
-    help = {
+    help: ClassVar[dict] = {
         "embed": "character embedding size",
         "hidden": "LSTM hidden units per layer",
         "layers": "stacked LSTM layers",
@@ -246,13 +247,13 @@ class TextTask(Task):
         n = {k: len(v) for k, v in self.splits.items()}
         return [f"text: {sum(n.values())} characters, vocabulary of {len(self.vocab)}",
                 "split: " + ", ".join(f"{k} {v}" for k, v in n.items()),
-                f"training: {self.config['batch_size']} streams of "
-                f"{max(n.get('train', 1) - 1, 0) // self.config['batch_size']} steps, "
-                f"chunks of {self.config['chunk']} (truncated BPTT, state carried)"]
+                (f"training: {self.config['batch_size']} streams of "
+                 f"{max(n.get('train', 1) - 1, 0) // self.config['batch_size']} steps, "
+                 f"chunks of {self.config['chunk']} (truncated BPTT, state carried)")]
 
     def state(self):
         return {"vocab": self.vocab.to_dict(),
-                "sizes": {k: int(len(v)) for k, v in self.splits.items()}}
+                "sizes": {k: len(v) for k, v in self.splits.items()}}
 
     # -- model and batches ---------------------------------------------------------------
     def build_model(self):
