@@ -99,6 +99,7 @@ def _add_train(sub):
         epilog=_task_options_help() + "\n\nexamples:\n  unrolled train\n"
                "  unrolled train names --data ../shared/data/names --out runs/names\n"
                "  unrolled train digits --epochs 20 --hidden 64\n"
+               "  unrolled train ctf --data train.ctf --features x --labels y\n"
                "  unrolled train names --out runs/names --resume")
     p.add_argument("task", nargs="?", default=DEFAULT_TASK,
                    help=f"task name (default: {DEFAULT_TASK})")

@@ -70,8 +70,8 @@ class CTFTask(SequenceClassification):
         "features": "CTF stream holding the inputs, one row per step (required)",
         "labels": "CTF stream holding the labels: one row per sequence, or one per step "
                   "(required)",
-        "streams": "stream table as name:dim:kind items, e.g. x:8:dense,y:2:sparse "
-                   "(default: inferred from the file)",
+        "streams": "stream table as name:dim:kind items, e.g. x:8:dense,y:2:sparse; "
+                   "empty: inferred from the file",
         "cell": "recurrent cell: gru, lstm or elman",
         "hidden": "hidden units of the recurrent layer",
         "layers": "stacked recurrent layers",
