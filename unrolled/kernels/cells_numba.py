@@ -23,7 +23,8 @@ _B4, _B6 = _f(1.18534705686654e-04), _f(1.19825839466702e-06)
 _CLAMP = _f(7.90531110763549805)
 _HALF, _ONE, _ZERO = _f(0.5), _f(1.0), _f(0.0)
 
-_jit = numba.njit(cache=True, fastmath=False, nogil=True, boundscheck=False)
+# error_model="numpy": no ZeroDivisionError branch in divisions, so the loops vectorise
+_jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 
 
 @_jit
@@ -58,94 +59,107 @@ def _build(tanh, half, one, zero):
     def flushed(v, thr):
         return zero if abs(v) < thr else v
 
+    # Each kernel walks the batch row by row on 1-D row views, with inner loops over
+    # contiguous runs of one gate block: the form LLVM vectorises.
     @_jit
     def lstm_fwd(z, xw, c, acts, tc, h_new, c_new):
         B, H = c.shape
         for b in range(B):
+            zr, xr, ar = z[b], xw[b], acts[b]
+            for k in range(2 * H):              # input and forget gates
+                ar[k] = sig(zr[k] + xr[k])
+            for k in range(2 * H, 3 * H):       # candidate
+                ar[k] = tanh(zr[k] + xr[k])
+            for k in range(3 * H, 4 * H):       # output gate
+                ar[k] = sig(zr[k] + xr[k])
+            cr, tr, hr, nr = c[b], tc[b], h_new[b], c_new[b]
             for j in range(H):
-                i = sig(z[b, j] + xw[b, j])
-                f = sig(z[b, H + j] + xw[b, H + j])
-                g = tanh(z[b, 2 * H + j] + xw[b, 2 * H + j])
-                o = sig(z[b, 3 * H + j] + xw[b, 3 * H + j])
-                acts[b, j] = i
-                acts[b, H + j] = f
-                acts[b, 2 * H + j] = g
-                acts[b, 3 * H + j] = o
-                cn = f * c[b, j] + i * g
-                t = tanh(cn)
-                c_new[b, j] = cn
-                tc[b, j] = t
-                h_new[b, j] = o * t
+                v = ar[H + j] * cr[j] + ar[j] * ar[2 * H + j]
+                t = tanh(v)
+                nr[j] = v
+                tr[j] = t
+                hr[j] = ar[3 * H + j] * t
 
     @_jit
     def lstm_bwd(dh, dc, acts, tc, c_prev, dz, dc_prev, thr):
         B, H = dh.shape
         for b in range(B):
+            ar, tr, dhr, dcr, cpr, dzr, dpr = acts[b], tc[b], dh[b], dc[b], c_prev[b], dz[b], \
+                dc_prev[b]
             for j in range(H):
-                i = acts[b, j]
-                f = acts[b, H + j]
-                g = acts[b, 2 * H + j]
-                o = acts[b, 3 * H + j]
-                t = tc[b, j]
-                d = dh[b, j]
-                dct = dc[b, j] + d * o * (one - t * t)
-                dz[b, j] = flushed(dct * g * (i * (one - i)), thr)
-                dz[b, H + j] = flushed(dct * c_prev[b, j] * (f * (one - f)), thr)
-                dz[b, 2 * H + j] = flushed(dct * i * (one - g * g), thr)
-                dz[b, 3 * H + j] = flushed(d * t * (o * (one - o)), thr)
-                dc_prev[b, j] = flushed(dct * f, thr)
+                i = ar[j]
+                f = ar[H + j]
+                g = ar[2 * H + j]
+                o = ar[3 * H + j]
+                t = tr[j]
+                d = dhr[j]
+                dct = dcr[j] + d * o * (one - t * t)
+                dzr[j] = flushed(dct * g * (i * (one - i)), thr)
+                dzr[H + j] = flushed(dct * cpr[j] * (f * (one - f)), thr)
+                dzr[2 * H + j] = flushed(dct * i * (one - g * g), thr)
+                dzr[3 * H + j] = flushed(d * t * (o * (one - o)), thr)
+                dpr[j] = flushed(dct * f, thr)
 
     @_jit
     def gru_fwd(hw, xw, bhn, h, acts, hn, h_new):
         B, H = h.shape
         for b in range(B):
+            wr, xr, ar = hw[b], xw[b], acts[b]
+            for k in range(2 * H):              # reset and update gates
+                ar[k] = sig(wr[k] + xr[k])
+            hr, mr, nr = h[b], hn[b], h_new[b]
             for j in range(H):
-                r = sig(hw[b, j] + xw[b, j])
-                z = sig(hw[b, H + j] + xw[b, H + j])
-                m = hw[b, 2 * H + j] + bhn[j]
-                n = tanh(xw[b, 2 * H + j] + r * m)
-                acts[b, j] = r
-                acts[b, H + j] = z
-                acts[b, 2 * H + j] = n
-                hn[b, j] = m
-                h_new[b, j] = n + z * (h[b, j] - n)
+                m = wr[2 * H + j] + bhn[j]
+                n = tanh(xr[2 * H + j] + ar[j] * m)
+                ar[2 * H + j] = n
+                mr[j] = m
+                nr[j] = n + ar[H + j] * (hr[j] - n)
 
     @_jit
     def gru_bwd(dh, h, acts, hn, dxw, dhw, dhz, thr):
         B, H = dh.shape
         for b in range(B):
+            ar, dhr, hr, mr, dxr, dwr, dzr = acts[b], dh[b], h[b], hn[b], dxw[b], dhw[b], dhz[b]
             for j in range(H):
-                r = acts[b, j]
-                z = acts[b, H + j]
-                n = acts[b, 2 * H + j]
-                d = dh[b, j]
+                r = ar[j]
+                z = ar[H + j]
+                n = ar[2 * H + j]
+                d = dhr[j]
                 dn = flushed(d * (one - z) * (one - n * n), thr)
-                dr = flushed(dn * hn[b, j] * (r * (one - r)), thr)
-                du = flushed(d * (h[b, j] - n) * (z * (one - z)), thr)
-                dxw[b, j] = dr
-                dxw[b, H + j] = du
-                dxw[b, 2 * H + j] = dn
-                dhw[b, j] = dr
-                dhw[b, H + j] = du
-                dhw[b, 2 * H + j] = flushed(dn * r, thr)
-                dhz[b, j] = flushed(d * z, thr)
+                dr = flushed(dn * mr[j] * (r * (one - r)), thr)
+                du = flushed(d * (hr[j] - n) * (z * (one - z)), thr)
+                dxr[j] = dr
+                dxr[H + j] = du
+                dxr[2 * H + j] = dn
+                dwr[j] = dr
+                dwr[H + j] = du
+                dwr[2 * H + j] = flushed(dn * r, thr)
+                dzr[j] = flushed(d * z, thr)
 
     @_jit
     def elman_fwd(h, xw, use_tanh):
         B, H = h.shape
         for b in range(B):
-            for j in range(H):
-                a = h[b, j] + xw[b, j]
-                h[b, j] = tanh(a) if use_tanh else max(a, zero)
+            hr, xr = h[b], xw[b]
+            if use_tanh:
+                for j in range(H):
+                    hr[j] = tanh(hr[j] + xr[j])
+            else:
+                for j in range(H):
+                    hr[j] = max(hr[j] + xr[j], zero)
 
     @_jit
     def elman_bwd(dh, h, da, use_tanh, thr):
         B, H = dh.shape
         for b in range(B):
-            for j in range(H):
-                v = h[b, j]
-                g = (one - v * v) if use_tanh else (one if v > zero else zero)
-                da[b, j] = flushed(dh[b, j] * g, thr)
+            dhr, hr, dar = dh[b], h[b], da[b]
+            if use_tanh:
+                for j in range(H):
+                    v = hr[j]
+                    dar[j] = flushed(dhr[j] * (one - v * v), thr)
+            else:
+                for j in range(H):
+                    dar[j] = dhr[j] if hr[j] > zero else zero
 
     return {"lstm_fwd": lstm_fwd, "lstm_bwd": lstm_bwd, "gru_fwd": gru_fwd,
             "gru_bwd": gru_bwd, "elman_fwd": elman_fwd, "elman_bwd": elman_bwd}
