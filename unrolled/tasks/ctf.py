@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Batch, SequenceClassification, stratified_split
+from .base import Batch, SequenceClassification, recurrent_class, stratified_split
 
 _KINDS = ("dense", "sparse")
 
@@ -209,11 +209,8 @@ class CTFTask(SequenceClassification):
 
         cfg = self.config
         seeds = np.random.SeedSequence([int(cfg["seed"]), 2]).generate_state(2)
-        cells = {"gru": L.GRU, "lstm": L.LSTM, "elman": L.Elman}
-        if cfg["cell"] not in cells:
-            raise ValueError(f"--cell must be gru, lstm or elman, got {cfg['cell']!r}")
         D = self.streams[cfg["features"]][0]
-        rnn = cells[cfg["cell"]](D, cfg["hidden"], num_layers=cfg["layers"],
+        rnn = recurrent_class(cfg["cell"])(D, cfg["hidden"], num_layers=cfg["layers"],
                                  bidirectional=cfg["bidirectional"],
                                  return_sequences=self.per_step, seed=int(seeds[0]))
         return L.Sequential(rnn, L.Dense(rnn.output_size, len(self.classes),
