@@ -221,7 +221,7 @@ def train_torch(args, V, train, held, init_model):
         for g in opt.param_groups:
             g["lr"] = lr_at(args, 1 - budget.left() / budget.seconds)
         opt.step()
-        last = float(loss)
+        last = loss.item()
         steps += 1
         chars += X.numel()
         if marks and budget.seconds - budget.left() >= marks[0]:

@@ -402,6 +402,8 @@ class SeriesTask(Task):
                 "at": d["targets_at"][idx]}
 
     def evaluate(self, model, split):
+        """``loss`` (normalised MSE), ``rmse`` and ``mae`` in original units; outside the
+        per-epoch validation also ``naive_*`` and ``seasonal_naive_*`` on the same targets."""
         if split not in self.data.get("splits", {}):
             raise ValueError(f"series task: no {split!r} split loaded")
         f = self.forecast(model, split)
@@ -416,9 +418,11 @@ class SeriesTask(Task):
             both &= ~np.isnan(f["seasonal"])
         if not both.any():
             both = ok
-        scored = [("", f["pred"]), ("naive_", f["naive"])]
-        if season:
-            scored.append(("seasonal_naive_", f["seasonal"]))
+        scored = [("", f["pred"])]
+        if split != "val":  # the baselines do not change from epoch to epoch
+            scored.append(("naive_", f["naive"]))
+            if season:
+                scored.append(("seasonal_naive_", f["seasonal"]))
         for name, p in scored:
             err = p[both] - f["true"][both]
             res[name + "rmse"] = float(np.sqrt(np.mean(err ** 2)))
