@@ -127,13 +127,15 @@ def test_bad_stream_names_give_one_line_errors(data, capsys):
              ([], "needs --features NAME and --labels NAME"),
              (["--features", "x", "--labels", "x"], "must be another stream"),
              (["--features", "x", "--labels", "y", "--streams", "x:1"], "name:dim:kind"),
+             (["--features", "x", "--labels", "y", "--cell", "foo"], "--cell must be gru"),
              (["--features", "x", "--labels", "y", "--streams", "x:2:dense,y:2:sparse"],
               "train.ctf:1:3: stream 'x' has 1 values, expected 2")]
     for args, msg in cases:
         capsys.readouterr()
         assert main(["train", "ctf", "--data", f, "--out", str(data / "bad"), *args]) == 2
-        err = capsys.readouterr().err
+        out, err = capsys.readouterr()
         assert msg in err and err.count("\n") == 1, err
+        assert not out and not (data / "bad").exists()  # nothing printed or written
     capsys.readouterr()
     main(["train", "ctf", "--data", f, "--features", "z", "--labels", "y"])
     assert "its streams are: x (1, dense), y (2, sparse)" in capsys.readouterr().err

@@ -152,6 +152,7 @@ class CTFTask(SequenceClassification):
 
     def load(self, path):
         cfg = self.config
+        recurrent_class(cfg["cell"])  # a bad --cell fails before anything is written
         self.streams = self._streams_for(path)
         X, Y, self.per_step = self._read(path, self.streams)
         dim = self.streams[cfg["labels"]][0]
