@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from unrolled.cli import main
+from unrolled.config import resolve_config
 from unrolled.data.ctf import infer_ctf_streams, write_ctf
 from unrolled.tasks import get_task
 from unrolled.tasks.ctf import parse_streams
@@ -111,8 +112,9 @@ def test_dim1_labels_are_class_ids_and_explicit_streams(tmp_path):
     seqs = [{"f": s["x"], "c": s["y"].argmax(1)[:, None].astype(np.float32) * 2}
             for s in sum_sign(60, 3)]
     write_ctf(tmp_path / "d.ctf", seqs, {"f": (1, "dense"), "c": (1, "dense")})
-    cfg = {"seed": 0, "features": "f", "labels": "c", "streams": "f:1:dense,c:1:dense",
-           "val_fraction": 0.2, "test_fraction": 0.2}
+    cfg = resolve_config(get_task("ctf"), overrides={
+        "features": "f", "labels": "c", "streams": "f:1:dense,c:1:dense",
+        "val_fraction": "0.2", "test_fraction": "0.2"})
     task = get_task("ctf")(cfg)
     task.load(tmp_path / "d.ctf")
     assert task.classes == ["0", "1", "2"] and not task.per_step
@@ -144,8 +146,8 @@ def test_bad_stream_names_give_one_line_errors(data, capsys):
 def test_label_rows_must_be_per_sequence_or_per_step(tmp_path):
     seqs = [{"x": np.ones((4, 1), np.float32), "y": np.eye(2, dtype=np.float32)[[0, 1]]}]
     write_ctf(tmp_path / "m.ctf", seqs * 10, STREAMS)
-    task = get_task("ctf")({"seed": 0, "features": "x", "labels": "y", "streams": "",
-                            "val_fraction": 0.1, "test_fraction": 0.1})
+    task = get_task("ctf")(resolve_config(get_task("ctf"),
+                                          overrides={"features": "x", "labels": "y"}))
     with pytest.raises(ValueError, match="2 rows of 'y' and 4 of 'x'"):
         task.load(tmp_path / "m.ctf")
 
