@@ -67,6 +67,24 @@ def test_params_assignment_nested_sequential():
     assert model(np.ones((1, 3), np.float32)).item() == 48.0  # 2*3 -> *4 -> *2 summed
 
 
+def test_value_and_grad_step_mask_never_masks_a_folded_output():
+    # a many-to-one model whose output width equals T: the (B, T) step mask must not be
+    # taken for an element mask of the (B, O) outputs; an element mask goes in loss_mask
+    rng = np.random.default_rng(0)
+    model = u.Sequential(u.GRU(1, 4, return_sequences=False, dtype="float64", seed=0),
+                         u.Dense(4, 3, dtype="float64", seed=1))
+    X, Y = rng.standard_normal((4, 3, 1)), rng.standard_normal((4, 3))
+    mask = np.ones((4, 3), bool)
+    mask[0, 2] = False
+    out = model(X, mask=mask)
+    value, _ = u.value_and_grad(model, "mse", X, Y, mask=mask)
+    assert value == pytest.approx(np.mean((out - Y) ** 2), rel=1e-12)
+    missing = np.ones((4, 3), bool)
+    missing[1, 0] = False
+    value, _ = u.value_and_grad(model, "mse", X, Y, mask=mask, loss_mask=missing)
+    assert value == pytest.approx(np.mean((out - Y)[missing] ** 2), rel=1e-12)
+
+
 def test_seeded_initialisation_is_reproducible():
     a, b = u.GRU(3, 4, seed=5), u.GRU(3, 4, seed=5)
     assert all(np.array_equal(a.params["l0"][k], b.params["l0"][k]) for k in a.params["l0"])

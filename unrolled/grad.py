@@ -9,7 +9,20 @@ def _get_loss(loss):
     return get_loss(loss)
 
 
-def value_and_grad(model, loss, X, Y, mask=None, initial_state=None):
+def loss_mask_for(outputs, mask, loss_mask=None):
+    """The mask a loss is given for a model's ``outputs``.
+
+    ``loss_mask`` when given (e.g. an element mask of the outputs' shape, False where a
+    target is missing); else the step mask ``mask`` (B, T) for outputs with a time axis
+    (B, T, ...); else None: a folded output (B, ...) already is each record's last valid
+    step, so a step mask does not apply to it, whatever its shape.
+    """
+    if loss_mask is not None:
+        return loss_mask
+    return mask if outputs.ndim == 3 else None
+
+
+def value_and_grad(model, loss, X, Y, mask=None, initial_state=None, loss_mask=None):
     """Forward in training mode, the loss, and BPTT.
 
     Parameters
@@ -19,7 +32,10 @@ def value_and_grad(model, loss, X, Y, mask=None, initial_state=None):
         ``value_and_grad(outputs, targets, mask) -> (value, d_outputs)``.
     X : (B, T, D) floats, or (B, T) integer symbols for a model starting with ``Embedding``.
     Y : targets in the loss's form; ignored at padded steps.
-    mask : (B, T) bool or None.
+    mask : (B, T) bool or None, the step mask of ``X``; it also masks the loss of
+        outputs with a time axis.
+    loss_mask : bool array or None, what the loss gets as its mask instead (e.g. an
+        element mask of the outputs' shape that leaves missing targets out).
 
     Returns
     -------
@@ -27,8 +43,6 @@ def value_and_grad(model, loss, X, Y, mask=None, initial_state=None):
     """
     loss = _get_loss(loss)
     out, _, cache = model.forward(X, mask=mask, initial_state=initial_state, training=True)
-    # a step mask follows the sequence; an element mask (e.g. missing targets) always applies
-    m = mask if (out.ndim == 3 or (mask is not None and mask.shape == out.shape)) else None
-    value, d_out = loss.value_and_grad(out, Y, m)
+    value, d_out = loss.value_and_grad(out, Y, loss_mask_for(out, mask, loss_mask))
     grads, _, _ = model.backward(cache, d_out)
     return value, grads

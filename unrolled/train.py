@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io
+from .grad import loss_mask_for
 from .losses import get_loss
 from .optim import CosineLR, StepLR, WarmupLR, clip_grad_norm, get_optimizer
 from .tree import tree_flatten, tree_unflatten
@@ -276,8 +277,7 @@ class Trainer:
             init = None  # a batch of another size starts from the zero state
         out, state, cache = model.forward(batch.X, mask=batch.mask, initial_state=init,
                                           training=True)
-        lmask = batch.loss_mask if batch.loss_mask is not None else (
-            batch.mask if out.ndim == 3 else None)
+        lmask = loss_mask_for(out, batch.mask, batch.loss_mask)
         value, d_out = self.loss.value_and_grad(out, batch.Y, lmask)
         grads, _, _ = model.backward(cache, d_out)
         norm = float("nan")

@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import unroll
 from ..backend import to_numpy
+from ..grad import loss_mask_for
 from ..losses import get_loss
 from .traces import as_batch, new_figure, recurrent_caches, save_figure, to_input_order
 
@@ -183,12 +184,7 @@ def _loss_and_dout(model_out, Y, loss, mask, loss_mask):
         loss = _Surrogate(np.ones_like(model_out))
     else:
         loss = get_loss(loss)
-    if loss_mask is not None:
-        m = loss_mask
-    else:  # as value_and_grad does: a step mask follows the sequence
-        m = mask if (model_out.ndim == 3 or (mask is not None and mask.shape == model_out.shape)) \
-            else None
-    return loss.value_and_grad(model_out, Y, m)
+    return loss.value_and_grad(model_out, Y, loss_mask_for(model_out, mask, loss_mask))
 
 
 def gradient_flow(model, X, Y=None, loss=None, mask=None, initial_state=None, loss_mask=None,
