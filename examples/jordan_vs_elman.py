@@ -181,7 +181,7 @@ def main():
         secs = np.mean([r[0] for r in rows])
         r1 = [r[1] for r in rows]
         hz = np.mean([r[2] for r in rows], 0)
-        results[name] = dict(secs=secs, rmse1=r1, horizon=hz, forecast=rows[0][3])
+        results[name] = {"secs": secs, "rmse1": r1, "horizon": hz, "forecast": rows[0][3]}
         print(f"{name:<28} train {secs * 1e3:6.1f} ms/epoch  one-step RMSE "
               f"{np.mean(r1):5.1f} ± {np.std(r1):4.1f}   {HORIZON}-month mean RMSE "
               f"{hz.mean():5.1f}  (h=1 {hz[0]:5.1f}, h=12 {hz[11]:5.1f}, h=24 {hz[23]:5.1f})")

@@ -62,7 +62,7 @@ def test_go_backwards_gradients_match_finite_differences(block):
     blk = block(LSTM(4, 3, dtype="float64", seed=3), go_backwards=True)
     out, _, _ = blk.forward(X, mask, training=True)
     R = np.random.default_rng(4).standard_normal(out.shape)
-    f = lambda: float(np.sum(blk.forward(X, mask, training=True)[0] * R))  # noqa: E731
+    f = lambda: float(np.sum(blk.forward(X, mask, training=True)[0] * R))
     _, _, cache = blk.forward(X, mask, training=True)
     grads, dX, _ = blk.backward(cache, R)
     flat, gflat = tree_flatten(blk.params), tree_flatten(grads)
@@ -92,7 +92,7 @@ def test_recurrence_from_sends_the_state_gradient_back_to_the_data():
     g_rec, _, d_h0 = rec.backward(cr, R)
     assert d_h0.shape == (3, 4)
     g_dense, _, _ = to_state.backward(cz, d_h0 * (1 - h0 ** 2))
-    f = lambda: run()[0]  # noqa: E731
+    f = lambda: run()[0]
     num_w, num_b = numeric_grads(f, [to_state.params["weight"], to_state.params["bias"]])
     assert rel_err(g_dense["weight"], num_w) < 1e-6
     assert rel_err(g_dense["bias"], num_b) < 1e-6
@@ -112,7 +112,7 @@ def test_blocks_work_inside_sequential_with_value_and_grad():
     X = rng.integers(0, 7, (4, 6))
     mask = np.arange(6)[None] < np.array([6, 4, 2, 5])[:, None]
     y = np.array([0, 1, 1, 0])
-    loss, grads = value_and_grad(model, "cross_entropy", X, y, mask)
+    _, grads = value_and_grad(model, "cross_entropy", X, y, mask)
     W = model.params["1"]["l0"]["weight_ih"]
     (num,) = numeric_grads(lambda: value_and_grad(model, "cross_entropy", X, y, mask)[0], [W])
     assert rel_err(grads["1"]["l0"]["weight_ih"], num) < 1e-6
@@ -146,7 +146,7 @@ def test_unfold_from_vectors_and_its_gradients():
     np.testing.assert_allclose(out, Y, atol=1e-12)
     R = np.random.default_rng(16).standard_normal(out.shape)
     grads, _, d0 = gen.backward(cache, R)
-    f = lambda: float(np.sum(gen.forward(Y_in, initial_state=h0)[0] * R))  # noqa: E731
+    f = lambda: float(np.sum(gen.forward(Y_in, initial_state=h0)[0] * R))
     (num0,) = numeric_grads(f, [h0])
     assert rel_err(d0, num0) < 1e-6
     (numw,) = numeric_grads(f, [gen.params["readout"]["weight"]])
@@ -156,7 +156,7 @@ def test_unfold_from_vectors_and_its_gradients():
 
 
 # -- Jordan: teacher forcing (no sequential loop), free running, scheduled sampling --------
-from unrolled.patterns import scheduled_backward, scheduled_forward  # noqa: E402
+from unrolled.patterns import scheduled_backward, scheduled_forward
 
 
 def _jordan_case(seed=20):
@@ -196,7 +196,7 @@ def test_teacher_forcing_runs_every_step_at_once():
 
 def test_scheduled_sampling_gradients_match_finite_differences():
     layer, X, Y, R = _jordan_case()
-    f = lambda: float(np.sum(scheduled_forward(layer, X, Y, 0.5,  # noqa: E731
+    f = lambda: float(np.sum(scheduled_forward(layer, X, Y, 0.5,
                                                np.random.default_rng(3))[0] * R))
     _, cache = scheduled_forward(layer, X, Y, 0.5, np.random.default_rng(3))
     assert any(o is not None and o.any() and not o.all() for o in cache[1])  # a real mix

@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 from helpers import rel_err
 
-from unrolled.seq2seq import (Seq2Seq, attention_backward, attention_forward, edit_distance,
-                              inverse_sigmoid_decay, sequence_metrics, shift_targets)
+from unrolled.seq2seq import (
+    Seq2Seq,
+    attention_backward,
+    attention_forward,
+    edit_distance,
+    inverse_sigmoid_decay,
+    sequence_metrics,
+    shift_targets,
+)
 from unrolled.tree import tree_flatten
 
 
@@ -32,7 +39,7 @@ def _model(cell="lstm", attention=None, seed=1, **kw):
 def _fd_check(m, args, n_entries=6, seed=0, tol=1e-5, **kw):
     """Central differences on a random sample of entries of every parameter."""
     rng = np.random.default_rng(seed)
-    f = lambda: m.loss_and_grad(*args, rng=np.random.default_rng(5), **kw)[0]  # noqa: E731
+    f = lambda: m.loss_and_grad(*args, rng=np.random.default_rng(5), **kw)[0]
     _, g = m.loss_and_grad(*args, rng=np.random.default_rng(5), **kw)
     fp, fg = tree_flatten(m.params), tree_flatten(g)
     assert set(fp) == set(fg)
@@ -274,7 +281,7 @@ def test_g2p_data_from_cmudict():
     tr, va, te = (set(data.split[k]) for k in ("train", "val", "test"))
     assert not (tr & te) and not (tr & va) and not (va & te)  # split by word
     assert len(data.phones) - 3 == 39
-    src, sm, tgt, tm = data.batch(["hello", "world"])
+    _, _, tgt, tm = data.batch(["hello", "world"])
     assert data.decode(tgt[0][tm[0]]) == ["HH", "AH", "L", "OW"]
     m = Seq2Seq(len(data.letters), len(data.phones), 8, 8, bos=1, eos=2, seed=0)
     r = evaluate(m, data, "test", beam_width=2)

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 from helpers import numeric_grads, rel_err
 
-from unrolled.tasks.tagging import (TaggingTask, bio_spans, char_class, read_tagged,
-                                    span_prf)
+from unrolled.tasks.tagging import TaggingTask, bio_spans, char_class, read_tagged, span_prf
 
 
 def test_bio_spans_follow_conlleval():
@@ -90,7 +89,7 @@ def test_tagger_gradients_match_finite_differences(tmp_path):
     X, Y = rng.integers(0, 9, (3, 6)), rng.integers(1, 5, (3, 6))
     mask = np.arange(6)[None] < np.array([6, 4, 2])[:, None]
     _, g = value_and_grad(model, "cross_entropy", X, Y, mask)
-    f = lambda: value_and_grad(model, "cross_entropy", X, Y, mask)[0]  # noqa: E731
+    f = lambda: value_and_grad(model, "cross_entropy", X, Y, mask)[0]
     for path in (("1", "l0_reverse", "weight_hh"), ("1", "l0", "bias_ih"), ("0", "weight")):
         a, ga = model.params, g
         for k in path:

@@ -170,7 +170,7 @@ class Seq2Seq(Module):
         ss = np.random.SeedSequence(seed)
         seeds = [int(s.generate_state(1)[0]) for s in ss.spawn(6)]
         R = _CELLS[cell]
-        kw = dict(num_layers=num_layers, dropout=dropout, dtype=dtype)
+        kw = {"num_layers": num_layers, "dropout": dropout, "dtype": dtype}
         self.src_embed = Embedding(src_vocab, embed_size, dtype=dtype, seed=seeds[0])
         self.encoder = R(embed_size, hidden_size, seed=seeds[1], **kw)
         self.tgt_embed = Embedding(tgt_vocab, embed_size, dtype=dtype, seed=seeds[2])
@@ -180,7 +180,7 @@ class Seq2Seq(Module):
         self.attn_size = A
         if attention is not None:
             rng, _ = make_rng(seeds[4])
-            u = lambda *shape, fan: rng.uniform(-1 / math.sqrt(fan), 1 / math.sqrt(fan),  # noqa: E731
+            u = lambda *shape, fan: rng.uniform(-1 / math.sqrt(fan), 1 / math.sqrt(fan),
                                                 shape).astype(dtype)
             p = {"W_c": u(A, 2 * H, fan=2 * H), "b_c": u(A, fan=2 * H)}
             if attention == "general":
@@ -305,7 +305,7 @@ class Seq2Seq(Module):
             T = len(cache["steps"])
             g_out = g_dec = g_temb = None
             dK, d_s = None, None
-            add = lambda a, b: b if a is None else add_tree(a, b)  # noqa: E731
+            add = lambda a, b: b if a is None else add_tree(a, b)
             for t in reversed(range(T)):
                 c_emb, c_dec, c_head = cache["steps"][t]
                 go, ga, dQ, dKt = self._head_back(c_head, d_logits[:, t:t + 1])

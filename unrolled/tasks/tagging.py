@@ -37,7 +37,7 @@ def hironsan_path():
     if spec is None or not spec.submodule_search_locations:
         raise ValueError("the hironsancorpus data set is not installed: "
                          "pip install hironsancorpus")
-    path = Path(list(spec.submodule_search_locations)[0]) / "corpus" / "iob_sents.txt"
+    path = Path(next(iter(spec.submodule_search_locations))) / "corpus" / "iob_sents.txt"
     if not path.exists():
         raise ValueError(f"{path} is missing; reinstall hironsancorpus")
     return path
@@ -197,8 +197,8 @@ class TaggingTask(Task):
         sents = self._read(path)
         rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), 0]))
         order = rng.permutation(len(sents))
-        n_val = int(round(cfg["val_fraction"] * len(sents)))
-        n_test = int(round(cfg["test_fraction"] * len(sents)))
+        n_val = round(cfg["val_fraction"] * len(sents))
+        n_test = round(cfg["test_fraction"] * len(sents))
         if n_val < 1 or n_test < 1 or len(sents) - n_val - n_test < 1:
             raise ValueError(f"{path}: {len(sents)} sentences are too few to hold out "
                              "validation and test sentences")
@@ -241,11 +241,12 @@ class TaggingTask(Task):
         n = {k: len(v) for k, v in self.sents.items()}
         toks = {k: sum(len(s[0]) for s in v) for k, v in self.sents.items()}
         kinds = sorted({t[2:] for t in self.tags[1:] if t != "O"}) if self.bio else []
-        return [f"tagging: {sum(n.values())} sentences, {sum(toks.values())} tokens; "
-                f"{len(self.words) - 1 - len(CLASSES)} known words, {len(self.tags) - 1} tags"
-                + (f" (BIO spans: {', '.join(kinds)})" if self.bio else ""),
-                f"split by sentence: train {n['train']} ({toks['train']} tokens), val "
-                f"{n['val']}, test {n['test']} ({toks['test']} tokens)"]
+        first = (f"tagging: {sum(n.values())} sentences, {sum(toks.values())} tokens; "
+                 f"{len(self.words) - 1 - len(CLASSES)} known words, {len(self.tags) - 1} tags"
+                 + (f" (BIO spans: {', '.join(kinds)})" if self.bio else ""))
+        second = (f"split by sentence: train {n['train']} ({toks['train']} tokens), val "
+                  f"{n['val']}, test {n['test']} ({toks['test']} tokens)")
+        return [first, second]
 
     def state(self):
         return {"words": self.words, "tags": self.tags}
@@ -321,8 +322,9 @@ class TaggingTask(Task):
         from ..io import atomic_write_text
 
         res = self.evaluate(model, split)
-        lines = [f"{split}: {len(self.sents[split])} sentences, "
-                 f"{sum(len(s[0]) for s in self.sents[split])} tokens",
+        head = (f"{split}: {len(self.sents[split])} sentences, "
+                f"{sum(len(s[0]) for s in self.sents[split])} tokens")
+        lines = [head,
                  *(f"{k}: {v:.4f}" for k, v in res.items())]
         if hasattr(self, "top_tag"):
             base = self.baseline(split)
