@@ -1,10 +1,13 @@
 """Input checks that fail early, in unrolled's own words, with the fix in the message."""
 import numpy as np
 
+from .backend import to_numpy
+
 FLOATS = ("float32", "float64")
 
 
 def check_dtype_name(dtype):
+    """The name of ``dtype`` (``"float32"`` or ``"float64"``); TypeError for any other."""
     name = np.dtype(dtype).name
     if name not in FLOATS:
         raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
@@ -32,13 +35,14 @@ def check_float_input(X, input_size, dtype, who):
 
 
 def check_finite(X, who, mask=None):
-    xp_bad = ~np.isfinite(np.asarray(X) if not hasattr(X, "get") else X.get())
+    """X must hold no NaN or inf, at least where ``mask`` ((B, T) bool, or None) is True."""
+    bad = ~np.isfinite(to_numpy(X))
     if mask is not None:
-        m = np.asarray(mask if not hasattr(mask, "get") else mask.get())
-        xp_bad &= m.reshape(m.shape + (1,) * (xp_bad.ndim - m.ndim))
-    if xp_bad.any():
-        idx = tuple(int(i) for i in np.argwhere(xp_bad)[0])
-        raise ValueError(f"{who}: input holds {int(xp_bad.sum())} non-finite value(s) (NaN or "
+        m = to_numpy(mask)
+        bad &= m.reshape(m.shape + (1,) * (bad.ndim - m.ndim))  # (B, T) -> (B, T, 1, ...)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{who}: input holds {int(bad.sum())} non-finite value(s) (NaN or "
                          f"inf), first at index {idx}; impute or mask them before training")
 
 
@@ -57,7 +61,7 @@ def check_mask(mask, B, T, who):
                             f"{mask.dtype}; pass mask.astype(bool)")
     empty = ~mask.any(axis=1)
     if empty.any():
-        i = int(np.argmax(np.asarray(empty if not hasattr(empty, "get") else empty.get())))
+        i = int(np.argmax(to_numpy(empty)))
         raise ValueError(f"{who}: record {i} has no valid step (its mask row is all False); "
                          f"drop empty records before batching")
     return mask

@@ -96,7 +96,7 @@ def from_keras_weights(kind, weights, *, activation="tanh", reset_after=None,
     p, D, H, reset_after = _one_direction(kind, weights, reset_after)
     tree = {"l0": p}
     if backward_weights is not None:
-        pb, Db, Hb, rb = _one_direction(kind, backward_weights, reset_after)
+        pb, Db, Hb, _ = _one_direction(kind, backward_weights, reset_after)
         if (Db, Hb) != (D, H):
             raise ValueError("forward and backward weights of a Bidirectional wrapper differ in "
                              f"size: ({D}, {H}) vs ({Db}, {Hb})")
