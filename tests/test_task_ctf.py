@@ -174,3 +174,22 @@ def test_parse_streams():
     for bad in ("x:0:dense", "x:8:dens", "x:8"):
         with pytest.raises(ValueError, match="name:dim:kind"):
             parse_streams(bad)
+
+
+def test_sparse_one_hot_features_and_dense_labels(tmp_path):
+    """Word ids written as sparse one-hot rows (as CNTK's ATIS files), labels dense."""
+    rng = np.random.default_rng(4)
+    seqs = []
+    for _ in range(40):
+        w = rng.integers(0, 7, int(rng.integers(2, 6)))
+        seqs.append({"w": np.eye(7, dtype=np.float32)[w],
+                     "c": np.eye(3, dtype=np.float32)[[int(w.max()) % 3]]})
+    write_ctf(tmp_path / "w.ctf", seqs, {"w": (7, "sparse"), "c": (3, "dense")})
+    task = get_task("ctf")(resolve_config(get_task("ctf"),
+                                          overrides={"features": "w", "labels": "c"}))
+    task.load(tmp_path / "w.ctf")
+    assert task.streams == {"w": (7, "sparse"), "c": (3, "dense")}
+    assert task.classes == ["0", "1", "2"] and sum(task.sizes.values()) == 40
+    b = task.get_batch("train", np.arange(4))
+    assert b.X.shape[0] == 4 and b.X.shape[2] == 7 and b.X.dtype == np.float32
+    assert task.build_model()(b.X, mask=b.mask).shape == (4, 3)
