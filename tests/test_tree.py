@@ -1,4 +1,5 @@
 """Recursive (tree) networks: parsing, batching, BPTS gradients, PyTorch oracle."""
+import helpers
 import numpy as np
 import pytest
 
@@ -16,6 +17,7 @@ from unrolled.data.trees import (
     to_tuples,
 )
 from unrolled.layers.tree import RecursiveNet, softmax_cross_entropy
+from unrolled.tree import tree_flatten
 
 SST = "(3 (2 It) (4 (2 's) (3 (2 very) (3 good))))"
 
@@ -44,33 +46,15 @@ def random_forest(seed, n=5, depth=4, vocab_size=7, max_arity=2, num_classes=3):
     return trees + [spine]
 
 
+def flat_grads(tree):
+    """``{"embedding", "W", "b", "out/weight", "out/bias"}``: leaves of params or grads."""
+    return tree_flatten(tree)
+
+
 def numeric_grads(net, loss_fn, eps=1e-6):
     """Central differences of ``loss_fn()`` on every entry of every parameter."""
-    out = {}
-    flat = {"embedding": net.params["embedding"], "W": net.params["W"], "b": net.params["b"]}
-    if "out" in net.params:
-        flat["out/weight"] = net.params["out"]["weight"]
-        flat["out/bias"] = net.params["out"]["bias"]
-    for name, a in flat.items():
-        g = np.zeros_like(a)
-        for i in np.ndindex(a.shape):
-            old = a[i]
-            a[i] = old + eps
-            lp = loss_fn()
-            a[i] = old - eps
-            lm = loss_fn()
-            a[i] = old
-            g[i] = (lp - lm) / (2 * eps)
-        out[name] = g
-    return out
-
-
-def flat_grads(grads):
-    out = {k: grads[k] for k in ("embedding", "W", "b")}
-    if "out" in grads:
-        out["out/weight"] = grads["out"]["weight"]
-        out["out/bias"] = grads["out"]["bias"]
-    return out
+    flat = flat_grads(net.params)  # views: helpers.numeric_grads nudges them in place
+    return dict(zip(flat, helpers.numeric_grads(loss_fn, list(flat.values()), eps)))
 
 
 def rel_error(a, n):
