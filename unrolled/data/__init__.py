@@ -19,7 +19,7 @@ from .readers import (
     read_text,
 )
 from .vocab import Vocab
-from .ctf import read_ctf, write_ctf, ctf_minibatches
+from .ctf import CTFBatch, ctf_minibatches, infer_ctf_streams, read_ctf, write_ctf
 from .trees import (
     FlatTree,
     Tree,
