@@ -63,10 +63,10 @@ def atomic_open(path, text=False):
     """Open a temporary file beside ``path`` for writing; on a clean exit it replaces
     ``path`` (flushed, ``fsync``-ed, renamed), on an exception it is removed.
 
-    ``text=True`` gives a UTF-8 text file with ``"\n"`` line ends, else a binary one.
+    ``text=True`` gives a UTF-8 text file with Unix line ends, else a binary one.
 
     >>> with atomic_open(tmp / "out.txt", text=True) as f:  # doctest: +SKIP
-    ...     f.write("all or nothing\n")
+    ...     f.write("all or nothing")
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,7 @@ class StepLR:
         return self.base_lr * self.gamma ** (step // self.step_size)
 
     def config(self):
+        """The constructor arguments as a JSON-able dict (saved with the learner)."""
         return {"schedule": "step", "base_lr": self.base_lr, "step_size": self.step_size,
                 "gamma": self.gamma}
 
@@ -77,6 +78,7 @@ class CosineLR:
         return self.min_lr + (self.base_lr - self.min_lr) * (1 + cos) / 2
 
     def config(self):
+        """The constructor arguments as a JSON-able dict (saved with the learner)."""
         return {"schedule": "cosine", "base_lr": self.base_lr,
                 "total_steps": self.total_steps, "min_lr": self.min_lr}
 
@@ -110,6 +112,8 @@ class WarmupLR:
         return self._inner(step - self.warmup_steps)
 
     def config(self):
+        """The constructor arguments as a JSON-able dict, or None when the wrapped
+        schedule is a callable without ``config()``."""
         inner = self.schedule
         if callable(inner):
             inner = inner.config() if hasattr(inner, "config") else None

@@ -71,10 +71,12 @@ class History:
         self.rows = [dict(r) for r in rows]
 
     def append(self, row):
+        """Add one epoch's row (a dict of floats)."""
         self.rows.append(dict(row))
 
     @property
     def history(self):
+        """``{key: [value per epoch]}`` over every key any row has (None where missing)."""
         keys = []
         for r in self.rows:
             keys += [k for k in r if k not in keys]
@@ -82,6 +84,7 @@ class History:
 
     @property
     def epoch(self):
+        """The epoch numbers of the rows (1 for the first)."""
         return [r["epoch"] for r in self.rows]
 
     def __getitem__(self, key):
@@ -191,6 +194,7 @@ class Trainer:
     # -------------------------------------------------------------------- checkpoints
     @property
     def checkpoint_path(self):
+        """``out_dir/checkpoint.npz``, or None without an ``out_dir``."""
         return None if self.out_dir is None else self.out_dir / "checkpoint.npz"
 
     def save_checkpoint(self, path=None):
@@ -256,6 +260,7 @@ class Trainer:
 
     # -------------------------------------------------------------------- logs
     def write_logs(self):
+        """Write the history to ``out_dir/log.json`` and ``out_dir/log.csv`` (atomically)."""
         if self.out_dir is None:
             return
         rows = self.history.rows

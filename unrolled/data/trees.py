@@ -48,6 +48,7 @@ class Tree:
 
     @property
     def is_leaf(self) -> bool:
+        """True for a leaf (a token, no children)."""
         return not self.children
 
     def leaves(self) -> list:
@@ -337,6 +338,7 @@ class TreeVocab:
         return token in self.index_
 
     def index(self, token) -> int:
+        """The id of ``token``: the unk id for an unknown one, or ValueError without unk."""
         i = self.index_.get(token)
         if i is None:
             if self.unk is None:

@@ -16,12 +16,21 @@ from ..tree import tree_flatten, tree_structure
 
 
 class Module:
-    recurrent = False
+    """Base of every layer: the protocol above, ``params`` assignment and calling."""
+
+    recurrent = False  # True for layers that take an initial state and return one
 
     def forward(self, X, mask=None, initial_state=None, training=False, keep_tape=True):
+        """``(out, state, cache)``: the outputs, the final recurrent state (None for a
+        feed-forward layer) and what :meth:`backward` needs.
+
+        ``X`` is (B, T, D) or (B, D) (or (B, T) integer symbols for an embedding),
+        ``mask`` (B, T) bool; ``training`` turns dropout on."""
         raise NotImplementedError
 
     def backward(self, cache, d_out, d_state=None):
+        """``(grads, dX, d_initial_state)`` from the ``cache`` of :meth:`forward` and the
+        gradient of the loss w.r.t. its outputs (and its final state)."""
         raise NotImplementedError
 
     def __call__(self, X, mask=None, initial_state=None, return_state=False):
@@ -31,6 +40,7 @@ class Module:
 
     @property
     def params(self):
+        """The parameter tree; assigning one checks its keys, shapes and copies it."""
         return self._params
 
     @params.setter
@@ -38,6 +48,7 @@ class Module:
         self._params = assign_like(self._params, tree, type(self).__name__)
 
     def num_params(self):
+        """The number of scalar parameters."""
         return sum(int(np.prod(v.shape)) for v in tree_flatten(self.params).values())
 
 

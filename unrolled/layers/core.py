@@ -140,6 +140,7 @@ class Sequential(Module):
 
     @property
     def dtype(self):
+        """The dtype of the first layer that has one (``"float32"`` if none has)."""
         return next((ly.dtype for ly in self.layers if hasattr(ly, "dtype")), "float32")
 
     def forward(self, X, mask=None, initial_state=None, training=False, keep_tape=True):

@@ -349,6 +349,8 @@ class SequenceClassification(Task):
         return {"confusion matrix (text)": txt, "confusion matrix (PNG)": png}
 
     def encode(self, raw):
+        """One raw input (a string, an array) as a record for :func:`unrolled.data.pad`;
+        *required* for :meth:`predict`."""
         raise NotImplementedError
 
     def probabilities(self, model, inputs):

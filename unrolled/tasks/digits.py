@@ -35,6 +35,8 @@ def find_files(path):
 
 
 class DigitsTask(SequenceClassification):
+    """An 8x8 optdigits image -> its digit, read one row per time step (many-to-one)."""
+
     name = "digits"
     summary = "classify handwritten digits read row by row (UCI optdigits: 8 steps of 8 values)"
     default_data = "optdigits-train"

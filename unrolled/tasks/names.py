@@ -30,6 +30,8 @@ def dedupe(names, labels):
 
 
 class NamesTask(SequenceClassification):
+    """Family name -> language, read character by character (many-to-one)."""
+
     name = "names"
     summary = "classify family names by language (a directory of <Language>.txt files)"
     default_data = "names"
