@@ -103,8 +103,9 @@ def test_bilstm_learns_entities_on_real_data():
     from unrolled.config import resolve_config
     from unrolled.train import Trainer
 
-    cfg = resolve_config(TaggingTask, None, {"epochs": 4, "progress": False, "hidden": 24,
-                                             "embed": 24, "patience": 0})
+    cfg = resolve_config(TaggingTask, None, {"epochs": 5, "progress": False, "hidden": 32,
+                                             "embed": 32, "patience": 0, "lr": 1e-2,
+                                             "dropout": 0.1})
     task = TaggingTask(cfg)
     task.load("hironsancorpus")
     trainer = Trainer(task, cfg, log=lambda m: None)
@@ -112,5 +113,5 @@ def test_bilstm_learns_entities_on_real_data():
     res = task.evaluate(trainer.model, "test")
     gold = np.concatenate(task.labels["test"])
     majority = np.bincount(gold).max() / len(gold)      # tagging everything "O"
-    assert res["accuracy"] > majority + 0.02
-    assert res["span_f1"] > 0.1
+    assert res["accuracy"] > majority + 0.03
+    assert res["span_f1"] > 0.25
