@@ -26,6 +26,7 @@ Honest preparation, in this order:
 With ``delta = true`` (default) the network predicts the change from the last observed
 target value, in normalised units, which lets it follow a trend beyond the training range.
 """
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -248,7 +249,17 @@ class SeriesTask(Task):
                 raise ValueError(f"--{key.replace('_', '-')} must be in [0, 1), got {c[key]}")
 
     def _read(self, path, fixed=None):
-        """The CSVSeries of ``path`` with the configured (or saved) columns."""
+        """The CSVSeries of ``path`` with the configured (or saved) columns; the reader's
+        advice is given in command-line terms."""
+        try:
+            return self._read_csv(path, fixed)
+        except ValueError as e:
+            msg = re.sub(r"pass categorical=\[(.*?)\]",
+                         lambda m: "pass --categorical " + m.group(1).replace("'", ""), str(e))
+            msg = msg.replace("leave it out of columns", "leave it out of --features")
+            raise ValueError(msg) from None
+
+    def _read_csv(self, path, fixed=None):
         c = self.config
         if fixed:
             return read_csv_series(path, columns=fixed["columns_read"], target=fixed["target"],
