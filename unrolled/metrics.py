@@ -70,7 +70,8 @@ def _masked_diff(y_true, y_pred, mask):
     if mask is not None:
         d = d[np.asarray(mask, dtype=bool)]
     if d.size == 0:
-        raise ValueError("no values to compare (every target is missing or masked)")
+        raise ValueError("no values to compare (every target is missing or masked); pass "
+                         "at least one unmasked value")
     return d
 
 

@@ -163,7 +163,8 @@ def parse_tree(text: str, labelled: bool = False) -> Tree:
                         f"use as_tree for nested tuples")
     toks = list(_tokenize(text))
     if not toks:
-        raise ValueError("cannot parse an empty string as a tree")
+        raise ValueError("cannot parse an empty string as a tree; pass an S-expression such "
+                         "as '((a b) c)'")
     # stack of open brackets: [position, items]; items are Trees or (atom, position) pairs
     stack: list = []
     root = None
@@ -431,7 +432,8 @@ def _token_id(token, vocab) -> int:
 def _label_id(label, label_map) -> int:
     if label_map is not None:
         if label not in label_map:
-            raise ValueError(f"label {label!r} is not in label_map ({sorted(label_map)[:10]})")
+            raise ValueError(f"label {label!r} is not in label_map ({sorted(label_map)[:10]}); "
+                             "add it to label_map")
         return int(label_map[label])
     if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
         if label < 0:

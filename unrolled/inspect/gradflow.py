@@ -287,7 +287,8 @@ def state_jacobians(model, X, mask=None, initial_state=None, key=None, record=0,
                                   keep_tape=True)
     found = {k: (layer, name, lc) for k, layer, name, lc in recurrent_caches(model, cache)}
     if not found:
-        raise ValueError(f"{type(model).__name__} has no recurrent layer")
+        raise ValueError(f"{type(model).__name__} has no recurrent layer; pass a recurrent "
+                         "layer or a Sequential that holds one")
     key = next(iter(found)) if key is None else key
     if key not in found:
         raise ValueError(f"no recurrent layer {key!r}; choose one of {list(found)}")

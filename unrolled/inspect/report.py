@@ -106,7 +106,8 @@ def write_report(model, record, out_dir, target=None, loss=None, mask=None, labe
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not _recurrent_layers(model):
-        raise ValueError(f"{type(model).__name__} has no recurrent layer to inspect")
+        raise ValueError(f"{type(model).__name__} has no recurrent layer to inspect; pass a "
+                         "model with a recurrent layer")
     X, m = as_batch(record, mask)
     if X.shape[0] != 1:
         raise ValueError(f"write_report takes one record, got a batch of {X.shape[0]}; "

@@ -177,7 +177,8 @@ class RecursiveNet:
         if isinstance(trees, TreeBatch):
             if trees.max_arity != self.max_arity:
                 raise ValueError(f"the batch was compiled with max_arity={trees.max_arity}, "
-                                 f"this network has max_arity={self.max_arity}")
+                                 f"this network has max_arity={self.max_arity}; compile "
+                                 "the trees with this network's compile()")
             return trees
         batch = batch_trees(trees, self.vocab, self.max_arity, self.label_map)
         if batch.leaf_tokens.size and (batch.leaf_tokens.min() < 0
@@ -301,7 +302,8 @@ class RecursiveNet:
             raise ValueError(f"{n - keep.size} tree(s) have no root label; every root needs "
                              f"a class id >= 0")
         if labels.max() >= self.num_classes:
-            raise ValueError(f"label {labels.max()} is outside 0..{self.num_classes - 1}")
+            raise ValueError(f"label {labels.max()} is outside 0..{self.num_classes - 1}; "
+                             "build the network with more num_classes or fix the labels")
         logits, cache = self.forward(batch, all_nodes=all_nodes)
         loss, dsub = softmax_cross_entropy(logits[keep], labels[keep])
         dlogits = np.zeros_like(logits)
