@@ -208,6 +208,10 @@ def test_metrics_by_hand():
     assert idx.tolist() == [1, 2] and probs.tolist() == [0.6, 0.3]
     text = M.format_confusion(cm, ["ant", "bee", "cat"])
     assert text.splitlines()[1].split() == ["ant", "2", "1", "0", "0.667", "0.800"]
+    with pytest.raises(ValueError, match="n_classes"):
+        M.confusion_matrix(y, p, 2)  # class 2 does not fit
+    with pytest.raises(ValueError, match="empty"):
+        M.macro_f1([], [], 3)
 
 
 def test_stratified_split_keeps_groups_together_and_classes_in_proportion():

@@ -25,8 +25,16 @@ def accuracy(y_true, y_pred):
 
 def confusion_matrix(y_true, y_pred, n_classes):
     """(n_classes, n_classes) counts; row = true class, column = predicted class."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred must have the same shape, got {y_true.shape} and "
+                         f"{y_pred.shape}; pass one predicted class per record")
+    both = np.concatenate([y_true.ravel(), y_pred.ravel()])
+    if both.size and (both.min() < 0 or both.max() >= n_classes):
+        raise ValueError(f"class ids must lie in 0..{n_classes - 1}, got {both.min()}.."
+                         f"{both.max()}; pass n_classes = the number of classes")
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    np.add.at(cm, (y_true, y_pred), 1)
     return cm
 
 
@@ -43,6 +51,8 @@ def macro_f1(y_true, y_pred, n_classes=None):
     """Unweighted mean of the per-class F1 over the classes present in ``y_true`` or
     ``y_pred``: every language counts the same, however few names it has."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.size == 0:
+        raise ValueError("macro-F1 of an empty set is undefined; pass at least one record")
     n = n_classes or int(max(y_true.max(), y_pred.max())) + 1
     cm = confusion_matrix(y_true, y_pred, n)
     present = (cm.sum(0) + cm.sum(1)) > 0
