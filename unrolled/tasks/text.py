@@ -206,6 +206,7 @@ class TextTask(Task):
         "val_fraction": "share of the text at its start used for validation",
         "test_fraction": "share of the text at its end held out for the test",
         "eval_streams": "parallel streams when measuring the held-out loss",
+        "batch_size": "parallel streams the text is cut into (rows of every batch)",
     }
     default_data = "tinyshakespeare"
     loss = "cross_entropy"
