@@ -32,12 +32,25 @@ def run(tag_column, seed, epochs):
     return task, trainer.model, task.evaluate(trainer.model, "test"), task.baseline("test")
 
 
+def limit_threads():
+    """One BLAS thread (``UNROLLED_THREADS`` overrides): the matrices of a small RNN are
+    small, and extra threads only add synchronisation, many times slower on a busy machine."""
+    import os
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(int(os.environ.get("UNROLLED_THREADS", "1")))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--out", default=str(ROOT / "docs" / "img"))
     a = ap.parse_args()
+    limit_threads()
     by_type = {}
     for label, col in (("entities (IOB2)", -1), ("parts of speech", 2)):
         rows, base = [], []
