@@ -282,29 +282,23 @@ def cli_inspect(model_dir, input_text, out_dir):
     -------
     Path of the ``index.html`` written.
     """
-    from .. import io
-    from ..tasks import get_task
+    from ..metrics import softmax
+    from ..tasks.base import load_trained
 
-    model, meta = io.load_model(model_dir)
-    cfg = meta.get("config") or {}
-    if "task" not in cfg:
-        raise ValueError(f"{model_dir}: the model was not trained by `unrolled train` (no task "
-                         "in its config); use unrolled.inspect.write_report from Python")
-    task = get_task(cfg["task"])(cfg, meta.get("task_state") or {})
+    model, meta, task = load_trained(model_dir,
+                                     "use unrolled.inspect.write_report from Python")
     record, target, labels, notes = record_from_input(task, input_text, model)
     loss = task.loss
     X, _ = as_batch(record)
     out = model(X)
     classes = (meta.get("task_state") or {}).get("classes")
     if classes and out.ndim == 2:
-        z = out[0].astype(np.float64)
-        p = np.exp(z - z.max())
-        p /= p.sum()
+        p = softmax(out[0].astype(np.float64))
         top = np.argsort(-p)[:3]
         notes = [f"input {input_text!r}: predicted " + ", ".join(
             f"{classes[i]} {p[i]:.3f}" for i in top) + "; the gradient flow explains the "
             "top prediction"] + notes
-    title = f"unrolled inspect: {cfg['task']} model {Path(model_dir).name}"
+    title = f"unrolled inspect: {meta['config']['task']} model {Path(model_dir).name}"
     path = write_report(model, X, out_dir, target=target, loss=loss, labels=labels,
                         title=title, notes=notes)
     (Path(out_dir) / "input.json").write_text(json.dumps({"input": input_text,

@@ -177,6 +177,22 @@ class Task:
                          "model trained by the `text` task")
 
 
+def load_trained(path, fix="use it from Python with unrolled.io.load_model"):
+    """``(model, meta, task)`` from a model saved by ``unrolled train``: the model with
+    its weights, the file's metadata and the task rebuilt from the saved config and
+    state (no data read). ``fix`` ends the error for a model saved without a task."""
+    from .. import io
+    from . import get_task
+
+    model, meta = io.load_model(path)
+    cfg = meta.get("config") or {}
+    if "task" not in cfg:
+        raise ValueError(f"{path}: the model was not trained by `unrolled train` (no task "
+                         f"in its config); {fix}")
+    task = get_task(cfg["task"])(cfg, meta.get("task_state") or {})
+    return model, meta, task
+
+
 def recurrent_class(cell):
     """The recurrent layer class for the ``--cell`` option: ``"gru"``, ``"lstm"`` or
     ``"elman"``."""
