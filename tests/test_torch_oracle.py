@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from helpers import rel_err
 
-import unrolled as u
 from unrolled.interop import from_torch, to_torch_state_dict
 
 torch = pytest.importorskip("torch")
