@@ -292,3 +292,15 @@ def test_weighted_cross_entropy_gradient_and_torch_oracle():
     ref.backward()
     assert value == pytest.approx(ref.item(), abs=1e-12)
     np.testing.assert_allclose(d, t.grad.numpy(), atol=1e-12)
+
+
+def test_config_types_and_data_paths():
+    names = get_task("names")
+    cfg = resolve_config(names, overrides={"epochs": "3", "lr": "0.01", "progress": "off",
+                                           "data": "2024"})
+    assert (cfg["epochs"], cfg["lr"], cfg["progress"]) == (3, 0.01, False)
+    assert cfg["data"] == "2024"  # a directory named 2024 stays a path, not a number
+    with pytest.raises(ValueError, match="integer"):
+        resolve_config(names, overrides={"epochs": "three"})
+    with pytest.raises(ValueError, match="unknown option"):
+        resolve_config(names, overrides={"epoch": "3"})

@@ -69,6 +69,8 @@ def parse_value(key, text, default):
     """Turn the command-line string ``text`` into the type of ``default``."""
     if not isinstance(text, str):
         return check_type(key, text, default)
+    if key == "data":  # a path: "2024" or "true" is a directory name, never JSON
+        return text
     if isinstance(default, bool):
         low = text.lower()
         if low in ("1", "true", "yes", "on"):
