@@ -91,7 +91,8 @@ class DigitsTask(SequenceClassification):
     def load_eval(self, path):
         path = Path(path).expanduser()
         if path.is_dir():
-            path = find_files(path)[1] or find_files(path)[0]
+            train_file, test_file = find_files(path)
+            path = test_file or train_file  # the test file when the folder has one
         X, y = read_optdigits(path, dtype=np.float32)
         self.records["eval"], self.labels["eval"] = list(X / 16.0), y
         self.labels.setdefault("train", y)
