@@ -67,6 +67,19 @@ def test_round_trip_random_dense_and_sparse(tmp_path, dtype):
     assert_records_equal(got, seqs, streams)  # exact: the default format round-trips
 
 
+def test_writer_is_all_or_nothing(tmp_path):
+    # a bad sequence half-way leaves the old file untouched and no temporary file behind
+    streams = {"x": (2, "dense")}
+    path = tmp_path / "data.ctf"
+    path.write_text("old\n")
+    good = {"x": np.ones((3, 2))}
+    with pytest.raises(ValueError, match="shape"):
+        write_ctf(path, [good, {"x": np.ones((3, 5))}], streams)
+    assert path.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.ctf"]
+    assert write_ctf(path, [good], streams) == 1 and path.read_text().startswith("0\t|x 1 1")
+
+
 def test_round_trip_without_ids_one_line_per_sequence(tmp_path):
     rng = np.random.default_rng(1)
     streams = {"x": (4, "dense"), "label": (3, "sparse")}
