@@ -304,3 +304,14 @@ def test_config_types_and_data_paths():
         resolve_config(names, overrides={"epochs": "three"})
     with pytest.raises(ValueError, match="unknown option"):
         resolve_config(names, overrides={"epoch": "3"})
+
+
+def test_cosine_schedule_ends_at_zero_after_a_warmup():
+    from unrolled.config import TRAIN_DEFAULTS
+    from unrolled.train import make_schedule
+
+    cfg = {**TRAIN_DEFAULTS, "lr": 0.1, "epochs": 2, "schedule": "cosine", "warmup": 10}
+    lr = make_schedule(cfg, steps_per_epoch=50)  # 100 updates: 10 warm-up, 90 of cosine
+    assert lr(0) == 0 and lr(10) == pytest.approx(0.1)
+    assert lr(99) == pytest.approx(0.1 * (1 + np.cos(np.pi * 89 / 90)) / 2)
+    assert lr(100) == 0  # the last update has been made at the bottom of the cosine

@@ -108,7 +108,8 @@ def _rng_layers(model):
 def make_schedule(cfg, steps_per_epoch):
     """The learning rate as a float or a schedule ``step -> lr`` from the config."""
     lr = cfg["lr"]
-    total = max(1, cfg["epochs"] * steps_per_epoch)
+    # the schedule starts after the warm-up, so cosine decays over the steps left
+    total = max(1, cfg["epochs"] * steps_per_epoch - cfg["warmup"])
     if cfg["schedule"] == "cosine":
         lr = CosineLR(lr, total)
     elif cfg["schedule"] == "step":
