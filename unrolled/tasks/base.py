@@ -320,12 +320,15 @@ class SequenceClassification(Task):
         return out
 
     def evaluate(self, model, split):
-        from .. import metrics as M
-
         if not len(self.records.get(split, ())):
             raise ValueError(f"the {split!r} split is empty; use more data or change the "
                              "split fractions")
-        logits, y = self.logits(model, split), self.labels[split]
+        return self._scores(self.logits(model, split), self.labels[split])
+
+    def _scores(self, logits, y):
+        """Mean cross-entropy, accuracy and macro-F1 of (N, C) ``logits`` for labels ``y``."""
+        from .. import metrics as M
+
         logp = log_softmax(logits)  # (N, C)
         pred = logits.argmax(1)
         return {"loss": float(-logp[np.arange(len(y)), y].mean()),
@@ -341,12 +344,16 @@ class SequenceClassification(Task):
 
         out_dir = Path(out_dir)
         y = self.labels[split]
-        pred = self.logits(model, split).argmax(1)
+        if not len(y):
+            raise ValueError(f"the {split!r} split is empty; use more data or change the "
+                             "split fractions")
+        logits = self.logits(model, split)  # one pass over the split serves every number
+        pred = logits.argmax(1)
         C = len(self.classes)
         cm = M.confusion_matrix(y, pred, C)
         counts = np.bincount(self.labels["train"], minlength=C)
         major = int(counts.argmax())
-        res = self.evaluate(model, split)
+        res = self._scores(logits, y)
         lines = [f"{split} set: {len(y)} records, {C} classes",
                  *(f"{k}: {v:.4f}" for k, v in res.items()),
                  (f"majority-class baseline ({self.classes[major]}): accuracy "
