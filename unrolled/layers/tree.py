@@ -26,8 +26,8 @@ import numpy as np
 
 from ..data.trees import TreeBatch, TreeVocab, batch_trees
 from ..losses import log_softmax
-from ..tree import tree_leaves, tree_map
-from .base import assign_like
+from ..tree import tree_map
+from .base import Module
 
 _ACTIVATIONS = ("tanh", "relu")
 
@@ -131,14 +131,10 @@ class RecursiveNet:
             p["out"] = {"weight": rng.uniform(-lim, lim, (C, D)), "bias": np.zeros(C)}
         return tree_map(lambda a: a.astype(self.dtype), p)
 
-    @property
-    def params(self):
-        return self._params
-
-    @params.setter
-    def params(self, new):
-        # same keys and shapes required; values are copied and cast to the network's dtype
-        self._params = assign_like(self._params, new, type(self).__name__)
+    # the parameter tree, assigned as every layer's is: same keys and shapes required,
+    # values copied and cast to the network's dtype
+    params = Module.params
+    num_params = Module.num_params
 
     def get_config(self):
         """The constructor arguments as JSON-able values (a TreeVocab becomes its tokens);
@@ -157,9 +153,6 @@ class RecursiveNet:
         if isinstance(config.get("vocab"), dict):
             config["vocab"] = TreeVocab(**config["vocab"])
         return cls(**config)
-
-    def num_params(self):
-        return sum(a.size for a in tree_leaves(self._params))
 
     def __call__(self, trees, all_nodes=False):
         """Outputs only (logits or states), no cache: inference."""
