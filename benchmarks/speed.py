@@ -238,10 +238,13 @@ def measure_memory(cells, sizes, B, T, backend):
     for cell in cells:
         for H in sizes:
             r = {"cell": cell, "H": H, "B": B, "T": T}
-            for side in ("unrolled", "torch"):
-                cmd = [sys.executable, __file__, "--memory-probe", side, cell, str(H), str(B),
-                       str(T)] + (["--backend", backend] if backend else [])
-                out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+            for side in ("unrolled", "unrolled_blocks", "torch"):
+                env = dict(os.environ)
+                if side == "unrolled_blocks":  # the products over blocks of steps
+                    env["UNROLLED_BLOCK_STEPS"] = "auto"
+                cmd = [sys.executable, __file__, "--memory-probe", side.split("_")[0], cell,
+                       str(H), str(B), str(T)] + (["--backend", backend] if backend else [])
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if out.returncode != 0:
                     r[side] = {"error": out.stderr.strip().splitlines()[-1:]}
                     continue
@@ -337,6 +340,7 @@ def run(args):
             "machine": f"{platform.processor() or platform.machine()}, {_cpu_name()}, "
                        f"{os.cpu_count()} CPUs",
             "python": platform.python_version(), "threads": args.threads,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "versions": versions, "rounds": args.rounds,
             "env_unset": [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                           if v not in os.environ]}
@@ -363,7 +367,8 @@ def _cpu_name():
 def to_markdown(rows, mem, meta):
     out = [f"Measured {meta['date']} on {meta['machine']}; Python {meta['python']}, "
            f"{meta['threads']} threads each side, median of {meta['rounds']} interleaved "
-           "rounds. Ratio = PyTorch time / unrolled time (> 1: unrolled is faster).", "",
+           f"rounds; load average at the end {meta['load_average_at_end']} (other work shared "
+           "the machine). Ratio = PyTorch time / unrolled time (> 1: unrolled is faster).", "",
            "| cell | work | B | T | H | unrolled ms | PyTorch ms | ratio |",
            "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -385,15 +390,18 @@ def to_markdown(rows, mem, meta):
         out += ["", "Peak memory of one training step (B = 32, T = 100, float32): unrolled's "
                 "peak (tracemalloc, parameters included) against what BPTT needs (tape + "
                 "parameters + gradients); PyTorch's growth of peak RSS in one step.", "",
-                "| cell | H | unrolled peak MiB | needed MiB | ratio | PyTorch step RSS MiB |",
-                "|---|---:|---:|---:|---:|---:|"]
+                "| cell | H | unrolled peak MiB | needed MiB | ratio | ratio, blocks of steps "
+                "| PyTorch step RSS MiB |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
         for r in mem:
             u, t = r.get("unrolled", {}), r.get("torch", {})
             if "peak_total" not in u:
                 continue
+            ub = r.get("unrolled_blocks", {})
+            rb = ub["peak_total"] / ub["needed"] if "peak_total" in ub else float("nan")
             out.append(f"| {r['cell']} | {r['H']} | {u['peak_total'] / 2**20:.1f} | "
                        f"{u['needed'] / 2**20:.1f} | {u['peak_total'] / u['needed']:.2f} | "
-                       f"{t.get('rss_step', float('nan')) / 2**20:.1f} |")
+                       f"{rb:.2f} | {t.get('rss_step', float('nan')) / 2**20:.1f} |")
     return "\n".join(out) + "\n"
 
 

@@ -17,6 +17,7 @@ subnormal-safe: state gradients below :func:`flush_threshold` are set to zero, w
 changes no result beyond float rounding and avoids the many-fold slowdown of subnormal
 arithmetic when gradients vanish. The "reference" backend is the readable definition.
 """
+import os
 from dataclasses import dataclass, field
 
 from . import kernels
@@ -55,6 +56,53 @@ def _fast_ok(cell, backend, prev_states):
     return backend != "reference" and prev_states is None and cell.fast
 
 
+def _block_setting():
+    v = os.environ.get("UNROLLED_BLOCK_STEPS", "").strip().lower()
+    return None if v in ("", "none", "0") else ("auto" if v == "auto" else int(v))
+
+
+_block = [_block_setting()]
+
+
+def set_block_steps(k):
+    """Steps per block of the sequence-sized products on the fast path; returns the old value.
+
+    ``None`` (the default): one block, the whole sequence. ``"auto"``: K with K*B >= 1024
+    rows (at least 16 steps). An int: that many steps. Also settable with the
+    environment variable ``UNROLLED_BLOCK_STEPS``. Blocks trade nothing in results
+    (float rounding aside) for memory: see :func:`time_chunk`.
+    """
+    if not (k is None or k == "auto" or (isinstance(k, int) and k >= 1)):
+        raise ValueError(f"block steps must be None, 'auto' or a positive int, got {k!r}")
+    old = _block[0]
+    _block[0] = k
+    return old
+
+
+def time_chunk(T, B):
+    """Steps per block of the sequence-sized products on the fast path.
+
+    The input projection (before the steps) and the weight gradients and dX (after
+    them) are matrix products over blocks of K steps. With K < T their buffers are
+    (K, B, .) instead of (T, B, .), so the memory of a training step is the tape and
+    little more; K*B >= 1024 rows keeps them efficient GEMMs.
+    """
+    k = _block[0]
+    if k is None:
+        return T
+    if k == "auto":
+        k = max(16, -(-1024 // B))
+    return max(1, min(T, k))
+
+
+def _project(X, p, a, n, out, xp):
+    """out[:n] = X[a:a+n] W_ih^T + every foldable bias (the input projection of n steps)."""
+    T, B, D = X.shape
+    G = out.shape[-1]
+    xp.matmul(X[a:a + n].reshape(n * B, D), p["weight_ih"].T, out=out[:n].reshape(n * B, G))
+    out[:n] += p["bias_x"]
+
+
 def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None, backend=None):
     """Run ``cell`` over ``X`` (T, B, D) from ``state0`` (tuple of (B, S) arrays).
 
@@ -71,9 +119,9 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
     T, B, D = X.shape
     dtype = X.dtype
     kern = kernels.kernels_for(be, dtype)
-    # input projection of all T steps at once, with every bias the cell lets us fold in
-    XW = (X.reshape(T * B, D) @ p["weight_ih"].T).reshape(T, B, -1)
-    XW += p["bias_x"]
+    # input projection of K steps at a time, with every bias the cell lets us fold in
+    K = time_chunk(T, B)
+    XW = xp.empty((K, B, p["weight_ih"].shape[0]), dtype=dtype)
     H = state0[0].shape[-1]
     states = tuple(xp.empty((T + 1,) + s.shape, dtype=dtype) for s in state0)
     for s, s0 in zip(states, state0):
@@ -88,7 +136,9 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
         new = tuple(s[t + 1] for s in states)
         j = t if keep_tape else 0
         cache = {k: v[j] for k, v in tape.items()}
-        cell.step_into(p, XW[t], prev, new, cache, ws, xp, kern)
+        if t % K == 0:
+            _project(X, p, t, min(K, T - t), XW, xp)
+        cell.step_into(p, XW[t % K], prev, new, cache, ws, xp, kern)
         if keep is not None:  # a padded step carries the state through
             for s in states:
                 xp.copyto(s[t + 1], s[t], where=keep[t])
@@ -136,8 +186,11 @@ def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be):
         keep_f = 1 - m_f
         dcell = [xp.empty_like(d) for d in dstate]
     G = p["weight_ih"].shape[0]
-    dXW = xp.empty((T, B, G), dtype=dtype)
-    saved = {k: xp.empty((T,) + sh, dtype=dtype) for k, sh in cell.saved_shapes(B, H).items()}
+    K = time_chunk(T, B)  # dXW and the cell's saved arrays for K steps at a time
+    dXW = xp.empty((K, B, G), dtype=dtype)
+    saved = {k: xp.empty((K,) + sh, dtype=dtype) for k, sh in cell.saved_shapes(B, H).items()}
+    dX = xp.empty((T, B, D), dtype=dtype)
+    grads = {}
     ws = cell.workspace(B, H, dtype, xp)
     flush_ws = None if kern is not None else (xp.empty((B, H), dtype=dtype),
                                                xp.empty((B, H), dtype=bool))
@@ -155,8 +208,9 @@ def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be):
         prev = tuple(s[t] for s in states)
         new = tuple(s[t + 1] for s in states)
         cache = {k: v[t] for k, v in tp.tape.items()}
-        sv = {k: v[t] for k, v in saved.items()}
-        cell.step_back_into(p, cache, prev, new, dc, dXW[t], dnext, sv, ws, xp, kern, thr)
+        t0 = t - t % K  # this step's block is [t0, t0 + K)
+        sv = {k: v[t - t0] for k, v in saved.items()}
+        cell.step_back_into(p, cache, prev, new, dc, dXW[t - t0], dnext, sv, ws, xp, kern, thr)
         if mask is not None:  # a padded step passes the gradient on untouched
             for a, d in zip(dnext, dstate):
                 d *= keep_f[t]
@@ -165,8 +219,26 @@ def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be):
             for a in dnext:
                 _flush(a, thr, flush_ws, xp)
         dstate, dnext = dnext, dstate
-    prev_states = tuple(s[:-1] for s in states)
-    return _finish(cell, p, tp, xp, dXW, saved, prev_states, tuple(dstate))
+        if t == t0:  # the block is done: its share of the weight gradients and of dX
+            _block_grads(cell, p, tp, xp, t0, min(K, T - t0), dXW, saved, dX, grads)
+    return grads, dX, tuple(dstate)
+
+
+def _block_grads(cell, p, tp, xp, a, n, dXW, saved, dX, grads):
+    """Add steps [a, a+n)'s weight gradients to ``grads``; write their dX."""
+    X, states = tp.X, tp.states
+    T, B, D = X.shape
+    G = dXW[:n].reshape(n * B, -1)
+    xp.matmul(G, p["weight_ih"], out=dX[a:a + n].reshape(n * B, D))
+    g = {"weight_ih": G.T @ X[a:a + n].reshape(n * B, D), "bias_ih": G.sum(0)}
+    g.update(cell.weight_grads(p, tuple(s[a:a + n] for s in states),
+                               {k: v[a:a + n] for k, v in tp.tape.items()}, dXW[:n],
+                               {k: v[:n] for k, v in saved.items()}, xp))
+    for k, v in g.items():
+        if k in grads:
+            grads[k] += v
+        else:
+            grads[k] = v
 
 
 def _flush(a, thr, ws, xp):
