@@ -168,3 +168,11 @@ def test_planner_accepts_configs_and_sequentials():
 def test_bad_memory_option_is_rejected(bad):
     with pytest.raises(ValueError, match="memory must be"):
         u.LSTM(3, 4, memory=bad)
+
+
+def test_checkpointed_inference_equals_full():
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((2, 30, 3))
+    a = u.GRU(3, 4, dtype="float64", seed=0)
+    b = u.GRU(3, 4, dtype="float64", seed=0, memory="checkpoint")
+    assert np.array_equal(a(X), b(X))

@@ -101,3 +101,17 @@ def test_online_learners_refuse_stacks_and_bad_inputs():
     rtrl = RTRL(u.Elman(2, 3), batch_size=2)
     with pytest.raises(ValueError, match=r"\(2, 2\)"):
         rtrl.step(np.zeros((1, 2)))
+
+
+def test_example_learns_the_echo_online():
+    """examples/online_stream.py: RTRL learns a delayed echo from one stream, 500 steps."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    try:
+        import online_stream
+    finally:
+        sys.path.pop(0)
+    loss, accuracy = online_stream.main(["--steps", "500"])
+    assert loss < 0.3 and accuracy > 0.85  # chance: loss ln 2, accuracy 0.5
