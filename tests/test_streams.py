@@ -127,6 +127,9 @@ def test_bad_settings_are_rejected():
         TBPTT(m, "mse", u.SGD(0.1), 5, 3)
     with pytest.raises(ValueError, match="k1 must be"):
         TBPTT(m, "mse", u.SGD(0.1), 0)
+    tb = TBPTT(u.LSTM(2, 3, return_sequences=False), "mse", u.SGD(0.1), 2)
+    with pytest.raises(ValueError, match="return_sequences=True"):
+        tb.step(np.zeros((1, 2, 2), np.float32), np.zeros((1, 3), np.float32))
     tb = TBPTT(m, "mse", u.SGD(0.1), 2)
     with pytest.raises(ValueError, match="chunk=2"):
         tb.step(np.zeros((1, 3, 2), np.float32), np.zeros((1, 3, 3), np.float32))

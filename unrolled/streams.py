@@ -128,6 +128,9 @@ class TBPTT:
         if split == 0:
             next_start = self._start
         out = outs[0] if outs[1] is None else _cat(outs[0], outs[1])
+        if out.ndim < 3:
+            raise ValueError("TBPTT needs outputs at every step (B, T, ...); build the "
+                             "recurrent layer with return_sequences=True")
         # the loss of the new steps only; earlier steps were scored by earlier updates
         value, d_new = self.loss.value_and_grad(out[:, h:], Y, mask)
         d_out = xp.zeros_like(out)
