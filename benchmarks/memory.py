@@ -235,13 +235,16 @@ def main(argv=None):
                     help="truncated BPTT steps timed (then extrapolated to T)")
     ap.add_argument("--backend", default=None, choices=kernels.BACKENDS,
                     help="time-loop backend (default: unrolled's default)")
-    ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results",
-                                                   "memory.json"))
+    ap.add_argument("--json", default=None,
+                    help="output (default results/memory.json, memory_quick.json with --quick)")
     ap.add_argument("--plot", default=None, metavar="DIR",
                     help="only draw the figures from the JSON into DIR")
     ap.add_argument("--quality", action="store_true",
                     help="only UORO's bias and variance vs BPTT, added to the JSON")
     args = ap.parse_args(argv)
+    if args.json is None:
+        name = "memory_quick.json" if args.quick else "memory.json"
+        args.json = os.path.join(os.path.dirname(__file__), "results", name)
     if args.plot:
         with open(args.json) as f:
             plot(json.load(f), args.plot)
