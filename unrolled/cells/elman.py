@@ -1,6 +1,8 @@
 """Elman (vanilla) cell: a_t = x_t U^T + b_ih + h_{t-1} W^T + b_hh;  h_t = act(a_t)."""
 from dataclasses import dataclass
 
+from .lstm import flush_into
+
 
 @dataclass(frozen=True)
 class ElmanCell:
@@ -50,7 +52,7 @@ class ElmanCell:
         return {}
 
     def workspace(self, B, H, dtype, xp):
-        return {"t": xp.empty((B, H), dtype)}
+        return {"t": xp.empty((B, H), dtype), "small": xp.empty((B, H), bool)}
 
     def step_into(self, p, xw, prev, new, cache, ws, xp, kern=None):
         """``step`` written into ``new`` (a view of the state tape)."""
@@ -79,4 +81,6 @@ class ElmanCell:
         else:
             xp.greater(h, 0, out=dxw)
             dxw *= dh
+        if kern is None:  # keep subnormals out of the product
+            flush_into(dxw, flush, ws["t"], ws["small"], xp)
         xp.matmul(dxw, p["weight_hh"], out=dprev[0])

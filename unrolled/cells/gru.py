@@ -7,7 +7,7 @@
 """
 from dataclasses import dataclass
 
-from .lstm import _sigmoid, _sigmoid_into
+from .lstm import _sigmoid, _sigmoid_into, flush_into
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ class GRUCell:
 
     def workspace(self, B, H, dtype, xp):
         return {"hw": xp.empty((B, 3 * H), dtype), "t": xp.empty((B, H), dtype),
+                "small": xp.empty((B, 3 * H), bool),
                 "u": xp.empty((B, H), dtype), "dhz": xp.empty((B, H), dtype)}
 
     def step_into(self, p, xw, prev, new, cache, ws, xp, kern=None):
@@ -150,6 +151,7 @@ class GRUCell:
             dr *= u
             dhw[:, :2 * H] = dxw[:, :2 * H]
             xp.multiply(dn, r, out=dhw[:, 2 * H:])  # n's hidden part is scaled by r
+            flush_into(dhw, flush, ws["hw"], ws["small"], xp)  # no subnormals in the product
         else:
             kern.gru_bwd(dh, h, acts, hn, dxw, dhw, dhz, flush)
         xp.matmul(dhw, p["weight_hh"], out=dprev[0])

@@ -69,6 +69,7 @@ class LSTMCell:
 
     def workspace(self, B, H, dtype, xp):
         return {"z": xp.empty((B, 4 * H), dtype), "q": xp.empty((B, 4 * H), dtype),
+                "small": xp.empty((B, 4 * H), bool),
                 "t": xp.empty((B, H), dtype), "dct": xp.empty((B, H), dtype)}
 
     def step_into(self, p, xw, prev, new, cache, ws, xp, kern=None):
@@ -118,7 +119,17 @@ class LSTMCell:
             xp.multiply(a, b, out=d)
             d *= q[:, blk * H:(blk + 1) * H]
         xp.multiply(dct, f, out=dprev[1])
+        flush_into(dxw, flush, q, ws["small"], xp)  # keep subnormals out of the product
         xp.matmul(dxw, p["weight_hh"], out=dprev[0])
+
+
+def flush_into(a, thr, mag, small, xp):
+    """Zero, in place, the entries of ``a`` smaller than ``thr`` in magnitude (``mag`` and
+    ``small`` are scratch buffers shaped like ``a``); see unroll.flush_threshold."""
+    if thr:
+        xp.abs(a, out=mag)
+        xp.less(mag, thr, out=small)
+        xp.copyto(a, 0, where=small)
 
 
 def _sigmoid_into(x, out, xp):
