@@ -128,6 +128,13 @@ def test_blocks_work_inside_sequential_with_value_and_grad():
     W = model.params["1"]["l0"]["weight_ih"]
     (num,) = numeric_grads(lambda: value_and_grad(model, "cross_entropy", X, y, mask)[0], [W])
     assert rel_err(grads["1"]["l0"]["weight_ih"], num) < 1e-6
+    # assigning the container's parameters reaches the wrapped layer
+    before = model(X, mask)
+    new = {k: {kk: vv for kk, vv in v.items()} for k, v in model.params.items()}
+    new["1"] = {"l0": {k: v * 0 for k, v in model.params["1"]["l0"].items()}}
+    model.params = new
+    assert np.all(model.layers[1].layer.params["l0"]["weight_hh"] == 0)
+    assert not np.allclose(model(X, mask), before)
 
 
 def test_unfold_from_generates_what_teacher_forcing_scores_highest():
@@ -165,6 +172,10 @@ def test_unfold_from_vectors_and_its_gradients():
     assert rel_err(grads["readout"]["weight"], numw) < 1e-6
     with pytest.raises(ValueError, match="fed back"):
         UnfoldFrom(Jordan(3, 4), Dense(4, 2))
+    # assigned parameters reach the wrapped layers: all-zero weights generate zeros
+    from unrolled.tree import tree_map
+    gen.params = tree_map(lambda a: a * 0, gen.params)
+    assert np.all(gen.generate(h0) == 0) and np.all(gen.readout.params["weight"] == 0)
 
 
 # -- Jordan: teacher forcing (no sequential loop), free running, scheduled sampling --------

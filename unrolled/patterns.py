@@ -71,13 +71,14 @@ class Recurrence(Module):
                              "already reads both ways")
         self.go_backwards = bool(go_backwards)
 
+    # the layer's parameters are the block's (also when a container assigns ``_params``)
     @property
-    def params(self):
-        return self.layer.params
+    def _params(self):
+        return self.layer._params
 
-    @params.setter
-    def params(self, tree):
-        self.layer.params = tree
+    @_params.setter
+    def _params(self, tree):
+        self.layer._params = tree
 
     @property
     def dtype(self):
@@ -205,17 +206,17 @@ class UnfoldFrom(Module):
         self.start, self.until, self.length = start, until, int(length)
 
     @property
-    def params(self):
-        p = {"layer": self.layer.params, "readout": self.readout.params}
+    def _params(self):
+        p = {"layer": self.layer._params, "readout": self.readout._params}
         if self.embed is not None:
-            p["embed"] = self.embed.params
+            p["embed"] = self.embed._params
         return p
 
-    @params.setter
-    def params(self, tree):
-        self.layer.params, self.readout.params = tree["layer"], tree["readout"]
+    @_params.setter
+    def _params(self, tree):
+        self.layer._params, self.readout._params = tree["layer"], tree["readout"]
         if self.embed is not None:
-            self.embed.params = tree["embed"]
+            self.embed._params = tree["embed"]
 
     @property
     def dtype(self):
