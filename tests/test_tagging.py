@@ -127,3 +127,13 @@ def test_bilstm_learns_entities_on_real_data():
     majority = np.bincount(gold).max() / len(gold)      # tagging everything "O"
     assert res["accuracy"] > majority + 0.03
     assert res["span_f1"] > 0.25
+
+
+def test_missing_corpus_names_the_fix(monkeypatch):
+    import importlib.util
+
+    from unrolled.tasks.tagging import hironsan_path
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="pip install hironsancorpus"):
+        hironsan_path()
