@@ -6,6 +6,8 @@ from .layers import (GRU, LSTM, Dense, Dropout, Elman, Embedding, Jordan, Recurs
 from . import metrics
 from .io import load_model, save_model
 from .train import Callback, History, Trainer
+from .patterns import Fold, Recurrence, RecurrenceFrom, UnfoldFrom
+from .seq2seq import Seq2Seq
 from .losses import BCE, MSE, CrossEntropy, get_loss
 from .optim import (SGD, Adagrad, Adam, AdamW, CosineLR, RMSprop, StepLR, WarmupLR,
                     clip_grad_norm, clip_grad_value, get_optimizer)
@@ -17,4 +19,5 @@ __all__ = ["Elman", "LSTM", "GRU", "Jordan", "Dense", "Embedding", "Dropout", "S
            "value_and_grad", "CrossEntropy", "MSE", "BCE", "get_loss", "SGD", "Adagrad",
            "RMSprop", "Adam", "AdamW", "StepLR", "CosineLR", "WarmupLR", "clip_grad_norm",
            "clip_grad_value", "get_optimizer", "Trainer", "Callback", "History", "save_model",
-           "load_model", "metrics", "data", "interop"]
+           "load_model", "metrics", "data", "interop", "Recurrence", "Fold", "RecurrenceFrom",
+           "UnfoldFrom", "Seq2Seq"]
