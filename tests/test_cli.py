@@ -13,16 +13,6 @@ from unrolled.data import bundled_path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Small RNN matrices run fastest on one BLAS thread (as the CLI does)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
 FAST = ["--epochs", "2", "--hidden", "16", "--embed", "8", "--batch-size", "16", "--quiet",
         "--lr", "0.01"]
 

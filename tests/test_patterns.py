@@ -8,18 +8,6 @@ from unrolled.patterns import Fold, Recurrence, RecurrenceFrom, UnfoldFrom
 from unrolled.tree import tree_flatten
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Small RNN matrices run fastest on one BLAS thread (as the CLI does)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
-
-
 def _data(B=3, T=5, D=4, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((B, T, D))

@@ -16,18 +16,6 @@ from unrolled.seq2seq import (
 from unrolled.tree import tree_flatten
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Small RNN matrices run fastest on one BLAS thread (as the CLI does)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
-
-
 def _batch(seed=0, V_src=7, V_tgt=6):
     rng = np.random.default_rng(seed)
     src = rng.integers(0, V_src, (3, 5))

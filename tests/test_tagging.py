@@ -6,18 +6,6 @@ from helpers import numeric_grads, rel_err
 from unrolled.tasks.tagging import TaggingTask, bio_spans, char_class, read_tagged, span_prf
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Small RNN matrices run fastest on one BLAS thread (as the CLI does)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
-
-
 def test_bio_spans_follow_conlleval():
     tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "I-ORG", "O", "B-DAT"]
     assert bio_spans(tags) == {("PER", 0, 2), ("LOC", 3, 5), ("LOC", 5, 6), ("ORG", 6, 7),

@@ -15,17 +15,6 @@ from unrolled.tasks.ctf import parse_streams
 FAST = ["--epochs", "8", "--hidden", "16", "--batch-size", "16", "--lr", "0.01", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
-
-
 def sum_sign(n, seed, per_step=False):
     """Sequences of 3..11 numbers; label: is the sum positive (per sequence), or is the
     running sum positive (per step). One-hot labels in a sparse stream, as in CNTK."""

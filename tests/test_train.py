@@ -20,18 +20,6 @@ from unrolled.tree import tree_flatten
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Small RNN matrices run fastest on one BLAS thread (as the CLI does)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
-
-
 def tiny_names(tmp_path, langs=("Japanese", "Russian", "Italian", "Greek"), n=60):
     """A small names directory: the first ``n`` distinct names of a few languages."""
     d = tmp_path / "names"
