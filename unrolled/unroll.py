@@ -67,8 +67,8 @@ _block = [_block_setting()]
 def set_block_steps(k):
     """Steps per block of the sequence-sized products on the fast path; returns the old value.
 
-    ``None`` (the default): one block, the whole sequence. ``"auto"``: K with K*B >= 1024
-    rows (at least 16 steps). An int: that many steps. Also settable with the
+    ``None`` (the default): one block, the whole sequence. ``"auto"``: K with K*B >= 256
+    rows (at least 4 steps). An int: that many steps. Also settable with the
     environment variable ``UNROLLED_BLOCK_STEPS``. Blocks trade nothing in results
     (float rounding aside) for memory: see :func:`time_chunk`.
     """
@@ -85,13 +85,13 @@ def time_chunk(T, B):
     The input projection (before the steps) and the weight gradients and dX (after
     them) are matrix products over blocks of K steps. With K < T their buffers are
     (K, B, .) instead of (T, B, .), so the memory of a training step is the tape and
-    little more; K*B >= 1024 rows keeps them efficient GEMMs.
+    little more; K*B >= 256 rows keeps them efficient GEMMs.
     """
     k = _block[0]
     if k is None:
         return T
     if k == "auto":
-        k = max(16, -(-1024 // B))
+        k = max(4, -(-256 // B))
     return max(1, min(T, k))
 
 
