@@ -6,6 +6,9 @@ from .layers import (GRU, LSTM, Dense, Dropout, Elman, Embedding, Jordan, Recurs
 from . import metrics
 from .io import load_model, save_model
 from .train import Callback, History, Trainer
+from .memory import MemoryPlanError, plan_memory
+from .online import RTRL, UORO
+from .streams import TBPTT, evaluate_stream
 from .patterns import Fold, Recurrence, RecurrenceFrom, UnfoldFrom
 from .seq2seq import Seq2Seq
 from .losses import BCE, MSE, CrossEntropy, get_loss
@@ -20,4 +23,5 @@ __all__ = ["Elman", "LSTM", "GRU", "Jordan", "Dense", "Embedding", "Dropout", "S
            "RMSprop", "Adam", "AdamW", "StepLR", "CosineLR", "WarmupLR", "clip_grad_norm",
            "clip_grad_value", "get_optimizer", "Trainer", "Callback", "History", "save_model",
            "load_model", "metrics", "data", "interop", "Recurrence", "Fold", "RecurrenceFrom",
-           "UnfoldFrom", "Seq2Seq"]
+           "UnfoldFrom", "Seq2Seq", "plan_memory", "MemoryPlanError", "TBPTT", "evaluate_stream",
+           "RTRL", "UORO"]

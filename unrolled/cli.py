@@ -359,7 +359,22 @@ def _add_info(sub):
                        description="Print the format, task, architecture, parameter count, "
                                    "training config and test metrics of a saved model.")
     p.add_argument("model", help="model directory or .npz file")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch size for the memory plan (default: the training batch size)")
+    p.add_argument("--steps", type=int, default=100,
+                   help="time steps for the memory plan (default: 100)")
     return p
+
+
+def _memory_line(model, B, T):
+    """The planner's bytes for one training update of the model's recurrent layers."""
+    from .layers import Recurrent, Sequential
+    from .memory import plan_memory
+
+    layers = model.layers if isinstance(model, Sequential) else [model]
+    if not any(isinstance(ly, Recurrent) for ly in layers):
+        return None
+    return f"memory of one training update: {plan_memory(model, B, T)}"
 
 
 def _describe_spec(spec, indent=""):
@@ -394,6 +409,9 @@ def _run_info(args):
     if extra.get("history"):
         lines.append(f"epochs trained: {len(extra['history'])} (best {extra.get('best_epoch')}), "
                      f"{extra.get('train_seconds')} s")
+    mem = _memory_line(model, args.batch_size or int(cfg.get("batch_size", 32)), args.steps)
+    if mem:
+        lines.append(mem)
     if cfg:
         lines += ["config:"] + ["  " + line for line in format_config(cfg).splitlines()]
     _out(*lines)
