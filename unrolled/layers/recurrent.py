@@ -195,7 +195,6 @@ class Recurrent(Module):
         s0 = self._initial_states(initial_state, B, xp)
         ridx = reverse_index(mT, T, B, xp) if self.bidirectional else None
         prev = self._teacher_states(teacher, s0, mT, T, B, xp) if teacher is not None else None
-        S = self.state_sizes[0]
         tapes, drops, finals = {}, [], {}
         inp = Xt
         loops = {}
@@ -261,7 +260,7 @@ class Recurrent(Module):
         return (prev,)
 
     def backward(self, cache, d_out, d_state=None):
-        xp, mT, ridx = cache["xp"], cache["mask"], cache["ridx"]
+        xp, ridx = cache["xp"], cache["ridx"]
         tapes = cache["tapes"]
         if not cache["keep_tape"]:
             raise ValueError("backward needs the tape: run forward(..., keep_tape=True)")
