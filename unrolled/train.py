@@ -35,7 +35,7 @@ from . import io
 from .grad import loss_mask_for
 from .losses import get_loss
 from .optim import CosineLR, StepLR, WarmupLR, clip_grad_norm, get_optimizer
-from .tree import tree_flatten, tree_unflatten
+from .tree import tree_flatten, tree_map, tree_unflatten
 
 __all__ = ["Callback", "History", "Trainer"]
 
@@ -281,17 +281,25 @@ class Trainer:
         init = self.carry if self.task.stateful else None
         if init is not None and next(iter(init.values())).shape[1] != batch.size:
             init = None  # a batch of another size starts from the zero state
-        out, state, cache = model.forward(batch.X, mask=batch.mask, initial_state=init,
-                                          training=True)
+        split = getattr(batch, "carry_at", None) if self.task.stateful else None
+        if split is None:
+            out, state, cache = model.forward(batch.X, mask=batch.mask, initial_state=init,
+                                              training=True)
+        else:
+            out, state, cache = _forward_split(model, batch, init, int(split))
         lmask = loss_mask_for(out, batch.mask, batch.loss_mask)
         value, d_out = self.loss.value_and_grad(out, batch.Y, lmask)
-        grads, _, _ = model.backward(cache, d_out)
+        if split is None:
+            grads, _, _ = model.backward(cache, d_out)
+        else:
+            grads = _backward_split(model, cache, d_out)
         norm = float("nan")
         if cfg["clip"]:
             grads, norm = clip_grad_norm(grads, cfg["clip"])
         self.optimizer.step(model.params, grads)
-        if self.task.stateful and state is not None:
-            self.carry = {k: np.array(v) for k, v in state.items()}
+        if self.task.stateful and (state is not None or split is not None):
+            # with carry_at, the state at that step (None: the zero state) is carried
+            self.carry = None if state is None else {k: np.array(v) for k, v in state.items()}
         # running accuracy for classification (argmax of the logits at valid steps)
         if getattr(self.loss, "name", "") == "cross_entropy":
             pred = out.argmax(-1)
@@ -440,6 +448,45 @@ class Trainer:
         self.epoch_rng_state = self.rng.bit_generator.state
         self.write_logs()
         self.save_checkpoint()
+
+
+def _forward_split(model, batch, init, split):
+    """Forward ``batch.X`` as two parts, ``[:split]`` then ``[split:]``, the first part's
+    final state starting the second; the state returned is the one at ``split`` (what a
+    batch with ``carry_at=split`` carries). The outputs and the gradients are those of one
+    forward over the whole batch; only the state at ``split`` is extra.
+
+    Returns ``(out (B, T, ...), state at split, [(cache, (a, b)) per non-empty part])``.
+    """
+    T = batch.X.shape[1]
+    if not 0 <= split <= T:
+        raise ValueError(f"Batch.carry_at={split} is outside the batch's {T} steps")
+    outs, parts, state, carried = [], [], init, init
+    for a, b in ((0, split), (split, T)):
+        if b == a:
+            continue
+        m = None if batch.mask is None else batch.mask[:, a:b]
+        o, state, c = model.forward(batch.X[:, a:b], mask=m, initial_state=state,
+                                    training=True)
+        outs.append(o)
+        parts.append((c, (a, b)))
+        if a == 0 and b < T:
+            carried = state
+    if split == T:
+        carried = state
+    out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+    return out, carried, parts
+
+
+def _backward_split(model, parts, d_out):
+    """BPTT through the parts of :func:`_forward_split`: the last part first, its
+    initial-state gradient flowing into the end of the part before it."""
+    grads, d_state = None, None
+    for cache, (a, b) in reversed(parts):
+        g, _, d_state = model.backward(cache, d_out[:, a:b], d_state)
+        grads = g if grads is None else tree_map(
+            lambda x, y: None if x is None else x + y, grads, g)
+    return grads
 
 
 def _fmt(v):

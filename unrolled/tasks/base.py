@@ -41,7 +41,10 @@ only from ``rng`` (a ``numpy.random.Generator`` the trainer owns and checkpoints
 plan of an epoch can be rebuilt exactly on resume. ``get_batch(split, key)`` returns a
 :class:`Batch`. ``stateful = True`` makes the trainer carry each batch's final
 recurrent state into the next one (truncated BPTT over streams; reset at each epoch);
-the batches of an epoch must then keep the same batch size and order of streams.
+the batches of an epoch must then keep the same batch size and order of streams. A batch
+may overlap the previous one (TBPTT with k2 > k1): it then sets ``Batch.carry_at`` to the
+step where the next batch starts and masks the repeated steps out of the loss with
+``loss_mask``.
 
 Errors
 ------
@@ -70,6 +73,10 @@ class Batch:
     loss_mask : what the trainer passes to the loss as its mask; ``None`` means ``mask``
         for outputs with a time axis (B, T, ...) and no mask for folded outputs (B, ...).
         Give e.g. a (B, O) bool array to leave missing regression targets out of the loss.
+    carry_at : int or None, for a stateful task: the step of ``X`` whose initial state is
+        carried into the next batch (the state after ``X[:, :carry_at]``); None: the state
+        after the last step. TBPTT(k1, k2 > k1) uses it: each batch repeats the last
+        ``k2 - k1`` steps of the previous one, whose start state is what is carried.
     """
 
     X: Any
@@ -77,6 +84,7 @@ class Batch:
     mask: Any = None
     size: int = 0
     loss_mask: Any = None
+    carry_at: Any = None
 
     def __post_init__(self):
         if not self.size:

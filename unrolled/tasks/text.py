@@ -6,6 +6,15 @@ streams, each chunk of ``chunk`` steps continues every stream where the previous
 stopped, and the final state of one chunk is the initial state of the next (the trainer
 carries it, ``stateful = True``). The gradient reaches back ``chunk`` steps.
 
+TBPTT(k1, k2) (Williams & Peng 1990): ``k1`` new characters per update (default: the
+chunk) and a gradient reaching back ``k2 >= k1`` steps (default: k1). With ``k2 > k1``
+every batch is a window of the last ``k2`` steps: the ``k2 - k1`` steps before the
+chunk, already scored by the previous update, are read again from the text with the
+current weights, from the state carried at their start, and masked out of the loss
+(:func:`tbptt_window`). The semantics are those of :class:`unrolled.streams.TBPTT`.
+Because the repeated inputs come from the text, the carried state is all a checkpoint
+needs: resuming stays bit-exact.
+
 Splits are contiguous: the last ``test_fraction`` of the file is the held-out test text
 (by default the last 10 %), the first ``val_fraction`` validates, and the text between
 them trains, so that training runs right up to the test text. The vocabulary is every character of the file, so held-out text can always be
@@ -25,7 +34,7 @@ from ..layers import LSTM, Dense, Embedding, Sequential
 from .base import Batch, Task
 
 __all__ = ["TextTask", "build_char_model", "chunk_xy", "encode_prime", "sample", "split_text",
-           "stream_loss"]
+           "stream_loss", "tbptt_window"]
 
 
 # ------------------------------------------------------------------------ plain functions
@@ -117,6 +126,40 @@ def chunk_xy(streams, i):
     return np.ascontiguousarray(X), np.ascontiguousarray(Y)
 
 
+def tbptt_window(streams, i, k2):
+    """The TBPTT(k1, k2) window of chunk ``i`` (``k1 = streams.chunk``), as
+    :class:`unrolled.streams.TBPTT` builds it.
+
+    The window ends with the chunk's ``k`` new steps (``k = k1`` but for a shorter last
+    chunk) and starts up to ``k2 - k1`` steps earlier (fewer at the start of the streams).
+
+    Returns
+    -------
+    X : (B, h + k) inputs, h = min(i k1, k2 - k1) repeated steps then the chunk.
+    Y : (B, h + k) next-character targets.
+    loss_mask : (B, h + k) bool, True at the chunk's new steps only; None when h = 0.
+    carry_at : int, the step of the window where the next window starts (its state is
+        the one to carry).
+    """
+    k1 = streams.chunk
+    if k2 < k1:
+        raise ValueError(f"--k2 {k2} is smaller than --k1 {k1}; use k2 >= k1")
+    t = i * k1
+    k = min(k1, streams.steps - t)
+    if k < 1:
+        raise ValueError(f"chunk {i} is past the end of the streams ({len(streams)} chunks)")
+    h = min(t, k2 - k1)
+    X = np.ascontiguousarray(streams.streams[:, t - h:t + k])
+    Y = np.ascontiguousarray(streams.streams[:, t - h + 1:t + k + 1])
+    loss_mask = None
+    if h:
+        loss_mask = np.zeros(X.shape, dtype=bool)
+        loss_mask[:, h:] = True
+    # the next window keeps the last k2 - k1 steps (or all of a shorter window)
+    carry_at = h + k - min(k2 - k1, h + k)
+    return X, Y, loss_mask, carry_at
+
+
 def encode_prime(vocab, prime):
     """The ids of ``prime``; a ValueError naming every character the model never saw."""
     unknown = sorted({c for c in prime if c not in vocab})
@@ -186,6 +229,8 @@ class TextTask(Task):
         "layers": 1,
         "dropout": 0.0,         # between stacked LSTM layers
         "chunk": 64,            # truncated BPTT: steps per chunk, state carried across
+        "k1": 0,                # TBPTT: new steps per update (0: the chunk)
+        "k2": 0,                # TBPTT: steps the gradient reaches back (0: k1)
         "val_fraction": 0.05,
         "test_fraction": 0.1,   # the end of the text
         "eval_streams": 16,
@@ -203,6 +248,8 @@ class TextTask(Task):
         "layers": "stacked LSTM layers",
         "dropout": "dropout between stacked LSTM layers (training only)",
         "chunk": "truncated BPTT: steps per chunk; the state is carried across chunks",
+        "k1": "TBPTT(k1, k2): new steps per update; 0: --chunk (sets the chunk when given)",
+        "k2": "TBPTT(k1, k2): steps the gradient reaches back, >= k1; 0: k1",
         "val_fraction": "share of the text at its start used for validation",
         "test_fraction": "share of the text at its end held out for the test",
         "eval_streams": "parallel streams when measuring the held-out loss",
@@ -220,11 +267,33 @@ class TextTask(Task):
         self.splits = {}
         self._streams = (None, None)  # (offset, StreamBatches) of the current epoch
 
-    # -- data ---------------------------------------------------------------------------
-    def load(self, path):
+    # -- TBPTT(k1, k2) -------------------------------------------------------------------
+    @property
+    def k1(self):
+        """New steps per update: ``--k1``, or ``--chunk`` when k1 is 0."""
+        return self.config.get("k1") or self.config["chunk"]
+
+    @property
+    def k2(self):
+        """Steps the gradient reaches back: ``--k2``, or k1 when k2 is 0."""
+        return self.config.get("k2") or self.k1
+
+    def _check_tbptt(self):
         cfg = self.config
         if cfg["chunk"] < 1:
             raise ValueError(f"--chunk must be at least 1, got {cfg['chunk']}")
+        for key in ("k1", "k2"):
+            if cfg.get(key, 0) < 0:
+                raise ValueError(f"--{key} must be a number of steps >= 1 (or 0 for the "
+                                 f"default), got {cfg[key]}")
+        if self.k2 < self.k1:
+            raise ValueError(f"--k2 {self.k2} is smaller than --k1 {self.k1}: each update "
+                             "backpropagates through at least its own k1 steps; use k2 >= k1")
+
+    # -- data ---------------------------------------------------------------------------
+    def load(self, path):
+        cfg = self.config
+        self._check_tbptt()
         text = read_text(path)
         a, b = split_text(len(text), cfg["val_fraction"], cfg["test_fraction"])
         need = 2 * cfg["batch_size"] + 1
@@ -250,7 +319,8 @@ class TextTask(Task):
                 "split: " + ", ".join(f"{k} {v}" for k, v in n.items()),
                 (f"training: {self.config['batch_size']} streams of "
                  f"{max(n.get('train', 1) - 1, 0) // self.config['batch_size']} steps, "
-                 f"chunks of {self.config['chunk']} (truncated BPTT, state carried)")]
+                 f"TBPTT(k1={self.k1}, k2={self.k2}): chunks of {self.k1}, state carried, "
+                 f"gradient through the last {self.k2} steps")]
 
     def state(self):
         return {"vocab": self.vocab.to_dict(),
@@ -266,12 +336,12 @@ class TextTask(Task):
         if self._streams[0] != offset:
             self._streams = (offset, stream_batches(self.splits["train"],
                                                     self.config["batch_size"],
-                                                    self.config["chunk"], offset))
+                                                    self.k1, offset))
         return self._streams[1]
 
     def epoch_batches(self, rng):
         # a new cut of the streams each epoch: skip 0..chunk-1 leading characters
-        B, k = self.config["batch_size"], self.config["chunk"]
+        B, k = self.config["batch_size"], self.k1
         spare = len(self.splits["train"]) - 1 - B  # keep at least one step per stream
         offset = int(rng.integers(min(k, spare) + 1)) if spare > 0 else 0
         n = len(self._train_streams(offset))
@@ -282,8 +352,11 @@ class TextTask(Task):
             raise ValueError(f"text task: batches are for training; evaluate {split!r} with "
                              "evaluate()")
         offset, i = key
-        X, Y = chunk_xy(self._train_streams(offset), i)
-        return Batch(X=X, Y=Y, size=X.shape[0])
+        if self.k2 == self.k1:  # classic truncated BPTT: the chunk alone
+            X, Y = chunk_xy(self._train_streams(offset), i)
+            return Batch(X=X, Y=Y, size=X.shape[0])
+        X, Y, loss_mask, carry_at = tbptt_window(self._train_streams(offset), i, self.k2)
+        return Batch(X=X, Y=Y, size=X.shape[0], loss_mask=loss_mask, carry_at=carry_at)
 
     # -- metrics and use -----------------------------------------------------------------
     def evaluate(self, model, split):
