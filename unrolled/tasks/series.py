@@ -25,6 +25,11 @@ Honest preparation, in this order:
 
 With ``delta = true`` (default) the network predicts the change from the last observed
 target value, in normalised units, which lets it follow a trend beyond the training range.
+
+Every window is read from the zero state and its forecast is backpropagated through the
+whole window: full BPTT over ``window`` steps, no state carried between records. For
+stateful training on one long series with TBPTT(k1, k2), use
+:class:`unrolled.streams.TBPTT` with :func:`unrolled.data.stream_batches` (docs/tasks.md).
 """
 import re
 from pathlib import Path
