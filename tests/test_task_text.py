@@ -1,5 +1,6 @@
 """The ``text`` task: stateful streams, held-out loss with the state carried, learning,
 generation (prime, temperature, top-k) and clear errors for bad input."""
+import itertools
 import math
 
 import numpy as np
@@ -9,8 +10,8 @@ from unrolled import io
 from unrolled.cli import main
 from unrolled.config import resolve_config
 from unrolled.data import Vocab
-from unrolled.tasks import get_task
 from unrolled.streams import TBPTT
+from unrolled.tasks import get_task
 from unrolled.tasks.text import (
     TextTask,
     build_char_model,
@@ -267,7 +268,7 @@ def test_k2_longer_than_k1_matches_streams_tbptt(words):
     next start) give the updates of streams.TBPTT(k1, k2), weights changing between
     updates; k2 > k1 really changes them."""
     cfg = small(chunk=4, k2=10, max_batches=7)
-    trainer, task, losses = fit(words, cfg, "float64")
+    trainer, _, losses = fit(words, cfg, "float64")
     ref, ref_losses = streams_reference(words, cfg, 4, 10, "float64")
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-12)
     got = tree_flatten(trainer.model.params)
@@ -401,7 +402,7 @@ def test_tbptt_window_layout():
             assert not lm[:, :h].any() and lm[:, h:].all()
         seen.append((t - h, at, X.shape[1]))
     # each window starts where the previous one said to carry the state from
-    for (w0, at, _), (w1, _, _) in zip(seen, seen[1:]):
+    for (w0, at, _), (w1, _, _) in itertools.pairwise(seen):
         assert w0 + at == w1
     assert seen[0] == (0, 0, 4) and seen[-1][2] == 6 + 3  # last chunk: 3 new steps
     with pytest.raises(ValueError, match="k2 >= k1"):
