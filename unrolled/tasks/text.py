@@ -319,8 +319,7 @@ class TextTask(Task):
                 "split: " + ", ".join(f"{k} {v}" for k, v in n.items()),
                 (f"training: {self.config['batch_size']} streams of "
                  f"{max(n.get('train', 1) - 1, 0) // self.config['batch_size']} steps, "
-                 f"TBPTT(k1={self.k1}, k2={self.k2}): chunks of {self.k1}, state carried, "
-                 f"gradient through the last {self.k2} steps")]
+                 f"TBPTT(k1={self.k1}, k2={self.k2}): chunks of {self.k1}, state carried")]
 
     def state(self):
         return {"vocab": self.vocab.to_dict(),
