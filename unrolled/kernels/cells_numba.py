@@ -25,9 +25,13 @@ _HALF, _ONE, _ZERO = _f(0.5), _f(1.0), _f(0.0)
 
 # error_model="numpy": no ZeroDivisionError branch in divisions, so the loops vectorise
 _jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+# float32 kernels may also contract to FMAs and reassociate (not assume away NaN or inf):
+# that is what lets LLVM vectorise the rational tanh fully; float64 stays strict
+_jit32 = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy",
+                    fastmath={"contract", "reassoc", "nsz", "arcp"})
 
 
-@_jit
+@_jit32
 def _tanh32(x):
     x = min(max(x, -_CLAMP), _CLAMP)
     x2 = x * x
@@ -48,8 +52,8 @@ def _tanh64(x):
     return math.tanh(x)
 
 
-def _build(tanh, half, one, zero):
-    """The kernels for one dtype, given its tanh and constants of that dtype."""
+def _build(tanh, half, one, zero, _jit):
+    """The kernels for one dtype, given its tanh, constants of that dtype and its jit."""
 
     @_jit
     def sig(x):
@@ -178,9 +182,9 @@ def library(dtype):
     dt = np.dtype(dtype)
     if dt not in _LIBS:
         if dt == np.float32:
-            fns = _build(_tanh32, _HALF, _ONE, _ZERO)
+            fns = _build(_tanh32, _HALF, _ONE, _ZERO, _jit32)
         elif dt == np.float64:
-            fns = _build(_tanh64, 0.5, 1.0, 0.0)
+            fns = _build(_tanh64, 0.5, 1.0, 0.0, _jit)
         else:
             raise TypeError(f"the numba backend supports float32 and float64, got {dt}")
         _LIBS[dt] = _Library(fns)
