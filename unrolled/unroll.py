@@ -38,6 +38,9 @@ def _mask_col(mask, t):
     return None if mask is None else mask[t][:, None]
 
 
+FLUSH_EVERY = 4  # steps between flushes on the NumPy path (the compiled kernels: every step)
+
+
 def flush_threshold(dtype):
     """Gradients smaller than this in magnitude are flushed to zero by the fast BPTT.
 
@@ -210,12 +213,15 @@ def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be):
         cache = {k: v[t] for k, v in tp.tape.items()}
         t0 = t - t % K  # this step's block is [t0, t0 + K)
         sv = {k: v[t - t0] for k, v in saved.items()}
-        cell.step_back_into(p, cache, prev, new, dc, dXW[t - t0], dnext, sv, ws, xp, kern, thr)
+        # ufunc flushing costs calls: the NumPy path flushes every FLUSH_EVERY steps (a
+        # gradient cannot fall from the threshold into subnormals in so few steps)
+        fl = thr if kern is not None or t % FLUSH_EVERY == 0 else 0.0
+        cell.step_back_into(p, cache, prev, new, dc, dXW[t - t0], dnext, sv, ws, xp, kern, fl)
         if mask is not None:  # a padded step passes the gradient on untouched
             for a, d in zip(dnext, dstate):
                 d *= keep_f[t]
                 a += d
-        if flush_ws is not None:
+        if flush_ws is not None and fl:
             for a in dnext:
                 _flush(a, thr, flush_ws, xp)
         dstate, dnext = dnext, dstate
