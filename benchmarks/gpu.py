@@ -59,7 +59,7 @@ def main():
                 Y = cp.zeros((B, H), cp.float32)
                 s0 = tuple(cp.zeros((B, H), cp.float32) for _ in m.state_sizes)
 
-                def step():
+                def step(kind=kind, cellobj=cellobj, params=params, Xt=Xt, s0=s0, Y=Y):
                     p = cellobj.prepare(params, cp)
                     tp = unroll.forward(cellobj, p, Xt, s0, cp, keep_tape=kind == "train")
                     if kind == "infer":
@@ -76,7 +76,7 @@ def main():
                 tm = tcls(H, H, batch_first=True).to(dev)
                 tX, tY = torch.randn(B, T, H, device=dev), torch.zeros(B, H, device=dev)
 
-                def tstep():
+                def tstep(kind=kind, tm=tm, tX=tX, tY=tY):
                     if kind == "infer":
                         with torch.inference_mode():
                             tm(tX)

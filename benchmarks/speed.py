@@ -90,7 +90,6 @@ class UnrolledSide:
         return train
 
     def _setup_gen(self, c):
-        np = self.np
         from unrolled.generate import Generator
         from unrolled.layers import LSTM, Dense, Embedding
 
@@ -244,7 +243,7 @@ def measure_memory(cells, sizes, B, T, backend):
                     env["UNROLLED_BLOCK_STEPS"] = "auto"
                 cmd = [sys.executable, __file__, "--memory-probe", side.split("_")[0], cell,
                        str(H), str(B), str(T)] + (["--backend", backend] if backend else [])
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
                 if out.returncode != 0:
                     r[side] = {"error": out.stderr.strip().splitlines()[-1:]}
                     continue
@@ -365,10 +364,10 @@ def _cpu_name():
 
 
 def to_markdown(rows, mem, meta):
-    out = [f"Measured {meta['date']} on {meta['machine']}; Python {meta['python']}, "
+    out = [(f"Measured {meta['date']} on {meta['machine']}; Python {meta['python']}, "
            f"{meta['threads']} threads each side, median of {meta['rounds']} interleaved "
            f"rounds; load average at the end {meta['load_average_at_end']} (other work shared "
-           "the machine). Ratio = PyTorch time / unrolled time (> 1: unrolled is faster).", "",
+           "the machine). Ratio = PyTorch time / unrolled time (> 1: unrolled is faster)."), "",
            "| cell | work | B | T | H | unrolled ms | PyTorch ms | ratio |",
            "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -379,19 +378,19 @@ def to_markdown(rows, mem, meta):
                    f"{r['ratio']:.2f} |")
     gens = [r for r in rows if r["kind"] == "gen"]
     if gens:
-        out += ["", "Generation (embedding -> LSTM -> dense -> softmax -> sample, V = 65), "
-                "µs per token:", "",
+        out += ["", ("Generation (embedding -> LSTM -> dense -> softmax -> sample, V = 65), "
+                "µs per token:"), "",
                 "| B | H | unrolled µs/token | torch LSTMCell loop µs/token | ratio |",
                 "|---:|---:|---:|---:|---:|"]
         for r in gens:
             out.append(f"| {r['B']} | {r['H']} | {r['unrolled_us_per_token']:.1f} | "
                        f"{r['torch_us_per_token']:.1f} | {r['ratio']:.2f} |")
     if mem:
-        out += ["", "Peak memory of one training step (B = 32, T = 100, float32): unrolled's "
+        out += ["", ("Peak memory of one training step (B = 32, T = 100, float32): unrolled's "
                 "peak (tracemalloc, parameters included) against what BPTT needs (tape + "
-                "parameters + gradients); PyTorch's growth of peak RSS in one step.", "",
-                "| cell | H | unrolled peak MiB | needed MiB | ratio | ratio, blocks of steps "
-                "| PyTorch step RSS MiB |",
+                "parameters + gradients); PyTorch's growth of peak RSS in one step."), "",
+                ("| cell | H | unrolled peak MiB | needed MiB | ratio | ratio, blocks of steps "
+                "| PyTorch step RSS MiB |"),
                 "|---|---:|---:|---:|---:|---:|---:|"]
         for r in mem:
             u, t = r.get("unrolled", {}), r.get("torch", {})

@@ -282,7 +282,7 @@ def _cupy():
     try:
         if cp.cuda.runtime.getDeviceCount() < 1:
             pytest.skip("no GPU")
-    except Exception:  # no driver or no device
+    except cp.cuda.runtime.CUDARuntimeError:  # no driver or no device
         pytest.skip("no GPU")
     return cp
 

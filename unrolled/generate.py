@@ -19,7 +19,6 @@ The tables are a snapshot of the weights: build a new Generator (or call
 import numpy as np
 
 from . import kernels
-from .backend import get_xp
 
 
 class Generator:
@@ -66,7 +65,7 @@ class Generator:
     def refresh(self):
         """Rebuild the folded tables and buffers from the layers' current weights."""
         xp, B, H = self.xp, self.batch, self.rnn.hidden_size
-        asx = (lambda a: xp.asarray(a))  # noqa: E731
+        asx = (lambda a: xp.asarray(a))
         self.p = []
         for name in self.rnn.names:
             p = self.rnn._prepared(name, np)

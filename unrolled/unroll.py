@@ -100,7 +100,7 @@ def time_chunk(T, B):
 
 def _project(X, p, a, n, out, xp):
     """out[:n] = X[a:a+n] W_ih^T + every foldable bias (the input projection of n steps)."""
-    T, B, D = X.shape
+    _, B, D = X.shape
     G = out.shape[-1]
     xp.matmul(X[a:a + n].reshape(n * B, D), p["weight_ih"].T, out=out[:n].reshape(n * B, G))
     out[:n] += p["bias_x"]
@@ -119,7 +119,7 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
     be = kernels.resolve(backend, xp)
     if not _fast_ok(cell, be, prev_states):
         return _forward_reference(cell, p, X, state0, xp, mask, keep_tape, prev_states)
-    T, B, D = X.shape
+    T, B, _ = X.shape
     dtype = X.dtype
     kern = kernels.kernels_for(be, dtype)
     # input projection of K steps at a time, with every bias the cell lets us fold in
@@ -233,7 +233,7 @@ def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be):
 def _block_grads(cell, p, tp, xp, a, n, dXW, saved, dX, grads):
     """Add steps [a, a+n)'s weight gradients to ``grads``; write their dX."""
     X, states = tp.X, tp.states
-    T, B, D = X.shape
+    _, B, D = X.shape
     G = dXW[:n].reshape(n * B, -1)
     xp.matmul(G, p["weight_ih"], out=dX[a:a + n].reshape(n * B, D))
     g = {"weight_ih": G.T @ X[a:a + n].reshape(n * B, D), "bias_ih": G.sum(0)}
@@ -298,7 +298,7 @@ def truncation_window(mask, T, B, k, xp, dtype):
 def _backward_reference(cell, p, tp, xp, d_out, d_final, truncate):
     """The readable BPTT loop: the cell's ``step_back`` returns new arrays every step."""
     X, states, mask = tp.X, tp.states, tp.mask
-    T, B, D = X.shape
+    T, B, _ = X.shape
     dtype = X.dtype
     dstate = [xp.zeros(s.shape[1:], dtype=dtype) if d_final is None or d_final[k] is None
               else d_final[k].copy() for k, s in enumerate(states)]
@@ -332,7 +332,7 @@ def _backward_reference(cell, p, tp, xp, d_out, d_final, truncate):
 def _backward_decoupled(cell, p, tp, xp, d_out, d_final):
     """Backward of a teacher-forced run: all steps at once, no gradient into given states."""
     X, states, mask = tp.X, tp.states, tp.mask
-    T, B, D = X.shape
+    T, B, _ = X.shape
     d = [xp.zeros((T, B) + s.shape[2:], dtype=X.dtype) for s in states]
     if d_out is not None:
         d[0] += d_out
@@ -343,7 +343,7 @@ def _backward_decoupled(cell, p, tp, xp, d_out, d_final):
                 d[k][last, xp.arange(B)] += df
     if mask is not None:
         d = [g * mask[:, :, None] for g in d]
-    flat = lambda a: a.reshape((T * B,) + a.shape[2:])  # noqa: E731
+    flat = lambda a: a.reshape((T * B,) + a.shape[2:])
     prev = tuple(flat(s) for s in tp.teacher)
     new = tuple(flat(s[1:]) for s in states)
     cache = {k: flat(v) for k, v in tp.tape.items()}

@@ -25,4 +25,4 @@ from .gru import GRUCell
 from .jordan import JordanCell
 from .lstm import LSTMCell
 
-__all__ = ["ElmanCell", "LSTMCell", "GRUCell", "JordanCell"]
+__all__ = ["ElmanCell", "GRUCell", "JordanCell", "LSTMCell"]

@@ -31,13 +31,19 @@ import os
 BACKENDS = ("auto", "reference", "numpy", "numba", "cupy")
 
 
+_has_numba = []
+
+
 def numba_available():
-    """True where the optional numba package can be imported."""
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """True where the optional numba package can be imported (looked up once)."""
+    if not _has_numba:
+        try:
+            import numba  # noqa: F401
+        except ImportError:
+            _has_numba.append(False)
+        else:
+            _has_numba.append(True)
+    return _has_numba[0]
 
 
 def _check(name):
