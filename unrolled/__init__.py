@@ -6,6 +6,8 @@ from .layers import (GRU, LSTM, Dense, Dropout, Elman, Embedding, Jordan, Recurs
 from . import metrics
 from .io import load_model, save_model
 from .train import Callback, History, Trainer
+from .generate import Generator
+from .kernels import backend, get_backend, set_backend
 from .memory import MemoryPlanError, plan_memory
 from .online import RTRL, UORO
 from .streams import TBPTT, evaluate_stream
@@ -24,4 +26,4 @@ __all__ = ["Elman", "LSTM", "GRU", "Jordan", "Dense", "Embedding", "Dropout", "S
            "clip_grad_value", "get_optimizer", "Trainer", "Callback", "History", "save_model",
            "load_model", "metrics", "data", "interop", "Recurrence", "Fold", "RecurrenceFrom",
            "UnfoldFrom", "Seq2Seq", "plan_memory", "MemoryPlanError", "TBPTT", "evaluate_stream",
-           "RTRL", "UORO"]
+           "RTRL", "UORO", "Generator", "set_backend", "get_backend", "backend"]
