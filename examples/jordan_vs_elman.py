@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unrolled.backend import limit_blas_threads
 from unrolled.layers import Dense, Elman, Jordan
 from unrolled.optim import Adam, clip_grad_norm
 from unrolled.patterns import scheduled_backward, scheduled_forward
@@ -145,25 +146,13 @@ def multi_step(net, z, origins):
     return np.concatenate(out, 1)
 
 
-def limit_threads():
-    """One BLAS thread (``UNROLLED_THREADS`` overrides): the matrices of a small RNN are
-    small, and extra threads only add synchronisation, many times slower on a busy machine."""
-    import os
-
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(int(os.environ.get("UNROLLED_THREADS", "1")))
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "docs" / "img"))
     a = ap.parse_args()
-    limit_threads()
+    limit_blas_threads()
     s = load()
     train_end = len(s) - N_TEST
     mu, sd = s[:train_end].mean(), s[:train_end].std()

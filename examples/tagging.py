@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unrolled.backend import limit_blas_threads
 from unrolled.config import resolve_config
 from unrolled.tasks.tagging import TaggingTask, span_prf_by_type
 from unrolled.train import Trainer
@@ -32,25 +33,13 @@ def run(tag_column, seed, epochs):
     return task, trainer.model, task.evaluate(trainer.model, "test"), task.baseline("test")
 
 
-def limit_threads():
-    """One BLAS thread (``UNROLLED_THREADS`` overrides): the matrices of a small RNN are
-    small, and extra threads only add synchronisation, many times slower on a busy machine."""
-    import os
-
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(int(os.environ.get("UNROLLED_THREADS", "1")))
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--out", default=str(ROOT / "docs" / "img"))
     a = ap.parse_args()
-    limit_threads()
+    limit_blas_threads()
     by_type = {}
     for label, col in (("entities (IOB2)", -1), ("parts of speech", 2)):
         rows, base = [], []

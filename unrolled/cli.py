@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from .backend import limit_blas_threads
+
 __all__ = ["COMMANDS", "PLUGINS", "main", "register_command"]
 
 # name -> (add_parser(subparsers) -> parser, run(args) -> exit code)
@@ -50,18 +52,6 @@ def _out(*lines):
 
 def _err(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-def _limit_threads():
-    """One BLAS thread: the matrices of an RNN step are small, and extra threads only
-    add synchronisation (10x slower on a busy 2-core machine). UNROLLED_THREADS=N
-    overrides it."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    n = int(os.environ.get("UNROLLED_THREADS", "1"))
-    threadpool_limits(n)
 
 
 # ------------------------------------------------------------------------------ train
@@ -459,7 +449,7 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 0
-    _limit_threads()
+    limit_blas_threads()
     try:
         if args.command == "train":
             return _run_train(args, extra)

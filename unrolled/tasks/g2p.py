@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from ..backend import limit_blas_threads
 from ..data import pad
 from ..optim import Adam, clip_grad_norm
 from ..seq2seq import Seq2Seq, inverse_sigmoid_decay, sequence_metrics
@@ -167,18 +168,6 @@ def train(data, minutes=4.0, hidden=128, embed=32, cell="lstm", attention="gener
     return model, history
 
 
-def limit_threads():
-    """One BLAS thread (``UNROLLED_THREADS`` overrides): the matrices of a small RNN are
-    small, and extra threads only add synchronisation, many times slower on a busy machine."""
-    import os
-
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(int(os.environ.get("UNROLLED_THREADS", "1")))
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=4.0)
@@ -197,7 +186,7 @@ def main(argv=None):
     ap.add_argument("--alpha", type=float, default=1.0, help="length normalisation")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    limit_threads()
+    limit_blas_threads()
     data = G2PData(load_cmudict(), n_test=a.test_words, n_train=a.train_words, seed=a.seed)
     print(f"CMUdict: {len(data.split['train'])} training words, {len(data.split['val'])} "
           f"validation, {len(data.split['test'])} test; {len(data.letters) - 1} letters, "
