@@ -142,3 +142,30 @@ def test_bad_targets_and_state():
         u.Elman(2, 3, nonlinearity="sigmoid")
     with pytest.raises(TypeError, match="float32"):
         u.LSTM(2, 3, dtype="int32")
+
+
+@pytest.mark.parametrize("memory", ["full", "checkpoint"])
+def test_skipping_the_input_gradient_changes_no_parameter_gradient(memory):
+    rng = np.random.default_rng(3)
+    layer = u.LSTM(3, 4, num_layers=2, bidirectional=True, dtype="float64", seed=0,
+                   memory=memory)
+    X = rng.standard_normal((3, 7, 3))
+    mask = np.arange(7)[None] < np.array([7, 4, 2])[:, None]
+    out, _, cache = layer.forward(X, mask=mask, training=True)
+    R = rng.standard_normal(out.shape)
+    g1, dX, _ = layer.backward(cache, R)
+    g2, dX2, _ = layer.backward(cache, R, need_input_grad=False)
+    assert dX is not None and dX2 is None
+    for n in g1:
+        for k in g1[n]:
+            assert np.array_equal(g1[n][k], g2[n][k]), (n, k)
+    # value_and_grad skips it through a Sequential too, with the same gradients
+    model = u.Sequential(u.GRU(3, 4, dtype="float64", seed=1), u.Dense(4, 2, dtype="float64"))
+    Y = rng.standard_normal((3, 7, 2))
+    _, grads = u.value_and_grad(model, "mse", X, Y, mask=mask)
+    out, _, c = model.forward(X, mask=mask, training=True)
+    _, d_out = u.MSE().value_and_grad(out, Y, mask)
+    full, dX, _ = model.backward(c, d_out)
+    assert dX is not None
+    assert np.array_equal(grads["0"]["l0"]["weight_ih"], full["0"]["l0"]["weight_ih"])
+    assert np.array_equal(grads["1"]["weight"], full["1"]["weight"])

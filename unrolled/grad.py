@@ -44,5 +44,16 @@ def value_and_grad(model, loss, X, Y, mask=None, initial_state=None, loss_mask=N
     loss = _get_loss(loss)
     out, _, cache = model.forward(X, mask=mask, initial_state=initial_state, training=True)
     value, d_out = loss.value_and_grad(out, Y, loss_mask_for(out, mask, loss_mask))
-    grads, _, _ = model.backward(cache, d_out)
+    grads, _, _ = backward_params(model, cache, d_out)
     return value, grads
+
+
+def backward_params(model, cache, d_out, d_state=None):
+    """``model.backward`` when only the parameters' gradients are wanted: the gradient
+    w.r.t. the model's input (data) is skipped where the model can skip it, which saves
+    one matrix product over the whole sequence. Returns ``(grads, None, d_initial_state)``."""
+    from .layers import Recurrent, Sequential
+
+    if isinstance(model, (Recurrent, Sequential)):
+        return model.backward(cache, d_out, d_state, need_input_grad=False)
+    return model.backward(cache, d_out, d_state)

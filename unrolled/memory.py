@@ -145,7 +145,8 @@ class Checkpointed:
     def final_state(self, tp, xp):
         return tp.final
 
-    def backward(self, cell, p, tp, xp, d_out=None, d_final=None, truncate=None):
+    def backward(self, cell, p, tp, xp, d_out=None, d_final=None, truncate=None,
+                 need_dx=True):
         """BPTT over the segments in reverse, each recomputed from its checkpoint.
 
         Same arguments and returns as :func:`unrolled.unroll.backward`.
@@ -153,7 +154,7 @@ class Checkpointed:
         X, mask = tp.X, tp.mask
         T, B, D = X.shape
         truncate = self.truncate if truncate is None else truncate
-        dX = xp.zeros((T, B, D), dtype=X.dtype)
+        dX = xp.zeros((T, B, D), dtype=X.dtype) if need_dx else None
         if truncate is not None:
             return self._backward_truncated(cell, p, tp, xp, d_out, d_final, truncate, dX)
         grads = None
@@ -163,8 +164,11 @@ class Checkpointed:
             a, b = tp.starts[i], ends[i]
             m = None if mask is None else mask[a:b]
             seg = unroll.forward(cell, p, X[a:b], tp.checkpoints[i], xp, m, keep_tape=True)
-            g, dX[a:b], dstate = unroll.backward(
-                cell, p, seg, xp, None if d_out is None else d_out[a:b], dstate)
+            g, dXs, dstate = unroll.backward(
+                cell, p, seg, xp, None if d_out is None else d_out[a:b], dstate,
+                need_dx=need_dx)
+            if need_dx:
+                dX[a:b] = dXs
             del seg
             grads = g if grads is None else {k: grads[k] + v for k, v in g.items()}
         return grads, dX, tuple(dstate)
@@ -183,8 +187,10 @@ class Checkpointed:
         a = tp.starts[i]
         seg = unroll.forward(cell, p, tp.X[a:], tp.checkpoints[i], xp,
                              None if mask is None else mask[a:], keep_tape=True)
-        g, dX[a:], dstate = unroll.backward(cell, p, seg, xp,
-                                            None if d_out is None else d_out[a:], d_final, k)
+        g, dXs, dstate = unroll.backward(cell, p, seg, xp, None if d_out is None else d_out[a:],
+                                         d_final, k, need_dx=dX is not None)
+        if dX is not None:
+            dX[a:] = dXs
         if a > 0:  # no gradient crosses the truncation into the steps before
             dstate = tuple(xp.zeros_like(s) for s in dstate)
         return g, dX, tuple(dstate)

@@ -24,6 +24,7 @@ Exactly, update ``n`` (chunk ``[n k1, (n+1) k1)``) does::
 import numpy as np
 
 from .backend import get_xp
+from .grad import backward_params
 from .losses import get_loss
 from .optim import clip_grad_norm
 
@@ -140,7 +141,7 @@ class TBPTT:
         for (a, b), cache in reversed(list(zip(parts, caches))):
             if cache is None:
                 continue
-            g, _, d_state = self.model.backward(cache, d_out[:, a:b], d_state)
+            g, _, d_state = backward_params(self.model, cache, d_out[:, a:b], d_state)
             grads = g if grads is None else _tree_add(grads, g)
         if self.clip_norm is not None:
             grads, _ = clip_grad_norm(grads, self.clip_norm)

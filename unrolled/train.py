@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io
-from .grad import loss_mask_for
+from .grad import backward_params, loss_mask_for
 from .losses import get_loss
 from .optim import CosineLR, StepLR, WarmupLR, clip_grad_norm, get_optimizer
 from .tree import tree_flatten, tree_map, tree_unflatten
@@ -290,7 +290,7 @@ class Trainer:
         lmask = loss_mask_for(out, batch.mask, batch.loss_mask)
         value, d_out = self.loss.value_and_grad(out, batch.Y, lmask)
         if split is None:
-            grads, _, _ = model.backward(cache, d_out)
+            grads, _, _ = backward_params(model, cache, d_out)
         else:
             grads = _backward_split(model, cache, d_out)
         norm = float("nan")
@@ -483,7 +483,7 @@ def _backward_split(model, parts, d_out):
     initial-state gradient flowing into the end of the part before it."""
     grads, d_state = None, None
     for cache, (a, b) in reversed(parts):
-        g, _, d_state = model.backward(cache, d_out[:, a:b], d_state)
+        g, _, d_state = backward_params(model, cache, d_out[:, a:b], d_state)
         grads = g if grads is None else tree_map(
             lambda x, y: None if x is None else x + y, grads, g)
     return grads

@@ -148,26 +148,28 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
     return Tape(X, states, tape if keep_tape else {}, mask)
 
 
-def backward(cell, p, tp, xp, d_out=None, d_final=None, truncate=None, backend=None):
+def backward(cell, p, tp, xp, d_out=None, d_final=None, truncate=None, backend=None,
+             need_dx=True):
     """Backpropagation through time over the tape ``tp``.
 
     ``d_out`` (T, B, S0): gradient of the loss w.r.t. the output sequence (ignored at
     padded steps). ``d_final``: tuple of (B, S) gradients w.r.t. the final state (or None).
     ``truncate=k``: the gradient reaches back only over each record's last k valid steps.
     ``backend`` overrides :func:`unrolled.kernels.get_backend` for this call.
+    ``need_dx=False`` skips the input gradient (the inputs are data): dX is then None.
     Returns ``(grads, dX, d_state0)``: parameter gradients (dict), dX (T, B, D), and the
     gradient w.r.t. the initial state (tuple of (B, S)).
     """
     if tp.teacher is not False:
-        return _backward_decoupled(cell, p, tp, xp, d_out, d_final)
+        return _backward_decoupled(cell, p, tp, xp, d_out, d_final, need_dx)
     be = kernels.resolve(backend, xp)
     # a tape written by the reference loop has the reference cache layout
     if not _fast_ok(cell, be, None) or set(tp.tape) != set(cell.tape_shapes(1, 1)):
-        return _backward_reference(cell, p, tp, xp, d_out, d_final, truncate)
-    return _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be)
+        return _backward_reference(cell, p, tp, xp, d_out, d_final, truncate, need_dx)
+    return _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be, need_dx)
 
 
-def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be):
+def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be, need_dx=True):
     X, states, mask = tp.X, tp.states, tp.mask
     T, B, D = X.shape
     dtype = X.dtype
@@ -192,7 +194,7 @@ def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be):
     K = time_chunk(T, B)  # dXW and the cell's saved arrays for K steps at a time
     dXW = xp.empty((K, B, G), dtype=dtype)
     saved = {k: xp.empty((K,) + sh, dtype=dtype) for k, sh in cell.saved_shapes(B, H).items()}
-    dX = xp.empty((T, B, D), dtype=dtype)
+    dX = xp.empty((T, B, D), dtype=dtype) if need_dx else None
     grads = {}
     ws = cell.workspace(B, H, dtype, xp)
     flush_ws = None if kern is not None else (xp.empty((B, H), dtype=dtype),
@@ -235,7 +237,8 @@ def _block_grads(cell, p, tp, xp, a, n, dXW, saved, dX, grads):
     X, states = tp.X, tp.states
     _, B, D = X.shape
     G = dXW[:n].reshape(n * B, -1)
-    xp.matmul(G, p["weight_ih"], out=dX[a:a + n].reshape(n * B, D))
+    if dX is not None:
+        xp.matmul(G, p["weight_ih"], out=dX[a:a + n].reshape(n * B, D))
     g = {"weight_ih": G.T @ X[a:a + n].reshape(n * B, D), "bias_ih": G.sum(0)}
     g.update(cell.weight_grads(p, tuple(s[a:a + n] for s in states),
                                {k: v[a:a + n] for k, v in tp.tape.items()}, dXW[:n],
@@ -295,7 +298,7 @@ def truncation_window(mask, T, B, k, xp, dtype):
     return (rev_cum <= k).astype(dtype)[:, :, None]
 
 
-def _backward_reference(cell, p, tp, xp, d_out, d_final, truncate):
+def _backward_reference(cell, p, tp, xp, d_out, d_final, truncate, need_dx=True):
     """The readable BPTT loop: the cell's ``step_back`` returns new arrays every step."""
     X, states, mask = tp.X, tp.states, tp.mask
     T, B, _ = X.shape
@@ -326,10 +329,10 @@ def _backward_reference(cell, p, tp, xp, d_out, d_final, truncate):
         # a padded step passes the gradient on untouched
         dstate = list(dprev) if m is None else [dp + d * ~m for dp, d in zip(dprev, dstate)]
     prev_states = tuple(s[:-1] for s in states)
-    return _finish(cell, p, tp, xp, dXW, saved, prev_states, tuple(dstate))
+    return _finish(cell, p, tp, xp, dXW, saved, prev_states, tuple(dstate), need_dx)
 
 
-def _backward_decoupled(cell, p, tp, xp, d_out, d_final):
+def _backward_decoupled(cell, p, tp, xp, d_out, d_final, need_dx=True):
     """Backward of a teacher-forced run: all steps at once, no gradient into given states."""
     X, states, mask = tp.X, tp.states, tp.mask
     T, B, _ = X.shape
@@ -351,16 +354,16 @@ def _backward_decoupled(cell, p, tp, xp, d_out, d_final):
     dXW = dxw.reshape(T, B, -1)
     saved = {k: v.reshape((T, B) + v.shape[1:]) for k, v in sv.items()}
     d0 = tuple(g.reshape((T, B) + g.shape[1:])[0] for g in dprev)
-    return _finish(cell, p, tp, xp, dXW, saved, tp.teacher, d0)
+    return _finish(cell, p, tp, xp, dXW, saved, tp.teacher, d0, need_dx)
 
 
-def _finish(cell, p, tp, xp, dXW, saved, prev_states, d_state0):
+def _finish(cell, p, tp, xp, dXW, saved, prev_states, d_state0, need_dx=True):
     X = tp.X
     T, B, D = X.shape
     G = dXW.reshape(T * B, -1)
     grads = {"weight_ih": G.T @ X.reshape(T * B, D), "bias_ih": G.sum(0)}
     grads.update(cell.weight_grads(p, prev_states, tp.tape, dXW, saved, xp))
-    dX = (G @ p["weight_ih"]).reshape(T, B, D)
+    dX = (G @ p["weight_ih"]).reshape(T, B, D) if need_dx else None
     return grads, dX, d_state0
 
 

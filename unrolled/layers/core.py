@@ -158,14 +158,21 @@ class Sequential(Module):
                 mask = None  # folded: one vector per record from here on
         return X, state, caches
 
-    def backward(self, cache, d_out, d_state=None):
+    def backward(self, cache, d_out, d_state=None, need_input_grad=True):
+        """Backward through the layers in reverse; ``need_input_grad=False`` lets a
+        recurrent first layer skip the gradient w.r.t. the model's input (data)."""
+        from .recurrent import Recurrent
+
         grads = [None] * len(self.layers)
         last_rec = max((i for i, ly in enumerate(self.layers) if ly.recurrent), default=None)
         d, d0 = d_out, None
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i]
             ds = d_state if i == last_rec else None
-            g, d, dsi = layer.backward(cache[i][0], d, ds)
+            if i == 0 and not need_input_grad and isinstance(layer, Recurrent):
+                g, d, dsi = layer.backward(cache[i][0], d, ds, need_input_grad=False)
+            else:
+                g, d, dsi = layer.backward(cache[i][0], d, ds)
             grads[i] = g
             if layer.recurrent:
                 d0 = dsi

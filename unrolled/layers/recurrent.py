@@ -259,7 +259,9 @@ class Recurrent(Module):
             prev[1:] = given
         return (prev,)
 
-    def backward(self, cache, d_out, d_state=None):
+    def backward(self, cache, d_out, d_state=None, need_input_grad=True):
+        """BPTT through every layer and direction; ``need_input_grad=False`` skips the
+        gradient w.r.t. the inputs (when they are data), and dX is then None."""
         xp, ridx = cache["xp"], cache["ridx"]
         tapes = cache["tapes"]
         if not cache["keep_tape"]:
@@ -291,11 +293,14 @@ class Recurrent(Module):
                 if d == 1 and dd is not None:
                     dd = _gather_time(dd, ridx, xp)
                 loop = cache["loops"][name]
+                need_dx = need_input_grad or k > 0
                 g, dX, ds0 = loop.backward(self._cell, self._prepared(name, xp), tapes[name], xp,
-                                           dd, tuple(d_final[name]), self.truncate)
-                if d == 1:
-                    dX = _gather_time(dX, ridx, xp)
-                d_in = dX if d_in is None else d_in + dX
+                                           dd, tuple(d_final[name]), self.truncate,
+                                           need_dx=need_dx)
+                if need_dx:
+                    if d == 1:
+                        dX = _gather_time(dX, ridx, xp)
+                    d_in = dX if d_in is None else d_in + dX
                 if not self.bias:
                     g = {key: v for key, v in g.items() if not key.startswith("bias")}
                 if self.initial_state == "learned":
@@ -306,7 +311,7 @@ class Recurrent(Module):
                 d_s0[name] = ds0
             d_seq = d_in
         grads = {n: grads[n] for n in self.names}
-        dX = xp.ascontiguousarray(d_seq.transpose(1, 0, 2))
+        dX = None if d_seq is None else xp.ascontiguousarray(d_seq.transpose(1, 0, 2))
         d_initial = {key: xp.stack([d_s0[n][j] for n in self.names])
                      for j, key in enumerate(self._state_keys())}
         return grads, dX, d_initial
