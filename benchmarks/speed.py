@@ -83,7 +83,7 @@ class UnrolledSide:
 
         def train():
             out, _, cache = m.forward(X, training=True)
-            g, _, _ = m.backward(cache, out - Y)
+            g, _, _ = m.backward(cache, out - Y, need_input_grad=False)  # as PyTorch: X is data
             for name, p in m._params.items():
                 for k, v in p.items():
                     v -= lr * g[name][k]
