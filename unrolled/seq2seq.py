@@ -33,6 +33,7 @@ import numpy as np
 
 from .layers import GRU, LSTM, Dense, Elman, Embedding
 from .layers.base import Module, assign_like, make_rng
+from .losses import log_softmax
 
 _CELLS = {"lstm": LSTM, "gru": GRU, "elman": Elman}
 _ATTN = (None, "dot", "general", "additive")
@@ -347,9 +348,7 @@ class Seq2Seq(Module):
         Y, _, _ = self.tgt_embed.forward(y_prev[:, None], keep_tape=False)
         h, state, _ = self.decoder.forward(Y, None, initial_state=state, keep_tape=False)
         logits, _ = self._head(h, enc_out, src_mask)
-        z = logits[:, 0].astype(np.float64)
-        z -= z.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True)), state
+        return log_softmax(logits[:, 0].astype(np.float64)), state
 
     def greedy(self, src, src_mask=None, max_len=50):
         """The most likely symbol at every step until ``<eos>``: a list of B id lists."""
@@ -428,9 +427,7 @@ class Seq2Seq(Module):
         """log p(y_1..y_n <eos> | src) per record (B,), by teacher forcing."""
         tgt_in, tgt_out, mask = shift_targets(tgt, tgt_mask, self.bos, self.eos)
         logits, _ = self.forward(src, src_mask, tgt_in, mask, training=False)
-        z = logits.astype(np.float64)
-        z -= z.max(-1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        logp = log_softmax(logits.astype(np.float64))
         lp = np.take_along_axis(logp, tgt_out[..., None], -1)[..., 0]
         return (lp * mask).sum(1)
 

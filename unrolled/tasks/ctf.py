@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..losses import log_softmax
 from .base import Batch, SequenceClassification, recurrent_class, stratified_split
 
 _KINDS = ("dense", "sparse")
@@ -236,8 +237,7 @@ class CTFTask(SequenceClassification):
         for idx in bucket_batches(lengths, batch_size, shuffle=False):
             b = self.get_batch(split, idx)
             logits = np.asarray(model(b.X, mask=b.mask), dtype=np.float64)   # (B, T, C)
-            z = logits - logits.max(-1, keepdims=True)
-            logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+            logp = log_softmax(logits)
             m = b.mask if b.mask is not None else np.ones(b.Y.shape, bool)
             ys.append(b.Y[m])
             ps.append(logits.argmax(-1)[m])

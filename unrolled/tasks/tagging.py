@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..losses import log_softmax
 from .base import Batch, Task
 
 PAD = "<pad>"
@@ -287,8 +288,7 @@ class TaggingTask(Task):
             b = self.get_batch(split, np.arange(i, min(i + batch_size, n)))
             logits = np.asarray(model(b.X, mask=b.mask), dtype=np.float64)
             logits[..., 0] = -np.inf                      # never predict <pad>
-            z = logits - logits.max(-1, keepdims=True)
-            logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+            logp = log_softmax(logits)
             lp = np.take_along_axis(logp, b.Y[..., None], -1)[..., 0]
             total -= float(lp[b.mask].sum())
             pred = logits.argmax(-1)

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..data import Vocab, read_text, stream_batches
 from ..layers import LSTM, Dense, Embedding, Sequential
+from ..losses import log_softmax
 from .base import Batch, Task
 
 __all__ = ["TextTask", "build_char_model", "chunk_xy", "encode_prime", "sample", "split_text",
@@ -75,11 +76,6 @@ def split_text(n, val_fraction, test_fraction):
     return a, b
 
 
-def _log_softmax(logits):
-    z = logits - logits.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
 def stream_loss(model, ids, streams=16, chunk=256):
     """Mean next-character cross-entropy (nats) of ``model`` over the text ``ids``.
 
@@ -105,7 +101,7 @@ def stream_loss(model, ids, streams=16, chunk=256):
     total, correct, count, state = 0.0, 0, 0, None
     for X, Y in stream_batches(ids, streams, chunk):
         logits, state = model(X, initial_state=state, return_state=True)  # (B, k, V)
-        logp = _log_softmax(logits.astype(np.float64))
+        logp = log_softmax(logits.astype(np.float64))
         total -= float(np.take_along_axis(logp, Y[..., None], -1).sum())
         correct += int((logits.argmax(-1) == Y).sum())
         count += Y.size
@@ -388,7 +384,7 @@ class TextTask(Task):
         for text in inputs:
             ids = encode_prime(self.vocab, text)
             logits = model(ids[None, :])[0, -1].astype(np.float64)
-            p = np.exp(_log_softmax(logits))
+            p = np.exp(log_softmax(logits))
             order = np.argsort(-p, kind="stable")[:top]
             best = ", ".join(f"{self.vocab.symbols[i]!r} {p[i]:.3f}" for i in order)
             lines.append(f"{text!r} -> next: {best}")
