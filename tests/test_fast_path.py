@@ -4,6 +4,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from helpers import rel_err
 
 from unrolled import kernels, unroll
 from unrolled.generate import Generator
@@ -17,10 +18,6 @@ LAYERS = {
     "relu": lambda D, H, **kw: Elman(D, H, nonlinearity="relu", **kw),
 }
 TOL = {"float64": 1e-12, "float32": 1e-5}
-
-
-def rel_err(a, b):
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
 def run_layer(kind, dtype, backend, mask=False, truncate=None, layers=1, bidirectional=False,
