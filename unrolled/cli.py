@@ -248,16 +248,9 @@ def _run_train(args, extra):
 # ------------------------------------------------------------------------------ use
 
 def _load(model_path):
-    from . import io
-    from .tasks import get_task
+    from .tasks.base import load_trained
 
-    model, meta = io.load_model(model_path)
-    cfg = meta.get("config") or {}
-    if "task" not in cfg:
-        raise ValueError(f"{model_path}: the model was not trained by `unrolled train` (no "
-                         "task in its config); use it from Python with unrolled.io.load_model")
-    task = get_task(cfg["task"])(cfg, meta.get("task_state") or {})
-    return model, meta, task
+    return load_trained(model_path)
 
 
 def _add_evaluate(sub):

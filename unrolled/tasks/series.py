@@ -38,8 +38,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..data import read_csv_series
-from ..layers import GRU, LSTM, Dense, Elman, Sequential
-from .base import Batch, Task
+from ..layers import Dense, Sequential
+from .base import Batch, Task, recurrent_class
 
 __all__ = ["SeriesTask", "baselines", "forward_fill", "prepare_series"]
 
@@ -247,8 +247,7 @@ class SeriesTask(Task):
                 raise ValueError(f"--{key} must be at least 1, got {c[key]}")
         if c["season"] < 0:
             raise ValueError(f"--season must be >= 0, got {c['season']}")
-        if c["cell"] not in ("lstm", "gru", "elman"):
-            raise ValueError(f"--cell must be lstm, gru or elman, got {c['cell']!r}")
+        recurrent_class(c["cell"])  # refuses an unknown --cell early, before any data is read
         for key in ("val_fraction", "test_fraction"):
             if not 0 <= c[key] < 1:
                 raise ValueError(f"--{key.replace('_', '-')} must be in [0, 1), got {c[key]}")
@@ -349,7 +348,7 @@ class SeriesTask(Task):
     # -- model and batches ---------------------------------------------------------------
     def build_model(self):
         c = self.config
-        cls = {"lstm": LSTM, "gru": GRU, "elman": Elman}[c["cell"]]
+        cls = recurrent_class(c["cell"])
         C = len(self.data["channels"]) if self.data else len(self.saved["channels"])
         return Sequential(
             cls(C, c["hidden"], num_layers=c["layers"], dropout=c["dropout"],
