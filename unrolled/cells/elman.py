@@ -1,7 +1,7 @@
 """Elman (vanilla) cell: a_t = x_t U^T + b_ih + h_{t-1} W^T + b_hh;  h_t = act(a_t)."""
 from dataclasses import dataclass
 
-from .lstm import flush_into
+from .lstm import flush_into, hidden_weight_grads
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,7 @@ class ElmanCell:
         return da, (da @ p["weight_hh"],), {}
 
     def weight_grads(self, p, prev_states, tape, dXW, saved, xp):
-        H = p["weight_hh"].shape[1]
-        G = dXW.reshape(-1, dXW.shape[-1])
-        return {"weight_hh": G.T @ prev_states[0].reshape(-1, H), "bias_hh": G.sum(0)}
+        return hidden_weight_grads(p, prev_states, dXW)
 
     # -- the fast path: preallocated buffers, out= arguments (see unrolled.kernels) ------
     fast = True
