@@ -5,10 +5,12 @@
 Training step (forward over T + squared error on the last output + BPTT + SGD) and
 inference, float32, one layer, D = H; median of repeated runs after a warm-up, with the
 device synchronised around each. Runs the unrolled side on each backend given
-(``--backends cupy,numpy``: fused kernels, or plain CuPy ufuncs).
+(``--backends cupy,cupy_eager,numpy``: fused kernels with the loop replayed as CUDA
+graphs, the same kernels launched step by step from Python, or plain CuPy ufuncs).
 """
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def timeit(fn, sync, reps):
-    fn()
+    for _ in range(3):  # warm-up: compilation; CUDA graphs are recorded on the second call
+        fn()
     sync()
     ts = []
     for _ in range(reps):
@@ -33,7 +36,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--backends", default="cupy,numpy")
+    ap.add_argument("--backends", default="cupy,cupy_eager,numpy")
     ap.add_argument("--cells", default="lstm,gru")
     args = ap.parse_args()
     import cupy as cp
@@ -69,9 +72,13 @@ def main():
                     for k, v in params.items():
                         v -= 1e-3 * g[k]
                 for be in args.backends.split(","):
-                    with kernels.backend(be):
+                    # "cupy": fused kernels, the loop replayed as CUDA graphs; "cupy_eager":
+                    # the same launches from Python each step; "numpy": CuPy ufuncs
+                    os.environ["UNROLLED_CUDA_GRAPHS"] = "0" if be == "cupy_eager" else "1"
+                    with kernels.backend(be.split("_")[0]):
                         row[f"unrolled_{be}_ms"] = timeit(
                             step, cp.cuda.Device().synchronize, args.reps) * 1e3
+                os.environ["UNROLLED_CUDA_GRAPHS"] = "1"
                 tcls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "elman": torch.nn.RNN}[cell]
                 tm = tcls(H, H, batch_first=True).to(dev)
                 tX, tY = torch.randn(B, T, H, device=dev), torch.zeros(B, H, device=dev)
@@ -95,6 +102,12 @@ def main():
             "cudnn": torch.backends.cudnn.version(), "cupy": cp.__version__,
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
             "tf32_cudnn": torch.backends.cudnn.allow_tf32}
+    try:
+        from unrolled.kernels import loop_cupy
+
+        meta["graph_calls"] = dict(loop_cupy.stats)
+    except ImportError:
+        pass
     print(json.dumps(meta))
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -129,6 +129,8 @@ class _Recording:
     def __init__(self, cell):
         self._inner, self.seen = cell, []
 
+    loop_kind = None  # Python must see every step: not the compiled loop
+
     def __getattr__(self, name):
         return getattr(self._inner, name)
 

@@ -36,6 +36,10 @@ def check_float_input(X, input_size, dtype, who):
 
 def check_finite(X, who, mask=None):
     """X must hold no NaN or inf, at least where ``mask`` ((B, T) bool, or None) is True."""
+    # a NaN or inf anywhere makes the sum NaN or inf: a finite sum needs no second look
+    # (and no temporary the size of X); a non-finite one may also be overflow, so look
+    if bool(np.isfinite(to_numpy(X.sum()))):
+        return
     bad = ~np.isfinite(to_numpy(X))
     if mask is not None:
         m = to_numpy(mask)

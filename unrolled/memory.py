@@ -271,8 +271,8 @@ def plan_memory(layer_or_config, B, T, memory=None, return_sequences=None, segme
     -------
     :class:`MemoryPlan`; ``str(plan)`` is a one-line summary.
 
-    The model counts what the loop allocates: the time-major copy of the input, the input
-    projection (T, B, G) of the forward, the states (T+1, B, S) and the cell caches kept for
+    The model counts what the loop allocates: the copy of the input the projection reads,
+    the input projection (T, B, G) of the forward, the states (T+1, B, S) and the cell caches kept for
     the backward, the per-step gradients of the backward (T, B, G), and the input gradient;
     a checkpointed run keeps one state per segment and holds one segment's worth of the
     rest at a time.
@@ -365,13 +365,16 @@ def _plan(layer, B, T, L, rs, full_bytes=None):
         D = layer._layer_input_size(k)
         seq_needed = rs or k < layer.num_layers - 1
         cache_row, _ = rows[k]
-        x_copy = TB * D * it * ((k == 0) + (nd == 2))  # time-major input, reversed input
+        # the reversed input of a second direction; the first reads the caller's batch
+        # through a time-major view (the projection copies it for a moment, below)
+        x_copy = TB * D * it * (nd == 2)
         keep += x_copy
         parts["inputs"] += x_copy
         for _ in range(nd):
             if L is None:
                 tape = states(T) + TB * cache_row
-                peak = max(peak, keep + max(2 * TB * G * it, tape + TB * G * it))
+                peak = max(peak, keep + max(2 * TB * G * it + TB * D * it * (k == 0),
+                                            tape + TB * G * it))
                 keep += tape
                 parts["tape"] += tape
             else:

@@ -98,6 +98,36 @@ def time_chunk(T, B):
     return max(1, min(T, k))
 
 
+def _compiled(cell, be, xp, dtype, plain=True):
+    """The whole-loop (forward, backward) for this call, or None (the per-step loop).
+
+    "numba": the loop compiled (:mod:`unrolled.kernels.loop_numba`); "cupy": the loop
+    recorded as CUDA graphs (:mod:`unrolled.kernels.loop_cupy`), for calls without masks
+    or truncation (``plain``).
+    """
+    if be not in ("numba", "cupy") or getattr(cell, "loop_kind", None) is None:
+        return None
+    import numpy as np
+
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        return None
+    if be == "cupy":
+        if not plain:
+            return None
+        from .kernels import loop_cupy
+
+        return loop_cupy.loops(dtype, cell.loop_kind)
+    from .kernels import loop_numba
+
+    if not loop_numba.available():
+        return None
+    return loop_numba.loops(dtype, cell.loop_kind)
+
+
+def _c(a, xp):
+    return xp.ascontiguousarray(a)
+
+
 def _project(X, p, a, n, out, xp):
     """out[:n] = X[a:a+n] W_ih^T + every foldable bias (the input projection of n steps)."""
     _, B, D = X.shape
@@ -133,6 +163,19 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
     n = T if keep_tape else 1  # without a tape, one step's cache is reused
     tape = {k: xp.empty((n,) + sh, dtype=dtype) for k, sh in shapes.items()}
     ws = cell.workspace(B, H, dtype, xp)
+    comp = _compiled(cell, be, xp, dtype, mask is None)
+    if comp is not None:  # the whole loop compiled: one call per block of K steps
+        pad = xp.logical_not(mask) if mask is not None else xp.zeros((0, 0), bool)
+        z = ws.get("z", ws.get("hw"))
+        if z is None:
+            z = xp.empty((B, p["weight_ih"].shape[0]), dtype=dtype)
+        args = (tuple(tape.values()), tuple(_c(a, xp) for a in cell.loop_params(p)),
+                _c(p["W_hhT"], xp), z, pad, keep_tape)
+        for t0 in range(0, T, K):
+            n_ = min(K, T - t0)
+            _project(X, p, t0, n_, XW, xp)
+            comp[0](t0, n_, XW, states, *args)
+        return Tape(X, states, tape if keep_tape else {}, mask)
     keep = xp.logical_not(mask)[:, :, None] if mask is not None else None
     for t in range(T):
         prev = tuple(s[t] for s in states)
@@ -197,6 +240,10 @@ def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be, need_dx=True):
     dX = xp.empty((T, B, D), dtype=dtype) if need_dx else None
     grads = {}
     ws = cell.workspace(B, H, dtype, xp)
+    comp = _compiled(cell, be, xp, dtype, mask is None and win is None)
+    if comp is not None:
+        return _backward_compiled(comp[1], cell, p, tp, xp, d_out, win, dstate, dnext, thr,
+                                  K, dXW, saved, dX, grads)
     flush_ws = None if kern is not None else (xp.empty((B, H), dtype=dtype),
                                                xp.empty((B, H), dtype=bool))
     for t in range(T - 1, -1, -1):
@@ -232,6 +279,29 @@ def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be, need_dx=True):
     return grads, dX, tuple(dstate)
 
 
+def _backward_compiled(bwd, cell, p, tp, xp, d_out, win, dS, dN, thr, K, dXW, saved, dX,
+                       grads):
+    """BPTT with the compiled loop: one call per block of K steps, newest block first."""
+    states, mask = tuple(tp.states), tp.mask
+    T, B, _ = tp.X.shape
+    dtype = tp.X.dtype
+    none2, none3 = xp.zeros((0, 0), dtype), xp.zeros((0, 0, 0), dtype)
+    d_out = none3 if d_out is None else _c(d_out, xp)
+    win = none2 if win is None else _c(win[:, :, 0], xp)
+    m = none2 if mask is None else mask.astype(dtype)
+    dS, dN = tuple(dS), tuple(dN)
+    dcell = tuple(xp.empty_like(d) for d in dS) if mask is not None else dN
+    args = (tuple(tp.tape.values()), tuple(_c(a, xp) for a in cell.loop_params(p)),
+            _c(p["weight_hh"], xp), dXW, tuple(saved.values()))
+    for t0 in range((T - 1) // K * K, -1, -K):
+        n = min(K, T - t0)
+        bwd(t0, n, states, *args, dS, dN, dcell, d_out, win, m, thr, ())
+        if n % 2:  # the two buffers swapped roles an odd number of times
+            dS, dN = dN, dS
+        _block_grads(cell, p, tp, xp, t0, n, dXW, saved, dX, grads)
+    return grads, dX, dS
+
+
 def _block_grads(cell, p, tp, xp, a, n, dXW, saved, dX, grads):
     """Add steps [a, a+n)'s weight gradients to ``grads``; write their dX."""
     X, states = tp.X, tp.states
@@ -239,15 +309,21 @@ def _block_grads(cell, p, tp, xp, a, n, dXW, saved, dX, grads):
     G = dXW[:n].reshape(n * B, -1)
     if dX is not None:
         xp.matmul(G, p["weight_ih"], out=dX[a:a + n].reshape(n * B, D))
-    g = {"weight_ih": G.T @ X[a:a + n].reshape(n * B, D), "bias_ih": G.sum(0)}
-    g.update(cell.weight_grads(p, tuple(s[a:a + n] for s in states),
-                               {k: v[a:a + n] for k, v in tp.tape.items()}, dXW[:n],
-                               {k: v[:n] for k, v in saved.items()}, xp))
-    for k, v in g.items():
-        if k in grads:
-            grads[k] += v
-        else:
-            grads[k] = v
+    # each product is added to its sum before the next is made: one temporary at a time
+    _accumulate(grads, "weight_ih", G.T @ X[a:a + n].reshape(n * B, D))
+    _accumulate(grads, "bias_ih", G.sum(0))
+    g = cell.weight_grads(p, tuple(s[a:a + n] for s in states),
+                          {k: v[a:a + n] for k, v in tp.tape.items()}, dXW[:n],
+                          {k: v[:n] for k, v in saved.items()}, xp)
+    for k in list(g):
+        _accumulate(grads, k, g.pop(k))
+
+
+def _accumulate(grads, k, v):
+    if k in grads:
+        grads[k] += v
+    else:
+        grads[k] = v
 
 
 def _flush(a, thr, ws, xp):

@@ -43,6 +43,14 @@ class ElmanCell:
     # -- the fast path: preallocated buffers, out= arguments (see unrolled.kernels) ------
     fast = True
 
+    @property
+    def loop_kind(self):
+        """The compiled loop's step (unrolled.kernels.loop_numba): "tanh" or "relu"."""
+        return self.nonlinearity
+
+    def loop_params(self, p):
+        return ()
+
     def tape_shapes(self, B, H):
         return {}
 

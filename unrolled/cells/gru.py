@@ -93,6 +93,11 @@ class GRUCell:
         return {"weight_hh": dW, "bias_hh": G.sum(0)}
 
     # -- the fast path (reset_after=True): preallocated buffers, out= arguments -----------
+    loop_kind = "gru"  # the compiled loop's step (unrolled.kernels.loop_numba)
+
+    def loop_params(self, p):
+        return (p["bias_hn"],)
+
     def tape_shapes(self, B, H):
         return {"acts": (B, 3 * H), "hn": (B, H)}
 

@@ -67,6 +67,11 @@ class LSTMCell:
     # -- the fast path: preallocated buffers, out= arguments (see unrolled.kernels) ------
     fast = True
 
+    loop_kind = "lstm"  # the compiled loop's step (unrolled.kernels.loop_numba)
+
+    def loop_params(self, p):
+        return ()
+
     def tape_shapes(self, B, H):
         return {"acts": (B, 4 * H), "tanh_c": (B, H)}
 

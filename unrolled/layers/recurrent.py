@@ -190,14 +190,15 @@ class Recurrent(Module):
         B, T, _ = X.shape
         mask = check_mask(mask, B, T, who)
         check_finite(X, who, mask)
-        Xt = xp.ascontiguousarray(X.transpose(1, 0, 2))           # (T, B, D) time-major
+        # (T, B, D) time-major: a view, not a copy (the loop reads it block by block)
+        Xt = X.transpose(1, 0, 2)
         mT = None if mask is None else xp.ascontiguousarray(mask.T)  # (T, B)
         s0 = self._initial_states(initial_state, B, xp)
         ridx = reverse_index(mT, T, B, xp) if self.bidirectional else None
         prev = self._teacher_states(teacher, s0, mT, T, B, xp) if teacher is not None else None
         tapes, drops, finals = {}, [], {}
         inp = Xt
-        loops = {}
+        loops, prepared = {}, {}
         for k in range(self.num_layers):
             outs = []
             # the full loop, or a checkpointed policy of it (see unrolled.memory)
@@ -206,7 +207,8 @@ class Recurrent(Module):
             for d, suffix in enumerate(("", "_reverse")[: 1 + self.bidirectional]):
                 name = f"l{k}{suffix}"
                 x_in = inp if d == 0 else _gather_time(inp, ridx, xp)
-                tp = loop.forward(self._cell, self._prepared(name, xp), x_in, s0[name], xp,
+                prepared[name] = self._prepared(name, xp)
+                tp = loop.forward(self._cell, prepared[name], x_in, s0[name], xp,
                                   mT, keep_tape, prev)
                 tapes[name], loops[name] = tp, loop
                 finals[name] = loop.final_state(tp, xp)
@@ -237,7 +239,9 @@ class Recurrent(Module):
             out = xp.concatenate([finals[n][0] for n in last], axis=-1)
         cache = {"tapes": tapes, "drops": drops, "ridx": ridx, "mask": mT, "B": B, "T": T,
                  "given_state": initial_state is not None, "xp": xp,
-                 "keep_tape": keep_tape, "loops": loops}
+                 "keep_tape": keep_tape, "loops": loops,
+                 # the weights as the forward used them (the backward differentiates those)
+                 "prepared": prepared if keep_tape else {}}
         return out, state, cache
 
     def _teacher_states(self, teacher, s0, mT, T, B, xp):
@@ -294,7 +298,8 @@ class Recurrent(Module):
                     dd = _gather_time(dd, ridx, xp)
                 loop = cache["loops"][name]
                 need_dx = need_input_grad or k > 0
-                g, dX, ds0 = loop.backward(self._cell, self._prepared(name, xp), tapes[name], xp,
+                p = cache.get("prepared", {}).get(name) or self._prepared(name, xp)
+                g, dX, ds0 = loop.backward(self._cell, p, tapes[name], xp,
                                            dd, tuple(d_final[name]), self.truncate,
                                            need_dx=need_dx)
                 if need_dx:

@@ -1,0 +1,202 @@
+"""The time loop as a CUDA graph: the "cupy" backend without Python between steps.
+
+On a GPU a step's arithmetic takes microseconds and launching it from Python takes as
+long or longer, so the per-step loop leaves the GPU idle most of the time. Here the
+loop over the steps of a block (per step: cuBLAS's recurrent product and the fused gate
+kernel of :mod:`.cells_cupy`) is recorded once as a CUDA graph and replayed with one
+launch. A graph replays the very arrays it was recorded with, so graphs are kept per
+set of array addresses (CuPy's memory pool hands a training loop the same blocks step
+after step): the first time a set is seen the loop runs eagerly, the second time it is
+recorded, and from then on it is replayed. cuBLAS is called directly on a handle of our
+own, since CuPy does not record its own cuBLAS calls into a graph.
+
+Same call shape as :mod:`.loop_numba` (see there); masks and truncation windows are not
+covered: :func:`unrolled.unroll.forward` runs those steps on the per-step loop.
+``UNROLLED_CUDA_GRAPHS=0`` turns graphs off (every call eager, same launches).
+"""
+import os
+from collections import OrderedDict
+
+import cupy as cp
+import numpy as np
+from cupy_backends.cuda.libs import cublas
+
+from . import cells_cupy
+
+MAX_GRAPHS = 32
+stats = {"eager": 0, "captured": 0, "replayed": 0}
+
+
+_broken = []
+
+
+def enabled():
+    if _broken:
+        return False
+    return os.environ.get("UNROLLED_CUDA_GRAPHS", "1").strip() not in ("0", "false", "no")
+
+
+def _disable(why):
+    """Recording failed: run every later call eagerly, and say why once."""
+    import warnings
+
+    _broken.append(why)
+    stats["error"] = why
+    warnings.warn(f"unrolled: CUDA graphs turned off, recording failed ({why}); the loop "
+                  "runs step by step", RuntimeWarning, stacklevel=3)
+
+
+class _Device:
+    """A cuBLAS handle, a stream and the graphs of one device."""
+
+    def __init__(self):
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.handle = cublas.create()
+        cublas.setStream(self.handle, self.stream.ptr)
+        self.graphs = OrderedDict()   # key -> CUDA graph (or None: seen once)
+        self.scalars = {dt: (np.ones((), dt), np.zeros((), dt))
+                        for dt in (np.float32, np.float64)}
+
+    def gemm(self, A, Bm, Cm, beta):
+        """Cm = A @ Bm + beta * Cm (row-major, C-contiguous 2-D) on our stream."""
+        M, K = A.shape
+        N = Bm.shape[1]
+        one, zero = self.scalars[A.dtype.type]
+        b = one if beta else zero
+        fn = cublas.sgemm if A.dtype == np.float32 else cublas.dgemm
+        # row-major C = A B is column-major C^T = B^T A^T
+        fn(self.handle, 0, 0, N, M, K, one.ctypes.data, Bm.data.ptr, N, A.data.ptr, K,
+           b.ctypes.data, Cm.data.ptr, N)
+
+
+_DEVICES = {}
+
+
+def _device():
+    d = cp.cuda.Device().id
+    if d not in _DEVICES:
+        _DEVICES[d] = _Device()
+    return _DEVICES[d]
+
+
+def _key(tag, arrays, scalars):
+    parts = [tag, *scalars]
+    for a in arrays:
+        if isinstance(a, tuple):
+            parts.append(_key("", a, ()))
+        else:
+            parts.append((a.data.ptr, a.shape, a.strides, a.dtype.char))
+    return tuple(parts)
+
+
+def _run(dev, key, body):
+    """Run ``body()`` on the device's stream: eagerly, recorded as a graph, or replayed."""
+    cur = cp.cuda.get_current_stream()
+    ready = cp.cuda.Event(disable_timing=True)
+    ready.record(cur)
+    dev.stream.wait_event(ready)
+    with dev.stream:
+        g = dev.graphs.get(key, False)
+        if not enabled() or g is False:  # first sighting (or graphs off): eager
+            if enabled():
+                dev.graphs[key] = None
+                while len(dev.graphs) > MAX_GRAPHS:
+                    dev.graphs.popitem(last=False)
+            body()
+            stats["eager"] += 1
+        else:
+            if g is None:  # second sighting: record once, then replay
+                try:
+                    dev.stream.begin_capture()
+                    try:
+                        body()
+                    finally:
+                        g = dev.stream.end_capture()
+                except Exception as e:  # a driver or library that will not record
+                    _disable(f"{type(e).__name__}: {e}")
+                    body()
+                    stats["eager"] += 1
+                    g = None
+                else:
+                    dev.graphs[key] = g
+                    stats["captured"] += 1
+            else:
+                stats["replayed"] += 1
+            if g is not None:
+                dev.graphs.move_to_end(key)
+                g.launch(dev.stream)
+    done = cp.cuda.Event(disable_timing=True)
+    done.record(dev.stream)
+    cur.wait_event(done)
+
+
+_add = cp.ElementwiseKernel("T x", "T y", "y += x", "unrolled_add_into")
+
+
+def _steps(kind, lib, gemm):
+    """The forward step and step back of a cell kind, in loop_numba's shapes."""
+    if kind == "lstm":
+        def step(t, j, z, xw, S, C, P, W):
+            gemm(S[0][t], W, z, 0)
+            lib.lstm_fwd(z, xw, S[1][t], C[0][j], C[1][j], S[0][t + 1], S[1][t + 1])
+
+        def back(t, i, dS, dXW, dN, SV, S, C, P, W, thr):
+            lib.lstm_bwd(dS[0], dS[1], C[0][t], C[1][t], S[1][t], dXW[i], dN[1], thr)
+            gemm(dXW[i], W, dN[0], 0)
+    elif kind == "gru":
+        def step(t, j, z, xw, S, C, P, W):
+            gemm(S[0][t], W, z, 0)
+            lib.gru_fwd(z, xw, P[0], S[0][t], C[0][j], C[1][j], S[0][t + 1])
+
+        def back(t, i, dS, dXW, dN, SV, S, C, P, W, thr):
+            lib.gru_bwd(dS[0], S[0][t], C[0][t], C[1][t], dXW[i], SV[0][i], dN[0], thr)
+            gemm(SV[0][i], W, dN[0], 1)
+    else:
+        use_tanh = kind == "tanh"
+
+        def step(t, j, z, xw, S, C, P, W):
+            gemm(S[0][t], W, S[0][t + 1], 0)
+            lib.elman_fwd(S[0][t + 1], xw, use_tanh)
+
+        def back(t, i, dS, dXW, dN, SV, S, C, P, W, thr):
+            lib.elman_bwd(dS[0], S[0][t + 1], dXW[i], use_tanh, thr)
+            gemm(dXW[i], W, dN[0], 0)
+    return step, back
+
+
+def loops(dtype, kind):
+    """(forward, backward) for CuPy arrays, with loop_numba's signatures."""
+    lib = cells_cupy.library(dtype)
+
+    def forward(t0, n, XW, S, C, P, W, z, keep, keep_tape):
+        if keep.shape[0] > 0:
+            raise ValueError("the CUDA-graph loop does not take masks")
+        dev = _device()
+        step, _ = _steps(kind, lib, dev.gemm)
+
+        def body():
+            for i in range(n):
+                t = t0 + i
+                step(t, t if keep_tape else 0, z, XW[i], S, C, P, W)
+        _run(dev, _key(("f", kind), (XW, S, C, P, W, z), (t0, n, bool(keep_tape))), body)
+
+    def backward(t0, n, S, C, P, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, ws):
+        if mask.shape[0] > 0 or win.shape[0] > 0:
+            raise ValueError("the CUDA-graph loop does not take masks or truncation")
+        dev = _device()
+        _, back = _steps(kind, lib, dev.gemm)
+        has_out = d_out.shape[0] > 0
+
+        def body():
+            a, b = dS, dN
+            for i in range(n - 1, -1, -1):
+                t = t0 + i
+                if has_out:
+                    _add(d_out[t], a[0])
+                back(t, i, a, dXW, b, SV, S, C, P, W, thr)
+                a, b = b, a
+        arrays = (S, C, P, W, dXW, SV, dS, dN) + ((d_out,) if has_out else ())
+        _run(dev, _key(("b", kind), arrays, (t0, n, float(thr))), body)
+        return dS if n % 2 == 0 else dN
+
+    return forward, backward

@@ -1,0 +1,208 @@
+"""The time loop compiled whole: the "numba" backend without Python between steps.
+
+:mod:`unrolled.unroll` runs the loop over the steps of one block in Python and calls, per
+step, NumPy's matrix product and one fused gate kernel. At small sizes (H <= 128) the
+Python and the call overheads between them cost more than the arithmetic. Here the same
+loop — the same buffers, the same fused kernels of :mod:`.cells_numba`, the same order
+of operations — is one compiled function that calls the BLAS NumPy itself uses
+(OpenBLAS, found with threadpoolctl) for the recurrent product of each step. The loop is
+written once; each cell hands it a step (forward) and a step back (backward) of a common
+shape, and numba specialises the loop for it.
+
+Used by :func:`unrolled.unroll.forward` and BPTT when the backend is "numba", the arrays
+are NumPy float32 or float64, and NumPy's BLAS exports CBLAS (:func:`available`); else
+the per-step loop runs. ``UNROLLED_COMPILED_LOOP=0`` turns it off (for comparisons).
+
+Conventions of the compiled loop (arrays C-contiguous, time-major):
+``S``  tuple of state tapes (T+1, B, S); ``C`` tuple of cache tapes (T or 1, B, .);
+``P``  tuple of 1-D parameter arrays a step needs besides the weights (GRU's ``b_hn``);
+``W``  the recurrent weight: (H, G) transposed for the forward, (G, H) for the backward.
+"""
+import ctypes
+import os
+
+import numpy as np
+
+_EXT = {}       # dtype char -> numba ExternalFunction of cblas_?gemm, or None
+_LOOPS = {}     # (dtype, cell kind) -> (forward, backward)
+
+
+def _find_gemm():
+    """Register the BLAS's CBLAS gemm symbols with LLVM; {'f': ext, 'd': ext} or {}."""
+    try:
+        from llvmlite import binding as llb
+        from numba import types
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return {}
+    import numpy  # noqa: F401  (loads NumPy's BLAS so threadpoolctl can see it)
+
+    for info in threadpool_info():
+        if info.get("user_api") != "blas" or info.get("internal_api") != "openblas":
+            continue
+        try:
+            lib = ctypes.CDLL(info["filepath"])
+        except OSError:
+            continue
+        found = {}
+        for ch, name, ty in (("f", "sgemm", types.float32), ("d", "dgemm", types.float64)):
+            for sym, ilp64 in ((f"scipy_cblas_{name}64_", True), (f"cblas_{name}64_", True),
+                               (f"cblas_{name}", "64" in os.path.basename(info["filepath"]))):
+                fn = getattr(lib, sym, None)
+                if fn is None:
+                    continue
+                alias = f"unrolled_cblas_{name}"
+                llb.add_symbol(alias, ctypes.cast(fn, ctypes.c_void_p).value)
+                i = types.int64 if ilp64 else types.int32
+                e, vp = types.int32, types.voidptr
+                sig = types.void(e, e, e, i, i, i, ty, vp, i, vp, i, ty, vp, i)
+                found[ch] = types.ExternalFunction(alias, sig)
+                break
+        if len(found) == 2:
+            return found
+    return {}
+
+
+def available():
+    """True where the compiled loop can run (numba, and a BLAS that exports CBLAS)."""
+    if os.environ.get("UNROLLED_COMPILED_LOOP", "1").strip() in ("0", "false", "no"):
+        return False
+    if "ok" not in _EXT:
+        try:
+            _EXT.update(_find_gemm())
+        except Exception:  # a BLAS we cannot bind: the per-step loop serves
+            pass
+        _EXT["ok"] = "f" in _EXT and "d" in _EXT
+    return _EXT["ok"]
+
+
+def _build(dtype):
+    from . import cells_numba
+
+    dt = np.dtype(dtype)
+    kern = cells_numba.library(dt).__dict__
+    jit = cells_numba._jit32 if dt == np.float32 else cells_numba._jit
+    cblas = _EXT[dt.char]
+    one, zero = dt.type(1), dt.type(0)
+    lstm_fwd, lstm_bwd = kern["lstm_fwd"], kern["lstm_bwd"]
+    gru_fwd, gru_bwd = kern["gru_fwd"], kern["gru_bwd"]
+    elman_fwd, elman_bwd = kern["elman_fwd"], kern["elman_bwd"]
+
+    @jit
+    def gemm(A, Bm, Cm, beta):
+        """Cm = A @ Bm + beta * Cm, row-major, all C-contiguous 2-D."""
+        M, K = A.shape
+        N = Bm.shape[1]
+        cblas(101, 111, 111, M, N, K, one, A.ctypes.data, K, Bm.ctypes.data, N, beta,
+              Cm.ctypes.data, N)
+
+    # -- the steps of each cell, in one shape: (t, j, z, xw, S, C, P, W) forward and
+    #    (t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws) backward
+    @jit
+    def lstm_step(t, j, z, xw, S, C, P, W):
+        gemm(S[0][t], W, z, zero)
+        lstm_fwd(z, xw, S[1][t], C[0][j], C[1][j], S[0][t + 1], S[1][t + 1])
+
+    @jit
+    def lstm_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws):
+        lstm_bwd(dS[0], dS[1], C[0][t], C[1][t], S[1][t], dXW[i], dN[1], thr)
+        gemm(dXW[i], W, dN[0], zero)
+
+    @jit
+    def gru_step(t, j, z, xw, S, C, P, W):
+        gemm(S[0][t], W, z, zero)
+        gru_fwd(z, xw, P[0], S[0][t], C[0][j], C[1][j], S[0][t + 1])
+
+    @jit
+    def gru_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws):
+        dhz = dN[0]  # dh ⊙ z goes straight into the gradient, the product is added to it
+        gru_bwd(dS[0], S[0][t], C[0][t], C[1][t], dXW[i], SV[0][i], dhz, thr)
+        gemm(SV[0][i], W, dN[0], one)
+
+    @jit
+    def tanh_step(t, j, z, xw, S, C, P, W):
+        gemm(S[0][t], W, S[0][t + 1], zero)
+        elman_fwd(S[0][t + 1], xw, True)
+
+    @jit
+    def tanh_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws):
+        elman_bwd(dS[0], S[0][t + 1], dXW[i], True, thr)
+        gemm(dXW[i], W, dN[0], zero)
+
+    @jit
+    def relu_step(t, j, z, xw, S, C, P, W):
+        gemm(S[0][t], W, S[0][t + 1], zero)
+        elman_fwd(S[0][t + 1], xw, False)
+
+    @jit
+    def relu_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws):
+        elman_bwd(dS[0], S[0][t + 1], dXW[i], False, thr)
+        gemm(dXW[i], W, dN[0], zero)
+
+    def make(step, step_back):
+        @jit
+        def forward(t0, n, XW, S, C, P, W, z, keep, keep_tape):
+            """Steps [t0, t0+n); XW[i] is step t0+i's input projection; ``keep`` (T, B)
+            marks padded steps (empty: none), which carry the state through."""
+            for i in range(n):
+                t = t0 + i
+                j = t if keep_tape else 0
+                step(t, j, z, XW[i], S, C, P, W)
+                if keep.shape[0] > 0:
+                    for b in range(keep.shape[1]):
+                        if keep[t, b]:
+                            for s in S:
+                                s[t + 1, b, :] = s[t, b, :]
+
+        @jit
+        def backward(t0, n, S, C, P, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, ws):
+            """BPTT over steps [t0+n-1 .. t0]; ``dS`` holds the gradient w.r.t. the state
+            after the block and ``dN`` is a second buffer; returns the gradient w.r.t. the
+            state before it (one of the two). ``d_out`` (T, B, S0), ``win`` (T, B) and
+            ``mask`` (T, B) are empty where they do not apply."""
+            B = dS[0].shape[0]
+            for i in range(n - 1, -1, -1):
+                t = t0 + i
+                if d_out.shape[0] > 0:
+                    g, o = dS[0], d_out[t]
+                    for b in range(B):
+                        for k in range(g.shape[1]):
+                            g[b, k] += o[b, k]
+                if win.shape[0] > 0:
+                    for d in dS:
+                        for b in range(B):
+                            w = win[t, b]
+                            for k in range(d.shape[1]):
+                                d[b, k] *= w
+                if mask.shape[0] > 0:
+                    for q in range(len(dS)):
+                        d, a = dS[q], dcell[q]
+                        for b in range(B):
+                            m = mask[t, b]
+                            for k in range(d.shape[1]):
+                                a[b, k] = d[b, k] * m
+                    step_back(t, i, dcell, dXW, dN, SV, S, C, P, W, thr, ws)
+                    for q in range(len(dS)):  # a padded step passes the gradient on
+                        d, a = dS[q], dN[q]
+                        for b in range(B):
+                            m = one - mask[t, b]
+                            for k in range(d.shape[1]):
+                                a[b, k] += d[b, k] * m
+                else:
+                    step_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws)
+                dS, dN = dN, dS
+            return dS
+
+        return forward, backward
+
+    return {"lstm": make(lstm_step, lstm_back), "gru": make(gru_step, gru_back),
+            "tanh": make(tanh_step, tanh_back), "relu": make(relu_step, relu_back)}
+
+
+def loops(dtype, kind):
+    """(forward, backward) compiled for ``dtype`` and the cell kind ("lstm", "gru",
+    "tanh" or "relu" for Elman)."""
+    dt = np.dtype(dtype)
+    if dt not in _LOOPS:
+        _LOOPS[dt] = _build(dt)
+    return _LOOPS[dt][kind]
