@@ -336,19 +336,23 @@ def test_cuda_graph_loop_agrees_with_numpy_over_training_steps(kind, dtype, rs):
     g_m._params = {n: {k: cp.asarray(v) for k, v in p.items()} for n, p in m._params.items()}
     X = rng.standard_normal((B, T, D)).astype(dtype)
     gX = cp.asarray(X)
+    # float32 after several steps: cuBLAS and OpenBLAS sum the weight gradients in other
+    # orders, and the weights have grown (float64 holds these results to 1e-12)
+    tol = {"float64": 1e-12, "float32": 1e-4}[dtype]
     before = dict(loop_cupy.stats)
-    for it in range(5):
+    for it in range(6):
         with kernels.backend("numpy"):
             out, _, cache = m.forward(X, training=True)
             g, dX, _ = m.backward(cache, np.ones_like(out))
         with kernels.backend("cupy"):
             gout, _, gcache = g_m.forward(gX, training=True)
             gg, gdX, _ = g_m.backward(gcache, cp.ones_like(gout))
-        assert rel_err(cp.asnumpy(gout), out) < TOL[dtype], it
-        assert rel_err(cp.asnumpy(gdX), dX) < TOL[dtype], it
+        assert rel_err(cp.asnumpy(gout), out) < tol, it
+        assert rel_err(cp.asnumpy(gdX), dX) < tol, it
         for k in g["l0"]:
-            assert rel_err(cp.asnumpy(gg["l0"][k]), g["l0"][k]) < TOL[dtype], (it, k)
-        for k in m._params["l0"]:  # the same SGD step on both sides, in place
+            assert rel_err(cp.asnumpy(gg["l0"][k]), g["l0"][k]) < tol, (it, k)
+        for k in m._params["l0"]:  # an SGD step, copied in place into the GPU's weights
             m._params["l0"][k] -= 0.1 * g["l0"][k]
-            g_m._params["l0"][k] -= 0.1 * gg["l0"][k]
+            g_m._params["l0"][k][...] = cp.asarray(m._params["l0"][k])
+        del gout, gcache, gg, gdX  # as a training loop does: the next step reuses the memory
     assert loop_cupy.stats["replayed"] > before["replayed"]  # the graphs did run

@@ -226,7 +226,9 @@ def _bytes_per_row(cell, layer, name):
 
     Found by running the cell once on a single zero row, so it holds for every cell.
     """
-    p = layer._prepared(name, np)
+    from .backend import to_numpy
+
+    p = {k: to_numpy(v) for k, v in layer._prepared(name, np).items()}  # also CuPy weights
     dt = np.dtype(layer.dtype)
     G = p["weight_ih"].shape[0]
     state = tuple(np.zeros((1, s), dt) for s in layer.state_sizes)

@@ -7,8 +7,8 @@ kernel of :mod:`.cells_cupy`) is recorded once as a CUDA graph and replayed with
 launch. A graph replays the very arrays it was recorded with, so graphs are kept per
 set of array addresses (CuPy's memory pool hands a training loop the same blocks step
 after step): the first time a set is seen the loop runs eagerly, the second time it is
-recorded, and from then on it is replayed. cuBLAS is called directly on a handle of our
-own, since CuPy does not record its own cuBLAS calls into a graph.
+recorded, and from then on it is replayed. cuBLAS is called directly (ctypes) on a handle
+of our own, since CuPy's wrappers refuse to run while a stream is being recorded.
 
 Same call shape as :mod:`.loop_numba` (see there); masks and truncation windows are not
 covered: :func:`unrolled.unroll.forward` runs those steps on the per-step loop.
@@ -46,16 +46,55 @@ def _disable(why):
                   "runs step by step", RuntimeWarning, stacklevel=3)
 
 
+def _libcublas():
+    """The cuBLAS library CuPy loaded, opened with ctypes (CuPy's own wrappers refuse to
+    run while a stream is being recorded)."""
+    import ctypes
+    import ctypes.util
+
+    paths = []
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "libcublas.so" in ln
+                            and "libcublasLt" not in ln})
+    except OSError:
+        pass
+    for path in paths + [ctypes.util.find_library("cublas")]:
+        if path:
+            try:
+                return ctypes.CDLL(path)
+            except OSError:
+                continue
+    raise OSError("libcublas not found")
+
+
 class _Device:
     """A cuBLAS handle, a stream and the graphs of one device."""
 
     def __init__(self):
+        import ctypes
+
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.handle = cublas.create()
         cublas.setStream(self.handle, self.stream.ptr)
         self.graphs = OrderedDict()   # key -> CUDA graph (or None: seen once)
         self.scalars = {dt: (np.ones((), dt), np.zeros((), dt))
                         for dt in (np.float32, np.float64)}
+        lib = _libcublas()
+        vp, i = ctypes.c_void_p, ctypes.c_int
+        self.fns = {}
+        for dt, name in ((np.float32, "cublasSgemm_v2"), (np.float64, "cublasDgemm_v2")):
+            fn = getattr(lib, name)
+            fn.restype = i
+            fn.argtypes = [vp, i, i, i, i, i, vp, vp, i, vp, i, vp, vp, i]
+            self.fns[dt] = fn
+        # a workspace of its own, so that cuBLAS allocates nothing while being recorded
+        ws = getattr(lib, "cublasSetWorkspace_v2", None)
+        if ws is not None:
+            self.workspace = cp.empty(32 << 20, dtype=np.uint8)
+            ws.restype = i
+            ws.argtypes = [vp, vp, ctypes.c_size_t]
+            ws(self.handle, self.workspace.data.ptr, self.workspace.nbytes)
 
     def gemm(self, A, Bm, Cm, beta):
         """Cm = A @ Bm + beta * Cm (row-major, C-contiguous 2-D) on our stream."""
@@ -63,10 +102,11 @@ class _Device:
         N = Bm.shape[1]
         one, zero = self.scalars[A.dtype.type]
         b = one if beta else zero
-        fn = cublas.sgemm if A.dtype == np.float32 else cublas.dgemm
         # row-major C = A B is column-major C^T = B^T A^T
-        fn(self.handle, 0, 0, N, M, K, one.ctypes.data, Bm.data.ptr, N, A.data.ptr, K,
-           b.ctypes.data, Cm.data.ptr, N)
+        st = self.fns[A.dtype.type](self.handle, 0, 0, N, M, K, one.ctypes.data, Bm.data.ptr,
+                                    N, A.data.ptr, K, b.ctypes.data, Cm.data.ptr, N)
+        if st != 0:
+            raise RuntimeError(f"cuBLAS gemm failed with status {st}")
 
 
 _DEVICES = {}
