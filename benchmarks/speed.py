@@ -29,6 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CELLS = ("lstm", "gru", "elman")
 
 
+def _same_malloc():
+    """Both sides keep freed heap blocks for reuse (unrolled's trainer and CLI do this,
+    :func:`unrolled.backend.reuse_freed_memory`; it is applied to PyTorch's worker too, so
+    that both run under the same C library settings)."""
+    sys.path.insert(0, str(ROOT))
+    from unrolled.backend import reuse_freed_memory
+
+    return reuse_freed_memory()
+
+
 def _pin_threads(n):
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
@@ -163,6 +173,7 @@ class TorchSide:
 
 def worker(side, threads, backend):
     """Serve timing requests (one JSON object per line) on stdin/stdout."""
+    _same_malloc()
     impl = {"unrolled": UnrolledSide, "torch": TorchSide}[side](threads, backend)
     from threadpoolctl import threadpool_limits
 

@@ -356,3 +356,26 @@ def test_cuda_graph_loop_agrees_with_numpy_over_training_steps(kind, dtype, rs):
             g_m._params["l0"][k][...] = cp.asarray(m._params["l0"][k])
         del gout, gcache, gg, gdX  # as a training loop does: the next step reuses the memory
     assert loop_cupy.stats["replayed"] > before["replayed"]  # the graphs did run
+
+
+def test_reuse_freed_memory_removes_page_faults():
+    """After reuse_freed_memory(), a freed tape-sized array comes back without page faults."""
+    import resource
+    import sys
+
+    from unrolled.backend import reuse_freed_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    if not reuse_freed_memory():
+        pytest.skip("no mallopt in this C library")
+
+    def faults_of_a_step():
+        r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        a = np.ones(8 << 20, np.uint8)  # 8 MiB, touched: 2048 pages if they were fresh
+        a.sum()
+        del a
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+
+    faults_of_a_step()
+    assert faults_of_a_step() < 200

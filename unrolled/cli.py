@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .backend import limit_blas_threads
+from .backend import limit_blas_threads, reuse_freed_memory
 
 __all__ = ["COMMANDS", "PLUGINS", "main", "register_command"]
 
@@ -443,6 +443,7 @@ def main(argv=None):
         parser.print_help()
         return 0
     limit_blas_threads()
+    reuse_freed_memory()
     try:
         if args.command == "train":
             return _run_train(args, extra)

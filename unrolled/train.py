@@ -322,6 +322,9 @@ class Trainer:
         -------
         History
         """
+        from .backend import reuse_freed_memory
+
+        reuse_freed_memory()  # each step reuses the last one's memory (no page faults)
         cfg = self.config
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self.load_checkpoint()
