@@ -293,22 +293,52 @@ def _backward_compiled(bwd, cell, p, tp, xp, d_out, win, dS, dN, thr, K, dXW, sa
     dcell = tuple(xp.empty_like(d) for d in dS) if mask is not None else dN
     args = (tuple(tp.tape.values()), tuple(_c(a, xp) for a in cell.loop_params(p)),
             _c(p["weight_hh"], xp), dXW, tuple(saved.values()))
+    acc = _grad_gemm(cell, xp, dtype)
     for t0 in range((T - 1) // K * K, -1, -K):
         n = min(K, T - t0)
         bwd(t0, n, states, *args, dS, dN, dcell, d_out, win, m, thr, ())
         if n % 2:  # the two buffers swapped roles an odd number of times
             dS, dN = dN, dS
-        _block_grads(cell, p, tp, xp, t0, n, dXW, saved, dX, grads)
+        _block_grads(cell, p, tp, xp, t0, n, dXW, saved, dX, grads, acc)
     return grads, dX, dS
 
 
-def _block_grads(cell, p, tp, xp, a, n, dXW, saved, dX, grads):
-    """Add steps [a, a+n)'s weight gradients to ``grads``; write their dX."""
+def _grad_gemm(cell, xp, dtype):
+    """The compiled C = A^T B + beta C for the weight gradients (NumPy, fast cells), or None."""
+    if getattr(xp, "__name__", "") != "numpy" or not hasattr(cell, "recurrent_grad_rows"):
+        return None
+    from .kernels import loop_numba
+
+    return loop_numba.loops(dtype, "gemm_tn")
+
+
+def _add_product(grads, k, A, Bm, acc, xp):
+    """grads[k] += A^T Bm, straight into the running sum (no temporary)."""
+    A, Bm = _c(A, xp), _c(Bm, xp)
+    if k not in grads:
+        grads[k] = xp.empty((A.shape[1], Bm.shape[1]), dtype=A.dtype)
+        acc(A, Bm, grads[k], 0.0)
+    else:
+        acc(A, Bm, grads[k], 1.0)
+
+
+def _block_grads(cell, p, tp, xp, a, n, dXW, saved, dX, grads, acc=None):
+    """Add steps [a, a+n)'s weight gradients to ``grads``; write their dX. With ``acc``
+    (the compiled C = A^T B + beta C) each product goes straight into its sum."""
     X, states = tp.X, tp.states
     _, B, D = X.shape
     G = dXW[:n].reshape(n * B, -1)
     if dX is not None:
         xp.matmul(G, p["weight_ih"], out=dX[a:a + n].reshape(n * B, D))
+    if acc is not None:
+        _add_product(grads, "weight_ih", G, X[a:a + n].reshape(n * B, D), acc, xp)
+        _accumulate(grads, "bias_ih", G.sum(0))
+        R = cell.recurrent_grad_rows(dXW[:n], {k: v[:n] for k, v in saved.items()})
+        R = R.reshape(n * B, -1)
+        H = states[0].shape[-1]
+        _add_product(grads, "weight_hh", R, states[0][a:a + n].reshape(n * B, H), acc, xp)
+        _accumulate(grads, "bias_hh", R.sum(0))
+        return
     # each product is added to its sum before the next is made: one temporary at a time
     _accumulate(grads, "weight_ih", G.T @ X[a:a + n].reshape(n * B, D))
     _accumulate(grads, "bias_ih", G.sum(0))

@@ -48,6 +48,10 @@ class ElmanCell:
         """The compiled loop's step (unrolled.kernels.loop_numba): "tanh" or "relu"."""
         return self.nonlinearity
 
+    def recurrent_grad_rows(self, dXW, saved):
+        """The rows whose products with the previous states give dW_hh (and sums db_hh)."""
+        return dXW
+
     def loop_params(self, p):
         return ()
 

@@ -95,6 +95,10 @@ class GRUCell:
     # -- the fast path (reset_after=True): preallocated buffers, out= arguments -----------
     loop_kind = "gru"  # the compiled loop's step (unrolled.kernels.loop_numba)
 
+    def recurrent_grad_rows(self, dXW, saved):
+        """The rows whose products with the previous states give dW_hh (and sums db_hh)."""
+        return saved["dhw"]
+
     def loop_params(self, p):
         return (p["bias_hn"],)
 

@@ -69,6 +69,10 @@ class LSTMCell:
 
     loop_kind = "lstm"  # the compiled loop's step (unrolled.kernels.loop_numba)
 
+    def recurrent_grad_rows(self, dXW, saved):
+        """The rows whose products with the previous states give dW_hh (and sums db_hh)."""
+        return dXW
+
     def loop_params(self, p):
         return ()
 

@@ -195,13 +195,24 @@ def _build(dtype):
 
         return forward, backward
 
+    @jit
+    def gemm_tn(A, Bm, Cm, beta):
+        """Cm = A^T @ Bm + beta * Cm (A (K, M), Bm (K, N), C-contiguous): a weight
+        gradient added to its running sum without a temporary."""
+        K, M = A.shape
+        N = Bm.shape[1]
+        cblas(101, 112, 111, M, N, K, one, A.ctypes.data, M, Bm.ctypes.data, N, beta,
+              Cm.ctypes.data, N)
+
     return {"lstm": make(lstm_step, lstm_back), "gru": make(gru_step, gru_back),
-            "tanh": make(tanh_step, tanh_back), "relu": make(relu_step, relu_back)}
+            "tanh": make(tanh_step, tanh_back), "relu": make(relu_step, relu_back),
+            "gemm_tn": gemm_tn}
 
 
 def loops(dtype, kind):
     """(forward, backward) compiled for ``dtype`` and the cell kind ("lstm", "gru",
-    "tanh" or "relu" for Elman)."""
+    "tanh" or "relu" for Elman); ``kind="gemm_tn"``: the accumulating product
+    ``gemm_tn(A, B, C, beta)``, C = A^T B + beta C."""
     dt = np.dtype(dtype)
     if dt not in _LOOPS:
         _LOOPS[dt] = _build(dt)
