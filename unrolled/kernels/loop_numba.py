@@ -45,20 +45,25 @@ def _find_gemm():
         except OSError:
             continue
         found = {}
-        for ch, name, ty in (("f", "sgemm", types.float32), ("d", "dgemm", types.float64)):
-            for sym, ilp64 in ((f"scipy_cblas_{name}64_", True), (f"cblas_{name}64_", True),
-                               (f"cblas_{name}", "64" in os.path.basename(info["filepath"]))):
-                fn = getattr(lib, sym, None)
-                if fn is None:
-                    continue
-                alias = f"unrolled_cblas_{name}"
-                llb.add_symbol(alias, ctypes.cast(fn, ctypes.c_void_p).value)
-                i = types.int64 if ilp64 else types.int32
-                e, vp = types.int32, types.voidptr
-                sig = types.void(e, e, e, i, i, i, ty, vp, i, vp, i, ty, vp, i)
-                found[ch] = types.ExternalFunction(alias, sig)
-                break
-        if len(found) == 2:
+        e, vp = types.int32, types.voidptr
+        for ch, ty in (("f", types.float32), ("d", types.float64)):
+            for op in ("gemm", "gemv"):
+                name = ("s" if ch == "f" else "d") + op
+                for sym, ilp64 in ((f"scipy_cblas_{name}64_", True), (f"cblas_{name}64_", True),
+                                   (f"cblas_{name}", "64" in os.path.basename(info["filepath"]))):
+                    fn = getattr(lib, sym, None)
+                    if fn is None:
+                        continue
+                    alias = f"unrolled_cblas_{name}"
+                    llb.add_symbol(alias, ctypes.cast(fn, ctypes.c_void_p).value)
+                    i = types.int64 if ilp64 else types.int32
+                    if op == "gemm":
+                        sig = types.void(e, e, e, i, i, i, ty, vp, i, vp, i, ty, vp, i)
+                    else:
+                        sig = types.void(e, e, i, i, ty, vp, i, vp, i, ty, vp, i)
+                    found[ch + op] = types.ExternalFunction(alias, sig)
+                    break
+        if len(found) == 4:
             return found
     return {}
 
@@ -72,7 +77,7 @@ def available():
             _EXT.update(_find_gemm())
         except Exception:  # a BLAS we cannot bind: the per-step loop serves
             pass
-        _EXT["ok"] = "f" in _EXT and "d" in _EXT
+        _EXT["ok"] = all(k in _EXT for k in ("fgemm", "fgemv", "dgemm", "dgemv"))
     return _EXT["ok"]
 
 
@@ -82,7 +87,7 @@ def _build(dtype):
     dt = np.dtype(dtype)
     kern = cells_numba.library(dt).__dict__
     jit = cells_numba._jit32 if dt == np.float32 else cells_numba._jit
-    cblas = _EXT[dt.char]
+    cblas, cblas_gemv = _EXT[dt.char + "gemm"], _EXT[dt.char + "gemv"]
     one, zero = dt.type(1), dt.type(0)
     lstm_fwd, lstm_bwd = kern["lstm_fwd"], kern["lstm_bwd"]
     gru_fwd, gru_bwd = kern["gru_fwd"], kern["gru_bwd"]
@@ -93,6 +98,10 @@ def _build(dtype):
         """Cm = A @ Bm + beta * Cm, row-major, all C-contiguous 2-D."""
         M, K = A.shape
         N = Bm.shape[1]
+        if M == 1:  # one row (batch 1): a matrix-vector product, y = Bm^T x
+            cblas_gemv(101, 112, K, N, one, Bm.ctypes.data, N, A.ctypes.data, 1, beta,
+                       Cm.ctypes.data, 1)
+            return
         cblas(101, 111, 111, M, N, K, one, A.ctypes.data, K, Bm.ctypes.data, N, beta,
               Cm.ctypes.data, N)
 
