@@ -4,11 +4,13 @@ On a GPU a step's arithmetic takes microseconds and launching it from Python tak
 long or longer, so the per-step loop leaves the GPU idle most of the time. Here the
 loop over the steps of a block (per step: cuBLAS's recurrent product and the fused gate
 kernel of :mod:`.cells_cupy`) is recorded once as a CUDA graph and replayed with one
-launch. A graph replays the very arrays it was recorded with, so graphs are kept per
-set of array addresses (CuPy's memory pool hands a training loop the same blocks step
-after step): the first time a set is seen the loop runs eagerly, the second time it is
-recorded, and from then on it is replayed. cuBLAS is called directly (ctypes) on a handle
-of our own, since CuPy's wrappers refuse to run while a stream is being recorded.
+launch. A graph replays the very arrays it was recorded with, so each recorded loop has
+arrays of its own, shaped like the caller's: the inputs of a block are copied in before
+a replay and its results copied out after (device copies, a few per cent of a step).
+Graphs are kept per shape (up to MAX_GRAPHS): the first call with a new shape runs
+eagerly, the second records, and from then on every call replays, wherever the
+caller's arrays happen to live. cuBLAS is called directly (ctypes) on a handle of our
+own, since CuPy's wrappers refuse to run while a stream is being recorded.
 
 Same call shape as :mod:`.loop_numba` (see there); masks and truncation windows are not
 covered: :func:`unrolled.unroll.forward` runs those steps on the per-step loop.
@@ -23,7 +25,7 @@ from cupy_backends.cuda.libs import cublas
 
 from . import cells_cupy
 
-MAX_GRAPHS = 32
+MAX_GRAPHS = 16  # recorded loops kept (each holds arrays the size of its tape)
 stats = {"eager": 0, "captured": 0, "replayed": 0}
 
 
@@ -120,54 +122,71 @@ def _device():
 
 
 def _key(tag, arrays, scalars):
+    """What a recorded loop depends on: shapes and dtypes (not addresses) and the scalars."""
     parts = [tag, *scalars]
     for a in arrays:
         if isinstance(a, tuple):
             parts.append(_key("", a, ()))
         else:
-            parts.append((a.data.ptr, a.shape, a.strides, a.dtype.char))
+            parts.append((a.shape, a.dtype.char))
     return tuple(parts)
 
 
-def _run(dev, key, body):
-    """Run ``body()`` on the device's stream: eagerly, recorded as a graph, or replayed."""
+def _mirror(args):
+    """Arrays of the graph's own, shaped like ``args`` (nested tuples kept)."""
+    return tuple(_mirror(a) if isinstance(a, tuple) else cp.empty(a.shape, a.dtype)
+                 for a in args)
+
+
+def _run(dev, key, body, args, copy_in, copy_out):
+    """Run ``body(*args)`` on the device's stream: eagerly the first time a key is seen;
+    from the second time on as a CUDA graph over arrays of its own (recorded once), with
+    ``copy_in(mirrors)`` before and ``copy_out(mirrors)`` after each replay."""
     cur = cp.cuda.get_current_stream()
     ready = cp.cuda.Event(disable_timing=True)
     ready.record(cur)
     dev.stream.wait_event(ready)
     with dev.stream:
-        g = dev.graphs.get(key, False)
-        if not enabled() or g is False:  # first sighting (or graphs off): eager
+        entry = dev.graphs.get(key)
+        if not enabled() or entry is None:  # first sighting (or graphs off): eager
             if enabled():
-                dev.graphs[key] = None
+                dev.graphs[key] = "seen"
                 while len(dev.graphs) > MAX_GRAPHS:
                     dev.graphs.popitem(last=False)
-            body()
+            body(*args)
             stats["eager"] += 1
         else:
-            if g is None:  # second sighting: record once, then replay
+            if entry == "seen":  # second sighting: record once, then replay
+                mirrors = _mirror(args)
                 try:
                     dev.stream.begin_capture()
                     try:
-                        body()
+                        body(*mirrors)
                     finally:
                         g = dev.stream.end_capture()
                 except Exception as e:  # a driver or library that will not record
                     _disable(f"{type(e).__name__}: {e}")
-                    body()
+                    body(*args)
                     stats["eager"] += 1
                     g = None
                 else:
-                    dev.graphs[key] = g
+                    dev.graphs[key] = (g, mirrors)
                     stats["captured"] += 1
             else:
+                g, mirrors = entry
                 stats["replayed"] += 1
             if g is not None:
                 dev.graphs.move_to_end(key)
+                copy_in(mirrors)
                 g.launch(dev.stream)
+                copy_out(mirrors)
     done = cp.cuda.Event(disable_timing=True)
     done.record(dev.stream)
     cur.wait_event(done)
+
+
+def _copy(dst, src):
+    cp.copyto(dst, src)
 
 
 _add = cp.ElementwiseKernel("T x", "T y", "y += x", "unrolled_add_into")
@@ -213,12 +232,31 @@ def loops(dtype, kind):
             raise ValueError("the CUDA-graph loop does not take masks")
         dev = _device()
         step, _ = _steps(kind, lib, dev.gemm)
+        j0, j1 = (t0, t0 + n) if keep_tape else (0, 1)
 
-        def body():
+        def body(XW, S, C, P, W, z):
             for i in range(n):
                 t = t0 + i
                 step(t, t if keep_tape else 0, z, XW[i], S, C, P, W)
-        _run(dev, _key(("f", kind), (XW, S, C, P, W, z), (t0, n, bool(keep_tape))), body)
+
+        def copy_in(m):
+            mXW, mS, _, mP, mW, _ = m
+            _copy(mXW[:n], XW[:n])
+            for a, b in zip(mS, S):
+                _copy(a[t0], b[t0])
+            for a, b in zip(mP, P):
+                _copy(a, b)
+            _copy(mW, W)
+
+        def copy_out(m):
+            _, mS, mC = m[:3]
+            for a, b in zip(S, mS):
+                _copy(a[t0 + 1:t0 + n + 1], b[t0 + 1:t0 + n + 1])
+            for a, b in zip(C, mC):
+                _copy(a[j0:j1], b[j0:j1])
+        args = (XW, S, C, P, W, z)
+        _run(dev, _key(("f", kind), args, (t0, n, bool(keep_tape))), body, args, copy_in,
+             copy_out)
 
     def backward(t0, n, S, C, P, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, ws):
         if mask.shape[0] > 0 or win.shape[0] > 0:
@@ -227,7 +265,7 @@ def loops(dtype, kind):
         _, back = _steps(kind, lib, dev.gemm)
         has_out = d_out.shape[0] > 0
 
-        def body():
+        def body(S, C, P, W, dXW, SV, dS, dN, d_out):
             a, b = dS, dN
             for i in range(n - 1, -1, -1):
                 t = t0 + i
@@ -235,8 +273,33 @@ def loops(dtype, kind):
                     _add(d_out[t], a[0])
                 back(t, i, a, dXW, b, SV, S, C, P, W, thr)
                 a, b = b, a
-        arrays = (S, C, P, W, dXW, SV, dS, dN) + ((d_out,) if has_out else ())
-        _run(dev, _key(("b", kind), arrays, (t0, n, float(thr))), body)
+
+        def copy_in(m):
+            mS, mC, mP, mW, _, _, mdS, _, md_out = m
+            for a, b in zip(mS, S):
+                _copy(a[t0:t0 + n + 1], b[t0:t0 + n + 1])
+            for a, b in zip(mC, C):
+                _copy(a[t0:t0 + n], b[t0:t0 + n])
+            for a, b in zip(mP, P):
+                _copy(a, b)
+            _copy(mW, W)
+            for a, b in zip(mdS, dS):
+                _copy(a, b)
+            if has_out:
+                _copy(md_out[t0:t0 + n], d_out[t0:t0 + n])
+
+        def copy_out(m):
+            mdXW, mSV, mdS, mdN = m[4], m[5], m[6], m[7]
+            _copy(dXW[:n], mdXW[:n])
+            for a, b in zip(SV, mSV):
+                _copy(a[:n], b[:n])
+            # the gradient before the block is where the loop left it: dS after an even
+            # number of steps, dN after an odd one (as the caller expects)
+            for a, b in (zip(dS, mdS) if n % 2 == 0 else zip(dN, mdN)):
+                _copy(a, b)
+        args = (S, C, P, W, dXW, SV, dS, dN, d_out)
+        _run(dev, _key(("b", kind), args, (t0, n, float(thr), has_out)), body, args, copy_in,
+             copy_out)
         return dS if n % 2 == 0 else dN
 
     return forward, backward
