@@ -94,9 +94,11 @@ class UnrolledSide:
         def train():
             out, _, cache = m.forward(X, training=True)
             g, _, _ = m.backward(cache, out - Y, need_input_grad=False)  # as PyTorch: X is data
-            for name, p in m._params.items():
+            for name, p in m._params.items():  # SGD in place, no temporary (as torch's)
                 for k, v in p.items():
-                    v -= lr * g[name][k]
+                    gk = g[name][k]
+                    gk *= lr
+                    v -= gk
         return train
 
     def _setup_gen(self, c):
@@ -148,7 +150,7 @@ class TorchSide:
             loss.backward()
             with torch.no_grad():
                 for p in params:
-                    p -= 1e-3 * p.grad
+                    p.add_(p.grad, alpha=-1e-3)  # in place, as torch.optim.SGD
                     p.grad = None
         return train
 

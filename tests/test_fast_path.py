@@ -187,7 +187,7 @@ def test_block_steps_setting():
     try:
         assert unroll.time_chunk(100, 32) == 100
         unroll.set_block_steps("auto")
-        assert unroll.time_chunk(100, 32) == 8 and unroll.time_chunk(100, 256) == 4
+        assert unroll.time_chunk(100, 32) == 4 and unroll.time_chunk(100, 256) == 4
         unroll.set_block_steps(7)
         assert unroll.time_chunk(5, 1) == 5 and unroll.time_chunk(100, 1) == 7
         with pytest.raises(ValueError, match="block steps"):
