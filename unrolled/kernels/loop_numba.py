@@ -128,25 +128,17 @@ def _build(dtype):
         gru_bwd(dS[0], S[0][t], C[0][t], C[1][t], dXW[i], SV[0][i], dhz, thr)
         gemm(SV[0][i], W, dN[0], one)
 
-    @jit
-    def tanh_step(t, j, z, xw, S, C, P, W):
-        gemm(S[0][t], W, S[0][t + 1], zero)
-        elman_fwd(S[0][t + 1], xw, True)
+    def elman_steps(use_tanh):  # tanh or relu, a constant of the compiled code
+        @jit
+        def step(t, j, z, xw, S, C, P, W):
+            gemm(S[0][t], W, S[0][t + 1], zero)
+            elman_fwd(S[0][t + 1], xw, use_tanh)
 
-    @jit
-    def tanh_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws):
-        elman_bwd(dS[0], S[0][t + 1], dXW[i], True, thr)
-        gemm(dXW[i], W, dN[0], zero)
-
-    @jit
-    def relu_step(t, j, z, xw, S, C, P, W):
-        gemm(S[0][t], W, S[0][t + 1], zero)
-        elman_fwd(S[0][t + 1], xw, False)
-
-    @jit
-    def relu_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws):
-        elman_bwd(dS[0], S[0][t + 1], dXW[i], False, thr)
-        gemm(dXW[i], W, dN[0], zero)
+        @jit
+        def back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws):
+            elman_bwd(dS[0], S[0][t + 1], dXW[i], use_tanh, thr)
+            gemm(dXW[i], W, dN[0], zero)
+        return step, back
 
     def make(step, step_back):
         @jit
@@ -214,7 +206,7 @@ def _build(dtype):
               Cm.ctypes.data, N)
 
     return {"lstm": make(lstm_step, lstm_back), "gru": make(gru_step, gru_back),
-            "tanh": make(tanh_step, tanh_back), "relu": make(relu_step, relu_back),
+            "tanh": make(*elman_steps(True)), "relu": make(*elman_steps(False)),
             "gemm_tn": gemm_tn}
 
 
