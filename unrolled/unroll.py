@@ -283,7 +283,9 @@ def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be, need_dx=True):
 def _backward_compiled(bwd, cell, p, tp, xp, d_out, win, dS, dN, thr, K, dXW, saved, dX,
                        grads):
     """BPTT with the compiled loop: one call per block of K steps, newest block first."""
-    states, mask = tuple(tp.states), tp.mask
+    # the compiled products assume C-contiguous rows: a tape made elsewhere (sliced, say)
+    # is read through contiguous copies (it is only read here)
+    states, mask = tuple(_c(s, xp) for s in tp.states), tp.mask
     T, B, _ = tp.X.shape
     dtype = tp.X.dtype
     none2, none3 = xp.zeros((0, 0), dtype), xp.zeros((0, 0, 0), dtype)
@@ -292,7 +294,8 @@ def _backward_compiled(bwd, cell, p, tp, xp, d_out, win, dS, dN, thr, K, dXW, sa
     m = none2 if mask is None else mask.astype(dtype)
     dS, dN = tuple(dS), tuple(dN)
     dcell = tuple(xp.empty_like(d) for d in dS) if mask is not None else dN
-    args = (tuple(tp.tape.values()), tuple(_c(a, xp) for a in cell.loop_params(p)),
+    args = (tuple(_c(v, xp) for v in tp.tape.values()),
+            tuple(_c(a, xp) for a in cell.loop_params(p)),
             _c(p["weight_hh"], xp), dXW, tuple(saved.values()))
     acc = _grad_gemm(cell, xp, dtype)
     for t0 in range((T - 1) // K * K, -1, -K):
