@@ -40,10 +40,13 @@ for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from unrolled.backend import reuse_freed_memory  # noqa: E402
 from unrolled.data import Vocab, read_text, stream_batches
 from unrolled.losses import CrossEntropy
 from unrolled.optim import Adam, clip_grad_norm
 from unrolled.tasks.text import build_char_model, chunk_xy, sample, stream_loss
+
+reuse_freed_memory()  # as the trainer does; PyTorch runs under the same C-library settings
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" \
     / "input.txt"

@@ -423,3 +423,31 @@ def test_compiled_backward_reads_a_strided_tape():
         g2, _, _ = unroll.backward(cell, p, strided, np, d, backend=backend)
         for k in g1:
             assert rel_err(g2[k], g1[k]) < 1e-12, (backend, k)
+
+
+def test_compiled_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
+    """A second process compiles nothing: numba's cache key of every kernel and loop is the
+    same from one process to the next (it had held per-process ids and a set's order)."""
+    if "numba" not in FAST:
+        pytest.skip("numba not installed")
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\n"
+            "from unrolled.layers import LSTM, GRU\n"
+            "for cls in (LSTM, GRU):\n"
+            "    m = cls(3, 4, seed=0)\n"
+            "    X = np.ones((2, 5, 3), np.float32)\n"
+            "    out, _, c = m.forward(X, training=True)\n"
+            "    m.backward(c, out)\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_DEBUG_CACHE="1",
+               UNROLLED_BACKEND="numba")
+
+    def saved():
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True)
+        return sum("index saved" in line for line in (out.stdout + out.stderr).splitlines())
+
+    assert saved() > 0   # the first process compiles and writes the cache
+    assert saved() == 0  # the second loads it all

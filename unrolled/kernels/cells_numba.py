@@ -28,7 +28,9 @@ _jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy"
 # float32 kernels may also contract to FMAs and reassociate (not assume away NaN or inf):
 # that is what lets LLVM vectorise the rational tanh fully; float64 stays strict
 _jit32 = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy",
-                    fastmath={"contract", "reassoc", "nsz", "arcp"})
+                    # a dict, not a set: a set's order changes from process to process,
+                    # and with it the key of numba's on-disk cache
+                    fastmath={"contract": True, "reassoc": True, "nsz": True, "arcp": True})
 
 
 @_jit32
@@ -190,8 +192,27 @@ def _build(tanh, half, one, zero, _jit, cast):
                 for j in range(H):
                     dar[j] = dhr[j] if hr[j] > zero else zero
 
+    stabilize(f"unrolled.cells_numba.{np.dtype(type(one)).name}", locals())
     return {"lstm_fwd": lstm_fwd, "lstm_bwd": lstm_bwd, "gru_fwd": gru_fwd,
             "gru_bwd": gru_bwd, "elman_fwd": elman_fwd, "elman_bwd": elman_bwd}
+
+
+def stabilize(prefix, names):
+    """Give the compiled functions among ``names`` (a dict) identities fixed across processes.
+
+    numba keys its on-disk cache of a closure on the pickled closure, and a compiled
+    function pickles with a random per-process id: closures that call other compiled
+    functions (every kernel here) would miss the cache, compile again in every process
+    and add an entry to the index each time. A fixed id per function and dtype makes the
+    key the same from one process to the next. (Uses numba's ``_set_uuid``; where it is
+    missing, the kernels still work and compile per process.)
+    """
+    for key, fn in names.items():
+        if isinstance(fn, numba.core.dispatcher.Dispatcher):
+            try:
+                fn._set_uuid(f"{prefix}.{key}")
+            except Exception:  # already set, or another numba
+                pass
 
 
 class _Library:

@@ -23,18 +23,23 @@ import os
 
 import numpy as np
 
-_EXT = {}       # dtype char -> numba ExternalFunction of cblas_?gemm, or None
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_EXT = {}       # "ok": whether the CBLAS symbols were found and registered
 _LOOPS = {}     # (dtype, cell kind) -> (forward, backward)
 
 
 def _find_gemm():
-    """Register the BLAS's CBLAS gemm symbols with LLVM; {'f': ext, 'd': ext} or {}."""
+    """Register the BLAS's 64-bit-integer CBLAS gemm and gemv with LLVM under our own
+    names (``unrolled_cblas_sgemm`` ...); True where all four were found."""
     try:
         from llvmlite import binding as llb
-        from numba import types
         from threadpoolctl import threadpool_info
     except ImportError:
-        return {}
+        return False
     import numpy  # noqa: F401  (loads NumPy's BLAS so threadpoolctl can see it)
 
     for info in threadpool_info():
@@ -45,27 +50,80 @@ def _find_gemm():
         except OSError:
             continue
         found = {}
-        e, vp = types.int32, types.voidptr
-        for ch, ty in (("f", types.float32), ("d", types.float64)):
-            for op in ("gemm", "gemv"):
-                name = ("s" if ch == "f" else "d") + op
-                for sym, ilp64 in ((f"scipy_cblas_{name}64_", True), (f"cblas_{name}64_", True),
-                                   (f"cblas_{name}", "64" in os.path.basename(info["filepath"]))):
-                    fn = getattr(lib, sym, None)
-                    if fn is None:
-                        continue
-                    alias = f"unrolled_cblas_{name}"
-                    llb.add_symbol(alias, ctypes.cast(fn, ctypes.c_void_p).value)
-                    i = types.int64 if ilp64 else types.int32
-                    if op == "gemm":
-                        sig = types.void(e, e, e, i, i, i, ty, vp, i, vp, i, ty, vp, i)
-                    else:
-                        sig = types.void(e, e, i, i, ty, vp, i, vp, i, ty, vp, i)
-                    found[ch + op] = types.ExternalFunction(alias, sig)
+        ilp64_lib = "64" in os.path.basename(info["filepath"])
+        for name in ("sgemm", "dgemm", "sgemv", "dgemv"):
+            # only 64-bit-integer interfaces (what NumPy's own OpenBLAS exports)
+            for sym in (f"scipy_cblas_{name}64_", f"cblas_{name}64_") + \
+                    ((f"cblas_{name}",) if ilp64_lib else ()):
+                fn = getattr(lib, sym, None)
+                if fn is not None:
+                    found[name] = ctypes.cast(fn, ctypes.c_void_p).value
                     break
         if len(found) == 4:
-            return found
-    return {}
+            for name, addr in found.items():
+                llb.add_symbol(f"unrolled_cblas_{name}", addr)
+            return True
+    return False
+
+
+# The calls into CBLAS, as numba intrinsics that declare the C function by name (resolved
+# by LLVM through the symbols registered above). Module-level, with fixed identities, so
+# that compiled code calling them can be cached on disk (see cells_numba.stabilize).
+# Integers go as 64-bit, pointers as 64-bit integers (the same registers in the C ABI).
+def _cblas_call(builder, context, name, parts, alpha):
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    ft = context.get_value_type(alpha)
+    conv = {"e": (i32, types.int32), "i": (i64, types.int64), "f": (ft, alpha)}
+    vals, lltys = [], []
+    for kind, v, t in parts:
+        llty, nbty = conv[kind]
+        vals.append(context.cast(builder, v, t, nbty))
+        lltys.append(llty)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), lltys),
+                                        name)
+    builder.call(fn, vals)
+
+
+@intrinsic
+def _cblas_gemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """cblas_?gemm(RowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)."""
+    if not isinstance(alpha, types.Float):
+        return None
+    sig = types.void(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    name = "unrolled_cblas_sgemm" if alpha.bitwidth == 32 else "unrolled_cblas_dgemm"
+
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        order = context.get_constant(types.int32, 101)
+        kinds = "eeiiifiiiifii"
+        parts = [("e", order, types.int32)] + list(zip(kinds, args, t))
+        _cblas_call(builder, context, name, parts, alpha)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _cblas_gemv(typingctx, trans, m, n, alpha, a, lda, x, incx, beta, y, incy):
+    """cblas_?gemv(RowMajor, trans, m, n, alpha, a, lda, x, incx, beta, y, incy)."""
+    if not isinstance(alpha, types.Float):
+        return None
+    sig = types.void(trans, m, n, alpha, a, lda, x, incx, beta, y, incy)
+    name = "unrolled_cblas_sgemv" if alpha.bitwidth == 32 else "unrolled_cblas_dgemv"
+
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        order = context.get_constant(types.int32, 101)
+        parts = [("e", order, types.int32)] + list(zip("eiifiiiifii", args, t))
+        _cblas_call(builder, context, name, parts, alpha)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+for _k, _f in (("_cblas_gemm", _cblas_gemm), ("_cblas_gemv", _cblas_gemv)):
+    try:
+        _f._set_uuid(f"unrolled.loop_numba.{_k}")
+    except Exception:  # another numba: the loop works, it is compiled per process
+        pass
 
 
 def available():
@@ -74,20 +132,20 @@ def available():
         return False
     if "ok" not in _EXT:
         try:
-            _EXT.update(_find_gemm())
+            _EXT["ok"] = _find_gemm()
         except Exception:  # a BLAS we cannot bind: the per-step loop serves
-            pass
-        _EXT["ok"] = all(k in _EXT for k in ("fgemm", "fgemv", "dgemm", "dgemv"))
+            _EXT["ok"] = False
     return _EXT["ok"]
 
 
 def _build(dtype):
     from . import cells_numba
+    from .cells_numba import stabilize
 
     dt = np.dtype(dtype)
     kern = cells_numba.library(dt).__dict__
     jit = cells_numba._jit32 if dt == np.float32 else cells_numba._jit
-    cblas, cblas_gemv = _EXT[dt.char + "gemm"], _EXT[dt.char + "gemv"]
+    prefix = f"unrolled.loop_numba.{dt.name}"
     one, zero = dt.type(1), dt.type(0)
     lstm_fwd, lstm_bwd = kern["lstm_fwd"], kern["lstm_bwd"]
     gru_fwd, gru_bwd = kern["gru_fwd"], kern["gru_bwd"]
@@ -99,11 +157,11 @@ def _build(dtype):
         M, K = A.shape
         N = Bm.shape[1]
         if M == 1:  # one row (batch 1): a matrix-vector product, y = Bm^T x
-            cblas_gemv(101, 112, K, N, one, Bm.ctypes.data, N, A.ctypes.data, 1, beta,
-                       Cm.ctypes.data, 1)
+            _cblas_gemv(112, K, N, one, Bm.ctypes.data, N, A.ctypes.data, 1, beta,
+                        Cm.ctypes.data, 1)
             return
-        cblas(101, 111, 111, M, N, K, one, A.ctypes.data, K, Bm.ctypes.data, N, beta,
-              Cm.ctypes.data, N)
+        _cblas_gemm(111, 111, M, N, K, one, A.ctypes.data, K, Bm.ctypes.data, N, beta,
+                    Cm.ctypes.data, N)
 
     # -- the steps of each cell, in one shape: (t, j, z, xw, S, C, P, W) forward and
     #    (t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws) backward
@@ -138,9 +196,10 @@ def _build(dtype):
         def back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws):
             elman_bwd(dS[0], S[0][t + 1], dXW[i], use_tanh, thr)
             gemm(dXW[i], W, dN[0], zero)
+        stabilize(f"{prefix}.elman_{'tanh' if use_tanh else 'relu'}", locals())
         return step, back
 
-    def make(step, step_back):
+    def make(name, step, step_back):
         @jit
         def forward(t0, n, XW, S, C, P, W, z, keep, keep_tape):
             """Steps [t0, t0+n); XW[i] is step t0+i's input projection; ``keep`` (T, B)
@@ -194,6 +253,7 @@ def _build(dtype):
                 dS, dN = dN, dS
             return dS
 
+        stabilize(f"{prefix}.loop_{name}", locals())
         return forward, backward
 
     @jit
@@ -202,12 +262,13 @@ def _build(dtype):
         gradient added to its running sum without a temporary."""
         K, M = A.shape
         N = Bm.shape[1]
-        cblas(101, 112, 111, M, N, K, one, A.ctypes.data, M, Bm.ctypes.data, N, beta,
-              Cm.ctypes.data, N)
+        _cblas_gemm(112, 111, M, N, K, one, A.ctypes.data, M, Bm.ctypes.data, N, beta,
+                    Cm.ctypes.data, N)
 
-    return {"lstm": make(lstm_step, lstm_back), "gru": make(gru_step, gru_back),
-            "tanh": make(*elman_steps(True)), "relu": make(*elman_steps(False)),
-            "gemm_tn": gemm_tn}
+    stabilize(prefix, locals())
+    return {"lstm": make("lstm", lstm_step, lstm_back), "gru": make("gru", gru_step, gru_back),
+            "tanh": make("tanh", *elman_steps(True)),
+            "relu": make("relu", *elman_steps(False)), "gemm_tn": gemm_tn}
 
 
 def loops(dtype, kind):
