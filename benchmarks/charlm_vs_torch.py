@@ -40,7 +40,7 @@ for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from unrolled.backend import reuse_freed_memory  # noqa: E402
+from unrolled.backend import reuse_freed_memory
 from unrolled.data import Vocab, read_text, stream_batches
 from unrolled.losses import CrossEntropy
 from unrolled.optim import Adam, clip_grad_norm
@@ -286,7 +286,7 @@ def main(argv=None):
         results["load_after_unrolled"] = os.getloadavg()
     if args.which in ("both", "torch"):
         try:
-            import torch  # noqa: F401
+            import torch
         except ImportError:
             print("torch is not installed: skipping the PyTorch side")
         else:

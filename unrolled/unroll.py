@@ -286,7 +286,7 @@ def _backward_compiled(bwd, cell, p, tp, xp, d_out, win, dS, dN, thr, K, dXW, sa
     # the compiled products assume C-contiguous rows: a tape made elsewhere (sliced, say)
     # is read through contiguous copies (it is only read here)
     states, mask = tuple(_c(s, xp) for s in tp.states), tp.mask
-    T, B, _ = tp.X.shape
+    T = tp.X.shape[0]
     dtype = tp.X.dtype
     none2, none3 = xp.zeros((0, 0), dtype), xp.zeros((0, 0, 0), dtype)
     d_out = none3 if d_out is None else _c(d_out, xp)

@@ -22,7 +22,6 @@ import ctypes
 import os
 
 import numpy as np
-
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -40,7 +39,7 @@ def _find_gemm():
         from threadpoolctl import threadpool_info
     except ImportError:
         return False
-    import numpy  # noqa: F401  (loads NumPy's BLAS so threadpoolctl can see it)
+    import numpy
 
     for info in threadpool_info():
         if info.get("user_api") != "blas" or info.get("internal_api") != "openblas":
