@@ -11,11 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cupy as cp  # noqa: E402
-import numpy as np  # noqa: E402
+import cupy as cp
+import numpy as np
 
-from unrolled.kernels import loop_cupy  # noqa: E402
-from unrolled.layers import LSTM  # noqa: E402
+from unrolled.kernels import loop_cupy
+from unrolled.layers import LSTM
 
 
 def run(hold, steps=12, B=32, T=100, H=256):

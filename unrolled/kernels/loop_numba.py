@@ -39,9 +39,7 @@ def _find_gemm():
         from threadpoolctl import threadpool_info
     except ImportError:
         return False
-    import numpy
-
-    for info in threadpool_info():
+    for info in threadpool_info():  # NumPy (imported above) has loaded its BLAS
         if info.get("user_api") != "blas" or info.get("internal_api") != "openblas":
             continue
         try:
