@@ -286,7 +286,7 @@ def main(argv=None):
         results["load_after_unrolled"] = os.getloadavg()
     if args.which in ("both", "torch"):
         try:
-            import torch
+            import torch  # noqa: F401
         except ImportError:
             print("torch is not installed: skipping the PyTorch side")
         else:
