@@ -163,13 +163,10 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
     shapes = cell.tape_shapes(B, H)
     n = T if keep_tape else 1  # without a tape, one step's cache is reused
     tape = {k: xp.empty((n,) + sh, dtype=dtype) for k, sh in shapes.items()}
-    ws = cell.workspace(B, H, dtype, xp)
     comp = _compiled(cell, be, xp, dtype, mask is None)
     if comp is not None:  # the whole loop compiled: one call per block of K steps
         pad = xp.logical_not(mask) if mask is not None else xp.zeros((0, 0), bool)
-        z = ws.get("z", ws.get("hw"))
-        if z is None:
-            z = xp.empty((B, p["weight_ih"].shape[0]), dtype=dtype)
+        z = xp.empty(XW.shape[1:], dtype=dtype)  # a step's recurrent product
         args = (tuple(tape.values()), tuple(_c(a, xp) for a in cell.loop_params(p)),
                 _c(p["W_hhT"], xp), z, pad, keep_tape)
         for t0 in range(0, T, K):
@@ -177,6 +174,7 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
             _project(X, p, t0, n_, XW, xp)
             comp[0](t0, n_, XW, states, *args)
         return Tape(X, states, tape if keep_tape else {}, mask)
+    ws = cell.workspace(B, H, dtype, xp)
     keep = xp.logical_not(mask)[:, :, None] if mask is not None else None
     for t in range(T):
         prev = tuple(s[t] for s in states)
@@ -230,21 +228,21 @@ def _backward_fast(cell, p, tp, xp, d_out, d_final, truncate, be, need_dx=True):
     if d_out is not None and mask is not None:
         d_out = d_out * mask[:, :, None]  # padded steps take no gradient from the output
     win = None if truncate is None else truncation_window(mask, T, B, truncate, xp, dtype)
-    if mask is not None:
-        m_f = mask.astype(dtype)[:, :, None]
-        keep_f = 1 - m_f
-        dcell = [xp.empty_like(d) for d in dstate]
     G = p["weight_ih"].shape[0]
     K = time_chunk(T, B)  # dXW and the cell's saved arrays for K steps at a time
     dXW = xp.empty((K, B, G), dtype=dtype)
     saved = {k: xp.empty((K,) + sh, dtype=dtype) for k, sh in cell.saved_shapes(B, H).items()}
     dX = xp.empty((T, B, D), dtype=dtype) if need_dx else None
     grads = {}
-    ws = cell.workspace(B, H, dtype, xp)
     comp = _compiled(cell, be, xp, dtype, mask is None and win is None)
     if comp is not None:
         return _backward_compiled(comp[1], cell, p, tp, xp, d_out, win, dstate, dnext, thr,
                                   K, dXW, saved, dX, grads)
+    if mask is not None:
+        m_f = mask.astype(dtype)[:, :, None]
+        keep_f = 1 - m_f
+        dcell = [xp.empty_like(d) for d in dstate]
+    ws = cell.workspace(B, H, dtype, xp)
     flush_ws = None if kern is not None else (xp.empty((B, H), dtype=dtype),
                                                xp.empty((B, H), dtype=bool))
     for t in range(T - 1, -1, -1):
@@ -300,7 +298,7 @@ def _backward_compiled(bwd, cell, p, tp, xp, d_out, win, dS, dN, thr, K, dXW, sa
     acc = _grad_gemm(cell, xp, dtype)
     for t0 in range((T - 1) // K * K, -1, -K):
         n = min(K, T - t0)
-        bwd(t0, n, states, *args, dS, dN, dcell, d_out, win, m, thr, ())
+        bwd(t0, n, states, *args, dS, dN, dcell, d_out, win, m, thr)
         if n % 2:  # the two buffers swapped roles an odd number of times
             dS, dN = dN, dS
         _block_grads(cell, p, tp, xp, t0, n, dXW, saved, dX, grads, acc)
@@ -308,8 +306,8 @@ def _backward_compiled(bwd, cell, p, tp, xp, d_out, win, dS, dN, thr, K, dXW, sa
 
 
 def _grad_gemm(cell, xp, dtype):
-    """The compiled C = A^T B + beta C for the weight gradients (NumPy, fast cells), or None."""
-    if getattr(xp, "__name__", "") != "numpy" or not hasattr(cell, "recurrent_grad_rows"):
+    """The compiled C = A^T B + beta C for the weight gradients (NumPy arrays), or None."""
+    if getattr(xp, "__name__", "") != "numpy":
         return None
     from .kernels import loop_numba
 
@@ -317,7 +315,10 @@ def _grad_gemm(cell, xp, dtype):
 
 
 def _add_product(grads, k, A, Bm, acc, xp):
-    """grads[k] += A^T Bm, straight into the running sum (no temporary)."""
+    """grads[k] += A^T Bm: with ``acc`` straight into the running sum (no temporary)."""
+    if acc is None:
+        _accumulate(grads, k, A.T @ Bm)
+        return
     A, Bm = _c(A, xp), _c(Bm, xp)
     if k not in grads:
         grads[k] = xp.empty((A.shape[1], Bm.shape[1]), dtype=A.dtype)
@@ -327,30 +328,22 @@ def _add_product(grads, k, A, Bm, acc, xp):
 
 
 def _block_grads(cell, p, tp, xp, a, n, dXW, saved, dX, grads, acc=None):
-    """Add steps [a, a+n)'s weight gradients to ``grads``; write their dX. With ``acc``
-    (the compiled C = A^T B + beta C) each product goes straight into its sum."""
+    """Add steps [a, a+n)'s weight gradients to ``grads``; write their dX. Each product is
+    added to its sum before the next is made (with ``acc``, the compiled
+    C = A^T B + beta C, without any temporary)."""
     X, states = tp.X, tp.states
     _, B, D = X.shape
+    H = states[0].shape[-1]
     G = dXW[:n].reshape(n * B, -1)
     if dX is not None:
         xp.matmul(G, p["weight_ih"], out=dX[a:a + n].reshape(n * B, D))
-    if acc is not None:
-        _add_product(grads, "weight_ih", G, X[a:a + n].reshape(n * B, D), acc, xp)
-        _accumulate(grads, "bias_ih", G.sum(0))
-        R = cell.recurrent_grad_rows(dXW[:n], {k: v[:n] for k, v in saved.items()})
-        R = R.reshape(n * B, -1)
-        H = states[0].shape[-1]
-        _add_product(grads, "weight_hh", R, states[0][a:a + n].reshape(n * B, H), acc, xp)
-        _accumulate(grads, "bias_hh", R.sum(0))
-        return
-    # each product is added to its sum before the next is made: one temporary at a time
-    _accumulate(grads, "weight_ih", G.T @ X[a:a + n].reshape(n * B, D))
+    _add_product(grads, "weight_ih", G, X[a:a + n].reshape(n * B, D), acc, xp)
     _accumulate(grads, "bias_ih", G.sum(0))
-    g = cell.weight_grads(p, tuple(s[a:a + n] for s in states),
-                          {k: v[a:a + n] for k, v in tp.tape.items()}, dXW[:n],
-                          {k: v[:n] for k, v in saved.items()}, xp)
-    for k in list(g):
-        _accumulate(grads, k, g.pop(k))
+    # the fast cells' dW_hh: their recurrent rows against the previous states
+    R = cell.recurrent_grad_rows(dXW[:n], {k: v[:n] for k, v in saved.items()})
+    R = R.reshape(n * B, -1)
+    _add_product(grads, "weight_hh", R, states[0][a:a + n].reshape(n * B, H), acc, xp)
+    _accumulate(grads, "bias_hh", R.sum(0))
 
 
 def _accumulate(grads, k, v):

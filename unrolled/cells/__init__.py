@@ -19,6 +19,13 @@ placement, ...). Its methods are pure functions on arrays; the time loop in
 ``weight_grads(p, prev_states, tape, dXW, saved, xp) -> {name: grad}``
     gradients of every parameter except the input projection, as matrix products over
     the whole tape (T*B rows at once), never per step.
+
+A cell with ``fast = True`` also runs on the fast loop (see :mod:`unrolled.kernels`):
+``tape_shapes``/``saved_shapes``/``workspace`` size its preallocated buffers,
+``step_into``/``step_back_into`` write into them, ``recurrent_grad_rows(dXW, saved)``
+gives the rows whose products with the previous states are dW_hh (their sum db_hh),
+and ``loop_kind``/``loop_params(p)`` name its step in the compiled loop
+(:mod:`unrolled.kernels.loop_numba`; ``loop_kind = None`` keeps it step by step).
 """
 from .elman import ElmanCell
 from .gru import GRUCell

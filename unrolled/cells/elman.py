@@ -38,7 +38,7 @@ class ElmanCell:
         return da, (da @ p["weight_hh"],), {}
 
     def weight_grads(self, p, prev_states, tape, dXW, saved, xp):
-        return hidden_weight_grads(p, prev_states, dXW)
+        return hidden_weight_grads(p, prev_states, self.recurrent_grad_rows(dXW, saved))
 
     # -- the fast path: preallocated buffers, out= arguments (see unrolled.kernels) ------
     fast = True

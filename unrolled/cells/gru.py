@@ -7,7 +7,7 @@
 """
 from dataclasses import dataclass
 
-from .lstm import _sigmoid, _sigmoid_into, flush_into
+from .lstm import _sigmoid, _sigmoid_into, flush_into, hidden_weight_grads
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,10 @@ class GRUCell:
         return dxw, (dprev,), {}
 
     def weight_grads(self, p, prev_states, tape, dXW, saved, xp):
+        if self.reset_after:
+            return hidden_weight_grads(p, prev_states, self.recurrent_grad_rows(dXW, saved))
         H = p["weight_hh"].shape[1]
         Hp = prev_states[0].reshape(-1, H)
-        if self.reset_after:
-            G = saved["dhw"].reshape(-1, 3 * H)
-            return {"weight_hh": G.T @ Hp, "bias_hh": G.sum(0)}
         G = dXW.reshape(-1, 3 * H)
         R = tape["acts"][..., :H].reshape(-1, H)
         dW = xp.concatenate([G[:, :2 * H].T @ Hp, G[:, 2 * H:].T @ (R * Hp)], axis=0)
@@ -96,7 +95,8 @@ class GRUCell:
     loop_kind = "gru"  # the compiled loop's step (unrolled.kernels.loop_numba)
 
     def recurrent_grad_rows(self, dXW, saved):
-        """The rows whose products with the previous states give dW_hh (and sums db_hh)."""
+        """The rows whose products with the previous states give dW_hh (and sums db_hh);
+        reset_after=True, where the backward saves them as ``dhw``."""
         return saved["dhw"]
 
     def loop_params(self, p):

@@ -11,11 +11,12 @@ def _sigmoid(x, xp):
     return 0.5 * (xp.tanh(0.5 * x) + 1)  # stable for large |x|, no overflow warnings
 
 
-def hidden_weight_grads(p, prev_states, dXW):
-    """dW_hh and db_hh over the whole tape, for cells whose recurrent pre-activation
-    gradient equals that of the input projection (Elman, LSTM): one product, T*B rows."""
+def hidden_weight_grads(p, prev_states, rows):
+    """dW_hh and db_hh over the whole tape: one product, T*B rows. ``rows`` is the gradient
+    of the recurrent pre-activation (the cell's ``recurrent_grad_rows``): for Elman and
+    LSTM the same as that of the input projection, for the GRU its own."""
     H = p["weight_hh"].shape[1]
-    G = dXW.reshape(-1, dXW.shape[-1])
+    G = rows.reshape(-1, rows.shape[-1])
     return {"weight_hh": G.T @ prev_states[0].reshape(-1, H), "bias_hh": G.sum(0)}
 
 
@@ -62,7 +63,7 @@ class LSTMCell:
         return dz, (dz @ p["weight_hh"], dct * f), {}
 
     def weight_grads(self, p, prev_states, tape, dXW, saved, xp):
-        return hidden_weight_grads(p, prev_states, dXW)
+        return hidden_weight_grads(p, prev_states, self.recurrent_grad_rows(dXW, saved))
 
     # -- the fast path: preallocated buffers, out= arguments (see unrolled.kernels) ------
     fast = True

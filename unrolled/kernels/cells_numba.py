@@ -207,8 +207,8 @@ def stabilize(prefix, names):
     key the same from one process to the next. (Uses numba's ``_set_uuid``; where it is
     missing, the kernels still work and compile per process.)
     """
-    for key, fn in names.items():
-        if isinstance(fn, numba.core.dispatcher.Dispatcher):
+    for key, fn in names.items():  # compiled functions and intrinsics have _set_uuid
+        if hasattr(fn, "_set_uuid"):
             try:
                 fn._set_uuid(f"{prefix}.{key}")
             except Exception:  # already set, or another numba

@@ -258,7 +258,7 @@ def loops(dtype, kind):
         _run(dev, _key(("f", kind), args, (t0, n, bool(keep_tape))), body, args, copy_in,
              copy_out)
 
-    def backward(t0, n, S, C, P, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, ws):
+    def backward(t0, n, S, C, P, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr):
         if mask.shape[0] > 0 or win.shape[0] > 0:
             raise ValueError("the CUDA-graph loop does not take masks or truncation")
         dev = _device()

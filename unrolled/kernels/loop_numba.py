@@ -27,7 +27,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_EXT = {}       # "ok": whether the CBLAS symbols were found and registered
+from .cells_numba import stabilize
+
+_FOUND = []     # [True/False] once looked up: whether the CBLAS symbols are registered
 _LOOPS = {}     # (dtype, cell kind) -> (forward, backward)
 
 
@@ -116,23 +118,19 @@ def _cblas_gemv(typingctx, trans, m, n, alpha, a, lda, x, incx, beta, y, incy):
     return sig, codegen
 
 
-for _k, _f in (("_cblas_gemm", _cblas_gemm), ("_cblas_gemv", _cblas_gemv)):
-    try:
-        _f._set_uuid(f"unrolled.loop_numba.{_k}")
-    except Exception:  # another numba: the loop works, it is compiled per process
-        pass
+stabilize("unrolled.loop_numba", {"_cblas_gemm": _cblas_gemm, "_cblas_gemv": _cblas_gemv})
 
 
 def available():
     """True where the compiled loop can run (numba, and a BLAS that exports CBLAS)."""
     if os.environ.get("UNROLLED_COMPILED_LOOP", "1").strip() in ("0", "false", "no"):
         return False
-    if "ok" not in _EXT:
+    if not _FOUND:
         try:
-            _EXT["ok"] = _find_gemm()
+            _FOUND.append(_find_gemm())
         except Exception:  # a BLAS we cannot bind: the per-step loop serves
-            _EXT["ok"] = False
-    return _EXT["ok"]
+            _FOUND.append(False)
+    return _FOUND[0]
 
 
 def _build(dtype):
@@ -161,14 +159,14 @@ def _build(dtype):
                     Cm.ctypes.data, N)
 
     # -- the steps of each cell, in one shape: (t, j, z, xw, S, C, P, W) forward and
-    #    (t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws) backward
+    #    (t, i, dS, dXW, dN, SV, S, C, P, W, thr) backward
     @jit
     def lstm_step(t, j, z, xw, S, C, P, W):
         gemm(S[0][t], W, z, zero)
         lstm_fwd(z, xw, S[1][t], C[0][j], C[1][j], S[0][t + 1], S[1][t + 1])
 
     @jit
-    def lstm_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws):
+    def lstm_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr):
         lstm_bwd(dS[0], dS[1], C[0][t], C[1][t], S[1][t], dXW[i], dN[1], thr)
         gemm(dXW[i], W, dN[0], zero)
 
@@ -178,7 +176,7 @@ def _build(dtype):
         gru_fwd(z, xw, P[0], S[0][t], C[0][j], C[1][j], S[0][t + 1])
 
     @jit
-    def gru_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws):
+    def gru_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr):
         dhz = dN[0]  # dh ⊙ z goes straight into the gradient, the product is added to it
         gru_bwd(dS[0], S[0][t], C[0][t], C[1][t], dXW[i], SV[0][i], dhz, thr)
         gemm(SV[0][i], W, dN[0], one)
@@ -190,7 +188,7 @@ def _build(dtype):
             elman_fwd(S[0][t + 1], xw, use_tanh)
 
         @jit
-        def back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws):
+        def back(t, i, dS, dXW, dN, SV, S, C, P, W, thr):
             elman_bwd(dS[0], S[0][t + 1], dXW[i], use_tanh, thr)
             gemm(dXW[i], W, dN[0], zero)
         stabilize(f"{prefix}.elman_{'tanh' if use_tanh else 'relu'}", locals())
@@ -212,7 +210,7 @@ def _build(dtype):
                                 s[t + 1, b, :] = s[t, b, :]
 
         @jit
-        def backward(t0, n, S, C, P, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, ws):
+        def backward(t0, n, S, C, P, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr):
             """BPTT over steps [t0+n-1 .. t0]; ``dS`` holds the gradient w.r.t. the state
             after the block and ``dN`` is a second buffer; returns the gradient w.r.t. the
             state before it (one of the two). ``d_out`` (T, B, S0), ``win`` (T, B) and
@@ -238,7 +236,7 @@ def _build(dtype):
                             m = mask[t, b]
                             for k in range(d.shape[1]):
                                 a[b, k] = d[b, k] * m
-                    step_back(t, i, dcell, dXW, dN, SV, S, C, P, W, thr, ws)
+                    step_back(t, i, dcell, dXW, dN, SV, S, C, P, W, thr)
                     for q in range(len(dS)):  # a padded step passes the gradient on
                         d, a = dS[q], dN[q]
                         for b in range(B):
@@ -246,7 +244,7 @@ def _build(dtype):
                             for k in range(d.shape[1]):
                                 a[b, k] += d[b, k] * m
                 else:
-                    step_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr, ws)
+                    step_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr)
                 dS, dN = dN, dS
             return dS
 
