@@ -221,6 +221,16 @@ def model_spec(model):
         if kind == "Jordan":
             spec["output_size"] = model._cell.output_size
         return spec
+    if isinstance(model, L.Recurrent):  # any registered cell, through the generic layer
+        import dataclasses
+
+        cell = model._cell
+        spec = {"layer": "Recurrent", "cell": cell.name,
+                "cell_args": {f.name: getattr(cell, f.name) for f in dataclasses.fields(cell)}
+                if dataclasses.is_dataclass(cell) else {}}
+        for k in _RECURRENT_ARGS:
+            spec[k] = getattr(model, k)
+        return spec
     raise TypeError(f"cannot describe a {kind} layer for saving; build the model from "
                     "unrolled.layers (Sequential, Dense, Embedding, Dropout, Elman, LSTM, GRU, "
                     "Jordan)")
@@ -237,6 +247,15 @@ def build_model(spec, seed=0):
     kind = spec.pop("layer")
     if kind == "Sequential":
         return L.Sequential([build_model(s, seed) for s in spec["layers"]])
+    if kind == "Recurrent":
+        from .cells import get
+
+        try:
+            cell = get(spec.pop("cell"))(**spec.pop("cell_args", {}))
+        except ValueError as e:
+            raise ValueError(f"{e}; import the module that registers it before loading") \
+                from None
+        return L.Recurrent(cell, **spec, seed=seed)
     classes = {"Dense": L.Dense, "Embedding": L.Embedding, "Dropout": L.Dropout,
                "Elman": L.Elman, "LSTM": L.LSTM, "GRU": L.GRU, "Jordan": L.Jordan}
     if kind not in classes:

@@ -202,14 +202,16 @@ def load_trained(path, fix="use it from Python with unrolled.io.load_model"):
 
 
 def recurrent_class(cell):
-    """The recurrent layer class for the ``--cell`` option: ``"gru"``, ``"lstm"`` or
-    ``"elman"``."""
-    from .. import layers as L
+    """The recurrent layer for the ``--cell`` option: any registered cell that reads an
+    input sequence into a hidden state (``gru``, ``lstm``, ``elman``, ``peephole_lstm``,
+    ...; not ``jordan``, whose state is its output)."""
+    from ..cells import REGISTRY
+    from ..layers.recurrent import layer_class
 
-    cells = {"gru": L.GRU, "lstm": L.LSTM, "elman": L.Elman}
-    if cell not in cells:
-        raise ValueError(f"--cell must be gru, lstm or elman, got {cell!r}")
-    return cells[cell]
+    ok = sorted(n for n in REGISTRY if n != "jordan")
+    if str(cell).lower() not in ok:
+        raise ValueError(f"--cell must be one of {', '.join(ok)}, got {cell!r}")
+    return layer_class(cell)
 
 
 def stratified_split(labels, fractions, rng, groups=None):
