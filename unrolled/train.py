@@ -168,6 +168,7 @@ class Trainer:
         self.carry = None            # recurrent state carried between batches (stateful)
         self.stop_training = False
         self._interrupted = False
+        self.extra_meta = {}         # JSON-able facts saved with each checkpoint ("extra")
 
     # -------------------------------------------------------------------- helpers
     def _plan_length(self):
@@ -222,6 +223,7 @@ class Trainer:
             "sums": self.sums,
             "best": {k: v for k, v in self.best.items() if k != "params"},
             "history": self.history.rows, "stop_training": self.stop_training,
+            "extra": self.extra_meta,
         }
         return io.save_arrays(path, arrays, meta)
 

@@ -126,6 +126,14 @@ class Task:
         self.config = dict(config)
         self.saved_state = state
 
+    @classmethod
+    def resolve_data(cls, path):
+        """The absolute path of the data named ``path`` (a task may map a data set's name
+        to its file, as ``tagging`` does for ``hironsancorpus``)."""
+        from pathlib import Path
+
+        return Path(path).expanduser().resolve()
+
     # -- required for training --------------------------------------------------------
     def load(self, path):
         """Read the data at ``path`` (a str or Path; the CLI resolves ``default_data``

@@ -187,6 +187,12 @@ class TaggingTask(Task):
             self.monitor = "span_f1"
 
     # -- data -------------------------------------------------------------------------
+    @classmethod
+    def resolve_data(cls, path):
+        if Path(path).name == "hironsancorpus" and not Path(path).expanduser().exists():
+            return hironsan_path()
+        return Path(path).expanduser().resolve()
+
     def _read(self, path):
         path = str(path)
         if Path(path).name == "hironsancorpus" and not Path(path).exists():

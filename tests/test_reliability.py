@@ -1,0 +1,166 @@
+"""Reliability: a resumed run continues its own configuration, no run is overwritten,
+evaluation says what it scores, degenerate input is named, and every failure is one
+line that names the fix (never a traceback), including under faults (kill, ENOSPC,
+corrupt files)."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unrolled import io
+from unrolled.cli import main
+from unrolled.data import bundled_path
+from unrolled.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--hidden", "8", "--embed", "4", "--batch-size", "16", "--quiet", "--lr", "0.01"]
+
+
+def tiny_names(d, n=15, langs=("Japanese", "Russian", "Italian")):
+    d.mkdir()
+    src = bundled_path("names")
+    for lang in langs:
+        names = list(dict.fromkeys((src / f"{lang}.txt").read_text("utf-8").split()))[:n]
+        (d / f"{lang}.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    return d
+
+
+def params(run):
+    arrays, _ = io.load_arrays(Path(run) / "model.npz", io.MODEL_FORMAT)
+    return arrays
+
+
+def interrupt_at(monkeypatch, step):
+    """Ctrl-C as the trainer sees it (its signal handler's flag) after update ``step``."""
+    orig = Trainer.train_step
+
+    def train_step(self, batch):
+        out = orig(self, batch)
+        if self.step + 1 == step:
+            self._interrupted = True
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    return orig
+
+
+def one_line_error(capsys, rc, *words):
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+# ------------------------------------------------------------------ 1. resume
+
+def test_resume_continues_the_runs_own_configuration(tmp_path, monkeypatch, capsys):
+    data = tiny_names(tmp_path / "names")
+    opts = ["--data", str(data), "--epochs", "2", "--schedule", "constant", *TINY]
+    assert main(["train", "names", "--out", str(tmp_path / "full"), *opts]) == 0
+    orig = interrupt_at(monkeypatch, 4)  # 3 batches per epoch: in epoch 2
+    assert main(["train", "names", "--out", str(tmp_path / "cut"), *opts]) == 130
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(Trainer, "train_step", orig)
+    # the command the message prints: no options, the run's own ones are used
+    assert main(["train", "names", "--out", str(tmp_path / "cut"), "--resume", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 2/2" in out and "epoch 3/" not in out
+    a, b = params(tmp_path / "full"), params(tmp_path / "cut")
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_resume_refuses_options_that_change_the_run(tmp_path, capsys):
+    data = tiny_names(tmp_path / "names")
+    out = str(tmp_path / "run")
+    assert main(["train", "names", "--data", str(data), "--out", out, "--epochs", "1",
+                 *TINY]) == 0
+    capsys.readouterr()
+    rc = main(["train", "names", "--out", out, "--resume", "--lr", "0.5"])
+    one_line_error(capsys, rc, "--lr 0.5", "keeps its own options")
+    # the default schedule of names is cosine, laid out over the run's epochs
+    rc = main(["train", "names", "--out", out, "--resume", "--epochs", "3"])
+    one_line_error(capsys, rc, "cosine", "drop --epochs")
+    other = tiny_names(tmp_path / "other", n=12)
+    rc = main(["train", "names", "--out", out, "--resume", "--data", str(other)])
+    one_line_error(capsys, rc, "is not the data of the run")
+    # giving the run's own values is no change
+    assert main(["train", "names", "--out", out, "--resume", "--hidden", "8", "--quiet"]) == 0
+
+
+def test_resume_from_another_directory_with_relative_or_absolute_data(tmp_path, monkeypatch,
+                                                                       capsys):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    tiny_names(work / "names")
+    monkeypatch.chdir(work)
+    opts = ["--data", "names", "--schedule", "constant", "--epochs", "1", *TINY]
+    assert main(["train", "names", "--out", "run", *opts]) == 0
+    monkeypatch.chdir(elsewhere)
+    run = str(work / "run")
+    assert main(["train", "names", "--out", run, "--resume", "--epochs", "2"]) == 0
+    assert main(["train", "names", "--out", run, "--resume", "--epochs", "3",
+                 "--data", str(work / "names")]) == 0
+    assert "epoch 3/3" in capsys.readouterr().out
+
+
+def test_resume_refuses_data_changed_since_the_start(tmp_path, capsys):
+    data = tiny_names(tmp_path / "names")
+    out = str(tmp_path / "run")
+    assert main(["train", "names", "--data", str(data), "--out", out, "--epochs", "1",
+                 "--schedule", "constant", *TINY]) == 0
+    with open(data / "Russian.txt", "a", encoding="utf-8") as f:
+        f.write("Zzzyzzkin\n")
+    capsys.readouterr()
+    rc = main(["train", "names", "--out", out, "--resume", "--epochs", "2"])
+    one_line_error(capsys, rc, "changed since the run started")
+
+
+# ------------------------------------------------------------------ 2. nothing overwritten
+
+def test_a_finished_run_is_not_overwritten_without_force(tmp_path, capsys):
+    data = tiny_names(tmp_path / "names")
+    out = tmp_path / "run"
+    args = ["train", "names", "--data", str(data), "--out", str(out), "--epochs", "1", *TINY]
+    assert main(args) == 0
+    (out / "checkpoint.npz").unlink()  # a finished run without its checkpoint
+    before = (out / "model.npz").read_bytes()
+    capsys.readouterr()
+    one_line_error(capsys, main(args + ["--seed", "1"]), "holds a run already", "--force")
+    assert (out / "model.npz").read_bytes() == before
+    assert main(args + ["--seed", "1", "--force"]) == 0
+    assert (out / "model.npz").read_bytes() != before
+
+
+def test_default_run_directories_are_unique_within_a_second(tmp_path, monkeypatch):
+    import time
+
+    data = tiny_names(tmp_path / "names")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-000000")
+    args = ["train", "names", "--data", str(data), "--epochs", "1", *TINY]
+    assert main(args) == 0
+    assert main(args + ["--seed", "1"]) == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["names-20260101-000000", "names-20260101-000000-2"]
+    a, b = (params(tmp_path / "runs" / r) for r in runs)
+    assert any(a[k].tobytes() != b[k].tobytes() for k in a)  # two models, none lost
+
+
+# ------------------------------------------------------------------ 5. work lost late
+
+def test_a_bad_model_option_writes_nothing(tmp_path, capsys):
+    data = tiny_names(tmp_path / "names")
+    out = tmp_path / "run"
+    rc = main(["train", "names", "--data", str(data), "--out", str(out), "--hidden", "-5",
+               "--quiet"])
+    one_line_error(capsys, rc, "-5")
+    assert not out.exists()
