@@ -164,3 +164,41 @@ def test_a_bad_model_option_writes_nothing(tmp_path, capsys):
                "--quiet"])
     one_line_error(capsys, rc, "-5")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ 3. honest evaluation
+
+def test_evaluate_scores_only_records_the_model_was_not_trained_on(tmp_path, capsys):
+    import json
+    import shutil
+
+    data = tiny_names(tmp_path / "names")
+    out = tmp_path / "run"
+    assert main(["train", "names", "--data", str(data), "--out", str(out), "--epochs", "1",
+                 *TINY]) == 0
+    n_train = json.loads((out / "config.json").read_text())["extra"]["sizes"]["train"]
+    # the training files plus new names: other bytes, so not recognised as the data itself
+    mixed = tmp_path / "mixed"
+    shutil.copytree(data, mixed)
+    new = {"Japanese": ["Zzkawa", "Zzmoto"], "Russian": ["Zzovich"], "Italian": ["Zzini"]}
+    for lang, extra in new.items():
+        with open(mixed / f"{lang}.txt", "a", encoding="utf-8") as f:
+            f.write("\n".join(extra) + "\n")
+    n_all = sum(len((mixed / f).read_text().split()) for f in os.listdir(mixed))
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(mixed)]) == 0
+    err = capsys.readouterr().err
+    assert f"{n_train} of its {n_all} records were in this model's training split" in err
+    assert f"metrics on the other {n_all - n_train} only" in err
+    # data made only of training records leaves nothing to score
+    from unrolled.tasks.base import load_trained
+
+    _, meta, task = load_trained(out)
+    task = type(task)(meta["config"])
+    task.load(str(data))
+    lang = task.classes[int(task.labels["train"][0])]
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / f"{lang}.txt").write_text(task.vocab.decode(task.records["train"][0]) + "\n")
+    one_line_error(capsys, main(["evaluate", str(out), "--data", str(only)]),
+                   "all 1 records were in this model's training split")

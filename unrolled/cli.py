@@ -333,8 +333,9 @@ def _run_train(args, extra):
     extra = {"history": history.rows, "best_epoch": trainer.best["epoch"],
              "train_seconds": round(seconds, 1), "data_sha256": data_sha,
              "data_files": _file_hashes(data), "sizes": _split_sizes(task)}
+    seen = {"train_records": record_hashes(task, "train")}
     model_path = io.save_model(trainer.model, out, config=cfg, task_state=task.state(),
-                               extra=extra)
+                               extra=extra, arrays=seen)
     try:
         files = task.report(trainer.model, out)
         test = (getattr(task, "last_report", {}).get("metrics")
@@ -344,7 +345,7 @@ def _run_train(args, extra):
                          f"failed: {e}") from None
     extra["test"] = test
     model_path = io.save_model(trainer.model, out, config=cfg, task_state=task.state(),
-                               extra=extra)
+                               extra=extra, arrays=seen)
     lines = [f"task: {task_cls.name}", f"data: {data}",
              f"epochs run: {len(history)} (best validation epoch {trainer.best['epoch']})",
              f"training time: {seconds:.1f} s", "", "test metrics:"]
@@ -414,19 +415,77 @@ def _file_hashes(path):
             if f.is_file() and f.suffix != ".md" and not f.name.startswith(".")}
 
 
+def record_hashes(task, split):
+    """(N,) uint64 hashes of the input of each record of ``split`` (empty for tasks that
+    keep no per-record inputs, such as one long text or series)."""
+    import hashlib
+
+    import numpy as np
+
+    recs = (getattr(task, "records", None) or {}).get(split) or []
+    out = np.empty(len(recs), dtype=np.uint64)
+    for i, r in enumerate(recs):
+        a = np.ascontiguousarray(r)
+        h = hashlib.blake2b(f"{a.dtype.str}{a.shape}".encode(), digest_size=8)
+        h.update(a.tobytes())
+        out[i] = int.from_bytes(h.digest(), "little")
+    return out
+
+
+def _drop_seen(task, split, seen):
+    """Remove from ``split`` the records whose input the model was trained on; returns
+    (records before, records dropped)."""
+    import numpy as np
+
+    n = len((getattr(task, "records", None) or {}).get(split) or [])
+    if not n or seen is None or not len(seen):
+        return n, 0
+    keep = ~np.isin(record_hashes(task, split), seen)
+    if keep.all():
+        return n, 0
+    idx = np.flatnonzero(keep)
+    task.records[split] = [task.records[split][i] for i in idx]
+    labels = task.labels[split]
+    task.labels[split] = (labels[idx] if isinstance(labels, np.ndarray)
+                          else [labels[i] for i in idx])
+    sents = getattr(task, "sents", None)
+    if isinstance(sents, dict) and split in sents:
+        sents[split] = [sents[split][i] for i in idx]
+    return n, n - len(idx)
+
+
 def _run_evaluate(args):
     model, meta, task = _load(args.model)
-    data = Path(args.data).expanduser()
-    split = "eval"
-    if data.exists() and fingerprint(data) == (meta.get("extra") or {}).get("data_sha256"):
+    extra = meta.get("extra") or {}
+    data = type(task).resolve_data(args.data)
+    if data.exists() and fingerprint(data) == extra.get("data_sha256"):
         # the training data: rebuild the same split (same seed) and score its held-out test
-        # part only, so that names seen in training do not inflate the figures
+        # part only, so that records seen in training do not inflate the figures
         task = type(task)(meta["config"])
         task.load(str(data))
+        n = len((getattr(task, "records", None) or {}).get("test") or [])
+        what = f" ({n} records)" if n else ""
+        _err(f"{args.data} is this model's training data: metrics on its held-out test "
+             f"split{what} only")
         split = "test"
-        _err(f"{data} is the training data: metrics on its held-out test split")
     else:
         task.load_eval(str(data))
+        split = "eval"
+        seen = (meta.get("extra_arrays") or {}).get("train_records")
+        n, dropped = _drop_seen(task, split, seen)
+        ours = set((extra.get("data_files") or {}).values())
+        if dropped == n and n:
+            raise ValueError(f"{args.data}: all {n} records were in this model's training "
+                             "split; evaluate on data it has not seen")
+        if dropped:
+            _err(f"{args.data}: {dropped} of its {n} records were in this model's training "
+                 f"split; metrics on the other {n - dropped} only")
+        elif ours and ours & set(_file_hashes(data).values()):
+            _err(f"warning: {args.data} holds data this model was trained on; these "
+                 "figures include training data and overstate the model: evaluate on "
+                 "held-out data")
+        elif n:
+            _err(f"{args.data}: metrics on all its {n} records")
     for k, v in task.evaluate(model, split).items():
         _out(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     return 0

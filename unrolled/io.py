@@ -281,7 +281,7 @@ def set_params(model, flat, where):
         raise ValueError(f"{where}: the saved weights do not fit the architecture ({e}); "
                          "the file is corrupt") from None
 
-def save_model(model, path, config=None, task_state=None, extra=None):
+def save_model(model, path, config=None, task_state=None, extra=None, arrays=None):
     """Save a model into ``path``: a directory (``model.npz`` + ``config.json`` in it) or
     a file name ending in ``.npz``.
 
@@ -291,6 +291,9 @@ def save_model(model, path, config=None, task_state=None, extra=None):
     config : dict or None, the resolved training config (saved as JSON).
     task_state : dict or None, what the task learned from data (vocab, classes, stats).
     extra : dict or None, anything else JSON-able (metrics, history).
+    arrays : dict or None, numeric arrays kept beside the weights under ``extra/<name>``
+        (e.g. the hashes of the training records); :func:`load_model` returns them in
+        ``meta["extra_arrays"]``.
 
     Returns
     -------
@@ -300,8 +303,9 @@ def save_model(model, path, config=None, task_state=None, extra=None):
     npz = path if path.suffix == ".npz" else path / "model.npz"
     meta = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "architecture": model_spec(model),
             "config": config or {}, "task_state": task_state or {}, "extra": extra or {}}
-    arrays = {"params/" + k: v for k, v in tree_flatten(model.params).items()}
-    save_arrays(npz, arrays, meta)
+    stored = {"params/" + k: v for k, v in tree_flatten(model.params).items()}
+    stored.update({"extra/" + k: v for k, v in (arrays or {}).items()})
+    save_arrays(npz, stored, meta)
     atomic_write_text(npz.with_name("config.json") if path.suffix != ".npz"
                       else npz.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     return npz
@@ -332,4 +336,6 @@ def load_model(path):
     model = build_model(meta.get("architecture"))
     params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
     set_params(model, params, npz)
+    meta["extra_arrays"] = {k[len("extra/"):]: v for k, v in arrays.items()
+                            if k.startswith("extra/")}
     return model, meta
