@@ -202,3 +202,87 @@ def test_evaluate_scores_only_records_the_model_was_not_trained_on(tmp_path, cap
     (only / f"{lang}.txt").write_text(task.vocab.decode(task.records["train"][0]) + "\n")
     one_line_error(capsys, main(["evaluate", str(out), "--data", str(only)]),
                    "all 1 records were in this model's training split")
+
+
+# ------------------------------------------------------------------ 4. degenerate input
+
+def test_names_degenerate_data_is_named(tmp_path, capsys):
+    one = tiny_names(tmp_path / "one", langs=("Japanese",))
+    rc = main(["train", "names", "--data", str(one), "--out", str(tmp_path / "a"), *TINY])
+    one_line_error(capsys, rc, "one language (Japanese)", "at least one more language")
+    few = tiny_names(tmp_path / "few")
+    (few / "Korean.txt").write_text("Kim\n", encoding="utf-8")
+    out = tmp_path / "b"
+    assert main(["train", "names", "--data", str(few), "--out", str(out), "--epochs", "1",
+                 *TINY]) == 0
+    assert "warning: no test names for Korean" in capsys.readouterr().out
+    # a name of characters never seen in training is answered with a note
+    assert main(["predict", str(out), "山田", "ana"]) == 0
+    cap = capsys.readouterr()
+    notes = cap.err.splitlines()
+    assert len(notes) == 1 and "'山田': 2 of 2 characters" in notes[0] and "guess" in notes[0]
+    assert cap.out.splitlines()[0] == "山田" and "ana" in cap.out.splitlines()
+
+
+@pytest.mark.parametrize("encoding,name", [("utf-16", "UTF-16LE"), ("utf-16-be", "UTF-16BE"),
+                                           ("utf-32", "UTF-32LE")])
+def test_utf16_and_utf32_files_are_named_as_such(tmp_path, capsys, encoding, name):
+    d = tiny_names(tmp_path / "names")
+    (d / "German.txt").write_bytes("Müller\nSchmidt\n".encode(encoding))
+    rc = main(["train", "names", "--data", str(d), "--out", str(tmp_path / "o"), *TINY])
+    one_line_error(capsys, rc, "German.txt", name, f"iconv -f {name}")
+
+
+def series_csv(path, values):
+    path.write_text("x,y\n" + "".join(f"{i % 5},{'' if v is None else repr(v)}\n"
+                                      for i, v in enumerate(values)))
+    return path
+
+
+SERIES = ["--epochs", "1", "--window", "3", "--hidden", "4", "--season", "0", "--quiet"]
+
+
+def test_series_degenerate_values_fail_before_training(tmp_path, capsys):
+    vals = [float(i % 7) for i in range(40)]
+    huge = series_csv(tmp_path / "huge.csv", vals[:20] + [1e300] + vals[21:])
+    out = tmp_path / "h"
+    rc = main(["train", "series", "--data", str(huge), "--out", str(out), *SERIES])
+    one_line_error(capsys, rc, "too large", "rescale")
+    assert not out.exists()
+    # the test part (the last 20 % of the windows) has no target at all
+    gap = series_csv(tmp_path / "gap.csv", vals[:33] + [None] * 7)
+    out = tmp_path / "g"
+    rc = main(["train", "series", "--data", str(gap), "--out", str(out), *SERIES])
+    one_line_error(capsys, rc, "every target of the test part", "is missing")
+    assert not out.exists()  # refused before anything was written: the rerun is not blocked
+    none = series_csv(tmp_path / "none.csv", [None] * 40)
+    rc = main(["train", "series", "--data", str(none), "--target", "y",
+               "--out", str(tmp_path / "n"), *SERIES])
+    err = one_line_error(capsys, rc, "'y'")
+    assert "--features" not in err
+
+
+def test_a_model_with_nan_weights_is_refused(tmp_path, capsys):
+    data = tiny_names(tmp_path / "names")
+    out = tmp_path / "run"
+    assert main(["train", "names", "--data", str(data), "--out", str(out), "--epochs", "1",
+                 *TINY]) == 0
+    arrays, meta = io.load_arrays(out / "model.npz", io.MODEL_FORMAT)
+    key = sorted(k for k in arrays if k.startswith("params/"))[0]
+    arrays[key] = np.full_like(arrays[key], np.nan)
+    io.save_arrays(out / "model.npz", arrays, meta)
+    capsys.readouterr()
+    one_line_error(capsys, main(["predict", str(out), "Tanaka"]), "NaN", "train again")
+
+
+def test_predict_top_must_be_positive(tmp_path, capsys):
+    data = tiny_names(tmp_path / "names")
+    out = tmp_path / "run"
+    assert main(["train", "names", "--data", str(data), "--out", str(out), "--epochs", "1",
+                 *TINY]) == 0
+    capsys.readouterr()
+    for top in ("0", "-1"):
+        one_line_error(capsys, main(["predict", str(out), "ana", "--top", top]),
+                       "--top must be at least 1")
+    assert main(["predict", str(out), "ana", "--top", "99"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + 3  # every class, no more

@@ -502,8 +502,14 @@ def _add_predict(sub):
 
 
 def _run_predict(args):
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1 (the classes shown per input), got "
+                         f"{args.top}")
     model, _, task = _load(args.model)
-    _out(*task.predict(model, args.inputs, top=args.top))
+    lines = task.predict(model, args.inputs, top=args.top)
+    for note in getattr(task, "notes", None) or []:
+        _err(note)
+    _out(*lines)
     return 0
 
 

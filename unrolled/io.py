@@ -335,6 +335,12 @@ def load_model(path):
     arrays, meta = load_arrays(npz, MODEL_FORMAT)
     model = build_model(meta.get("architecture"))
     params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+    bad = sorted(k for k, v in params.items()
+                 if v.dtype.kind == "f" and not np.isfinite(v).all())
+    if bad:
+        raise ValueError(f"{npz}: the weights {bad[:3]} hold NaN or infinite values, so every "
+                         "answer would be NaN; the file is corrupt or training diverged: train "
+                         "again (e.g. with a lower --lr)")
     set_params(model, params, npz)
     meta["extra_arrays"] = {k[len("extra/"):]: v for k, v in arrays.items()
                             if k.startswith("extra/")}
