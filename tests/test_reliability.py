@@ -286,3 +286,106 @@ def test_predict_top_must_be_positive(tmp_path, capsys):
                        "--top must be at least 1")
     assert main(["predict", str(out), "ana", "--top", "99"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1 + 3  # every class, no more
+
+
+# ------------------------------------------------------------------ one-line errors
+
+@pytest.fixture(scope="module")
+def names_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    data = tiny_names(tmp / "names")
+    out = tmp / "run"
+    assert main(["train", "names", "--data", str(data), "--out", str(out), "--epochs", "1",
+                 *TINY]) == 0
+    return out
+
+
+def test_files_that_are_not_models_are_named(tmp_path, capsys):
+    rnd = tmp_path / "random.npz"
+    rnd.write_bytes(np.random.default_rng(0).bytes(4096))
+    one_line_error(capsys, main(["info", str(rnd)]), "not a .npz archive")
+    npy = tmp_path / "a.npy"
+    np.save(npy, np.arange(3))
+    one_line_error(capsys, main(["info", str(npy)]), "single NumPy array (.npy)")
+    assert "pickled" not in capsys.readouterr().err
+
+
+def test_edited_metadata_is_named(names_run, tmp_path, capsys):
+    arrays, meta = io.load_arrays(names_run / "model.npz", io.MODEL_FORMAT)
+    cut = tmp_path / "cut.npz"
+    io.save_arrays(cut, arrays, {**meta, "task_state": {**meta["task_state"],
+                                                        "classes": meta["task_state"]["classes"][:1]}})
+    one_line_error(capsys, main(["predict", str(cut), "ana"]), "gives 1 outputs", "corrupt")
+    other = tmp_path / "other.npz"
+    io.save_arrays(other, arrays, {**meta, "config": {**meta["config"], "task": "text"}})
+    one_line_error(capsys, main(["predict", str(other), "ana"]), "for task 'text'", "corrupt")
+    gone = tmp_path / "gone.npz"
+    io.save_arrays(gone, arrays, {**meta, "config": {**meta["config"], "task": "tagging"}})
+    one_line_error(capsys, main(["predict", str(gone), "ana"]), "does not fit task 'tagging'")
+
+
+def test_inspect_on_a_task_without_text_records_is_one_line(tmp_path, capsys, monkeypatch):
+    from unrolled.inspect.report import record_from_input
+    from unrolled.tasks.base import SequenceClassification
+
+    class NoText(SequenceClassification):
+        name = "notext"
+
+    class Model:
+        layers = ()
+
+    monkeypatch.setattr("unrolled.inspect.report._input_size", lambda model: 1)
+    rec, *_ = record_from_input(NoText({}), "1;2;3", Model())
+    assert rec.shape == (3, 1)
+
+
+def test_disk_full_names_the_path_and_keeps_the_previous_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    target = tmp_path / "model.npz"
+    io.atomic_write_bytes(target, b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        io.atomic_write_bytes(target, b"new")
+    assert str(target) in e.value.strerror and "free some space" in e.value.strerror
+    assert "previous file is intact" in e.value.strerror
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temporary file left
+
+
+def test_an_unexpected_exception_is_one_line(monkeypatch, capsys):
+    import unrolled.cli as cli
+
+    def boom(args):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setitem(cli.COMMANDS, "info", (cli.COMMANDS["info"][0], boom))
+    rc = main(["info", "x"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "UNROLLED_DEBUG=1" in err
+    assert "IndexError" in err
+
+
+def test_tagging_help_gives_its_default_data(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    block = out[out.index("task tagging:"):]
+    block = block[:block.index("\n\n")] if "\n\n" in block else block
+    assert "data default: 'hironsancorpus'" in block and "--data is required" not in block
+
+
+def test_text_predict_on_empty_input_names_the_fix():
+    from unrolled.data import Vocab
+    from unrolled.tasks.text import TextTask
+
+    task = TextTask({}, {"vocab": Vocab.from_text("ab ").to_dict()})
+
+    def model(ids):  # never reached: the empty text is refused first
+        raise AssertionError("the model was called on an empty text")
+
+    with pytest.raises(ValueError, match="at least one character"):
+        task.predict(model, [""])

@@ -71,8 +71,12 @@ def _task_options_help():
             continue
         lines.append("")
         lines.append(f"task {name}: {cls.summary}")
-        lines.append(f"  data default: bundled {cls.default_data!r}" if cls.default_data
-                     else "  data: --data is required")
+        if cls.default_data:
+            lines.append(f"  data default: bundled {cls.default_data!r}")
+        elif cls.defaults.get("data"):
+            lines.append(f"  data default: {cls.defaults['data']!r}")
+        else:
+            lines.append("  data: --data is required")
         for k, v in cls.defaults.items():
             h = cls.help.get(k, TRAIN_HELP.get(k, ""))
             lines.append(f"  --{k.replace('_', '-'):<18} {h} (default {json.dumps(v)})")
@@ -658,9 +662,29 @@ def main(argv=None):
     except (ValueError, TypeError, OSError) as e:
         if os.environ.get("UNROLLED_DEBUG"):
             raise
-        msg = " ".join(str(e).split("\n"))
-        _err(f"unrolled {args.command}: error: {msg}")
+        _err(f"unrolled {args.command}: error: {_one_line(e)}")
         return 2
+    except MemoryError:
+        if os.environ.get("UNROLLED_DEBUG"):
+            raise
+        _err(f"unrolled {args.command}: error: out of memory; use a smaller --batch-size "
+             "(or a smaller model)")
+        return 2
+    except Exception as e:  # a bug: still one line, and how to see and report it
+        if os.environ.get("UNROLLED_DEBUG"):
+            raise
+        _err(f"unrolled {args.command}: internal error ({type(e).__name__}: {_one_line(e)}); "
+             "run again with UNROLLED_DEBUG=1 to see the traceback, and report it")
+        return 1
+
+
+def _one_line(e):
+    """The message of an exception on one line (an OSError as 'file: reason')."""
+    if isinstance(e, OSError) and e.strerror:
+        msg = e.strerror if e.filename is None else f"{e.filename}: {e.strerror}"
+    else:
+        msg = str(e)
+    return " ".join(msg.split())
 
 
 if __name__ == "__main__":

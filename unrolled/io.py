@@ -23,6 +23,7 @@ Windows), and the directory is ``fsync``-ed: a crash or ``kill -9`` at any momen
 either the old file or the new one, never a mix, so the last good checkpoint survives.
 """
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -79,11 +80,16 @@ def atomic_open(path, text=False):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is an ordinary file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = " (the previous file is intact)" if path.exists() else ""
+            raise OSError(e.errno, f"{path}: no space left on the device to write it{kept}; "
+                          "free some space and run the command again (a run continues with "
+                          "--resume)") from None
         raise
     _fsync_dir(path.parent)
 
@@ -146,6 +152,20 @@ def load_arrays(path, expect_format):
     what = "model" if expect_format == MODEL_FORMAT else "checkpoint"
     if not path.is_file():
         raise ValueError(f"{path}: no such {what} file; check the path")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it ({e.strerror}); check its permissions") from None
+    if len(magic) < 6:
+        raise ValueError(f"{path}: corrupt or truncated {what} file ({len(magic)} bytes); use "
+                         "another copy or train again")
+    if magic == b"\x93NUMPY":
+        raise ValueError(f"{path}: a single NumPy array (.npy), not an unrolled {what} file; "
+                         f"pass the model.npz that `unrolled train` wrote")
+    if magic[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise ValueError(f"{path}: not an unrolled {what} file (not a .npz archive); pass the "
+                         "model.npz that `unrolled train` wrote")
     arrays = {}
     try:
         with np.load(path, allow_pickle=False) as z:

@@ -251,8 +251,11 @@ def record_from_input(task, text, model=None):
     language model's vocabulary reads a prime; otherwise, for a model of real-valued
     inputs, ``--input`` is a window of numbers fed as given.
     """
-    if hasattr(task, "encode"):  # names, digits, ... : one record to classify
-        rec = np.asarray(task.encode(text))
+    try:  # names, digits, ... : one record to classify
+        rec = np.asarray(task.encode(text)) if hasattr(task, "encode") else None
+    except NotImplementedError:  # a task without a text form of its records (ctf)
+        rec = None
+    if rec is not None:
         labels = list(str(text).strip()) if rec.shape[0] == len(str(text).strip()) else None
         return rec, None, labels, []
     vocab = getattr(task, "vocab", None)

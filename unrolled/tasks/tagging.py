@@ -179,6 +179,9 @@ class TaggingTask(Task):
             self.words, self.tags = state["words"], state["tags"]
             self._index()
 
+    def output_names(self):
+        return getattr(self, "tags", None)
+
     def _index(self):
         self.w_id = {w: i for i, w in enumerate(self.words)}
         self.t_id = {t: i for i, t in enumerate(self.tags)}

@@ -378,10 +378,16 @@ class TextTask(Task):
     def generate(self, model, length=500, temperature=1.0, prime="", top_k=None, seed=None):
         return sample(model, self.vocab, length, temperature, prime, top_k, seed)
 
+    def output_names(self):
+        return None if self.vocab is None else self.vocab.symbols
+
     def predict(self, model, inputs, top=3):
         """The ``top`` most likely next characters after each input text."""
         lines = []
         for text in inputs:
+            if not text:
+                raise ValueError("an empty text has nothing to continue; pass at least one "
+                                 "character, e.g. `unrolled predict MODEL 'ROMEO:'`")
             ids = encode_prime(self.vocab, text)
             logits = model(ids[None, :])[0, -1].astype(np.float64)
             p = np.exp(log_softmax(logits))
