@@ -158,7 +158,7 @@ def _split_train_args(argv):
 
 # files a run writes into its --out; an --out holding any of them is a used one
 RUN_FILES = ("model.npz", "checkpoint.npz", "config.json", "log.csv", "log.json",
-             "report.txt")
+             "report.txt", "checkpoint.prev.npz")
 # options that may be given when resuming without changing the run's results
 _RESUME_FREE = ("progress", "checkpoint_every")
 
@@ -184,9 +184,15 @@ def _resume_config(task_cls, args, overrides):
         raise ValueError("--resume needs --out DIR, the directory of the run to continue")
     ckpt = Path(args.out) / "checkpoint.npz"
     if not ckpt.exists():
-        raise ValueError(f"{ckpt}: no checkpoint to resume from; start the run without "
-                         "--resume")
-    _, meta = io.load_arrays(ckpt, io.CHECKPOINT_FORMAT)
+        return _restart_config(task_cls, args, overrides, ckpt)
+    try:
+        _, meta = io.load_arrays(ckpt, io.CHECKPOINT_FORMAT)
+    except ValueError as e:
+        prev = ckpt.with_name("checkpoint.prev.npz")
+        if prev.exists():
+            raise ValueError(f"{e}; the checkpoint before it is kept: `mv {prev} {ckpt}` "
+                             "and resume again") from None
+        raise
     cfg = dict(meta["config"])
     if cfg.get("task") != task_cls.name:
         raise ValueError(f"{ckpt} is a {cfg.get('task')!r} run, not {task_cls.name!r}; "
@@ -216,6 +222,31 @@ def _resume_config(task_cls, args, overrides):
             cfg[k] = given[k]
     data = _resume_data(cfg, args.data, meta)
     return cfg, data, (meta.get("extra") or {}).get("data_sha256")
+
+
+def _restart_config(task_cls, args, overrides, ckpt):
+    """``--resume`` of a run stopped before its first checkpoint: its saved config.json
+    starts it again from the beginning (the same options are checked as for a resume)."""
+    saved = Path(args.out) / "config.json"
+    try:
+        cfg = dict(json.loads(saved.read_text(encoding="utf-8"))["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{ckpt}: no checkpoint to resume from; start the run without "
+                         "--resume") from None
+    if (Path(args.out) / "model.npz").exists() or cfg.get("task") != task_cls.name:
+        raise ValueError(f"{ckpt}: no checkpoint to resume from; start the run without "
+                         "--resume")
+    given = _explicit_options(task_cls, args, overrides)
+    given.pop("data", None)
+    changed = sorted(k for k, v in given.items() if k not in _RESUME_FREE and v != cfg.get(k))
+    if changed:
+        raise ValueError(f"options {', '.join('--' + k.replace('_', '-') for k in changed)} "
+                         "differ from the run's; a resumed run keeps its own options")
+    for k in _RESUME_FREE:
+        if k in given:
+            cfg[k] = given[k]
+    _out(f"{args.out}: no checkpoint yet; starting the run again from its saved config")
+    return cfg, _resume_data(cfg, args.data, {}), None
 
 
 def _resume_data(cfg, given, meta):
@@ -318,6 +349,7 @@ def _run_train(args, extra):
     if not args.out:
         out = _new_run_dir(task_cls.name)
     out.mkdir(parents=True, exist_ok=True)
+    io.remove_stale_temps(out, RUN_FILES + ("confusion.txt", "confusion.png"))
     trainer.out_dir = out
     trainer.extra_meta["data_sha256"] = data_sha
     if not args.resume:

@@ -39,7 +39,7 @@ CHECKPOINT_FORMAT = "unrolled-checkpoint"
 FORMAT_VERSION = 1  # the newest version this code reads and the one it writes
 
 __all__ = ["CHECKPOINT_FORMAT", "FORMAT_VERSION", "MODEL_FORMAT", "atomic_open",
-           "atomic_write_bytes",
+           "atomic_write_bytes", "remove_stale_temps",
            "atomic_write_text", "build_model", "load_arrays", "load_model", "model_spec",
            "save_arrays", "save_model"]
 
@@ -59,12 +59,31 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def remove_stale_temps(directory, names):
+    """Remove the temporary files that :func:`atomic_open` left in ``directory`` for the
+    files ``names`` when its process was killed (``kill -9``) in the middle of a write.
+    Returns the paths removed."""
+    directory, gone = Path(directory), []
+    if not directory.is_dir():
+        return gone
+    for name in names:
+        for p in directory.glob(f".{name}.*.tmp"):
+            try:
+                p.unlink()
+                gone.append(p)
+            except OSError:
+                pass
+    return gone
+
+
 @contextlib.contextmanager
-def atomic_open(path, text=False):
+def atomic_open(path, text=False, keep=None):
     """Open a temporary file beside ``path`` for writing; on a clean exit it replaces
     ``path`` (flushed, ``fsync``-ed, renamed), on an exception it is removed.
 
     ``text=True`` gives a UTF-8 text file with Unix line ends, else a binary one.
+    ``keep``: a path in the same directory that receives the file being replaced (a hard
+    link, atomically, so ``path`` itself always exists), e.g. the previous checkpoint.
 
     >>> with atomic_open(tmp / "out.txt", text=True) as f:  # doctest: +SKIP
     ...     f.write("all or nothing")
@@ -79,6 +98,8 @@ def atomic_open(path, text=False):
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is an ordinary file
+        if keep is not None and path.exists():
+            _keep_previous(path, Path(keep))
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -94,9 +115,20 @@ def atomic_open(path, text=False):
     _fsync_dir(path.parent)
 
 
-def _atomic_write(path, write):
+def _keep_previous(path, keep):
+    """Hard-link ``path`` to ``keep`` atomically (nothing kept where links are refused)."""
+    link = keep.with_name(f".{keep.name}.{os.getpid()}.tmp")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+        os.replace(link, keep)
+    except OSError:
+        link.unlink(missing_ok=True)
+
+
+def _atomic_write(path, write, keep=None):
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over."""
-    with atomic_open(path) as f:
+    with atomic_open(path, keep=keep) as f:
         write(f)
     return Path(path)
 
@@ -113,7 +145,7 @@ def atomic_write_text(path, text):
 
 # --------------------------------------------------------------------------- array files
 
-def save_arrays(path, arrays, meta):
+def save_arrays(path, arrays, meta, keep=None):
     """Write ``{name: array}`` and a JSON-able ``meta`` dict into one ``.npz``, atomically.
 
     Parameters
@@ -121,6 +153,7 @@ def save_arrays(path, arrays, meta):
     path : file to write (any suffix; ``.npz`` is customary).
     arrays : dict of str -> numeric or bool ndarray.
     meta : dict with at least ``"format"``; saved as JSON under ``__meta__``.
+    keep : None, or a path that receives the file being replaced (see :func:`atomic_open`).
     """
     out = {}
     for k, v in arrays.items():
@@ -133,7 +166,7 @@ def save_arrays(path, arrays, meta):
         raise ValueError("'__meta__' is reserved for the metadata; rename that array")
     blob = json.dumps(meta, allow_nan=True, sort_keys=True).encode("utf-8")
     out["__meta__"] = np.frombuffer(blob, dtype=np.uint8)
-    return _atomic_write(path, lambda f: np.savez(f, **out))
+    return _atomic_write(path, lambda f: np.savez(f, **out), keep=keep)
 
 
 def load_arrays(path, expect_format):

@@ -199,6 +199,12 @@ class Trainer:
         """``out_dir/checkpoint.npz``, or None without an ``out_dir``."""
         return None if self.out_dir is None else self.out_dir / "checkpoint.npz"
 
+    @property
+    def previous_checkpoint_path(self):
+        """``out_dir/checkpoint.prev.npz``: the checkpoint before the last one (kept as a
+        hard link, so it costs no writing), or None without an ``out_dir``."""
+        return None if self.out_dir is None else self.out_dir / "checkpoint.prev.npz"
+
     def save_checkpoint(self, path=None):
         """Write everything needed to resume into ``path`` (atomically)."""
         path = path or self.checkpoint_path
@@ -225,7 +231,8 @@ class Trainer:
             "history": self.history.rows, "stop_training": self.stop_training,
             "extra": self.extra_meta,
         }
-        return io.save_arrays(path, arrays, meta)
+        keep = self.previous_checkpoint_path if path == self.checkpoint_path else None
+        return io.save_arrays(path, arrays, meta, keep=keep)
 
     def load_checkpoint(self, path=None):
         """Restore the state saved by :meth:`save_checkpoint`."""
@@ -328,6 +335,9 @@ class Trainer:
 
         reuse_freed_memory()  # each step reuses the last one's memory (no page faults)
         cfg = self.config
+        if self.out_dir is not None:  # left by a process killed in the middle of a write
+            io.remove_stale_temps(self.out_dir, ("checkpoint.npz", "checkpoint.prev.npz",
+                                                 "log.json", "log.csv"))
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self.load_checkpoint()
             self.log(f"resumed from {self.checkpoint_path} at epoch {self.epoch + 1}, batch "
