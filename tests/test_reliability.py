@@ -389,3 +389,70 @@ def test_text_predict_on_empty_input_names_the_fix():
 
     with pytest.raises(ValueError, match="at least one character"):
         task.predict(model, [""])
+
+
+# ------------------------------------------------------------------ ctf and tagging test sets
+
+def word_seqs(n, vocab, seed):
+    """Sequences of word ids (a sparse one-hot stream) labelled by the parity of the first."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        w = rng.integers(0, vocab, int(rng.integers(2, 6)))
+        out.append({"w": np.eye(vocab, dtype=np.float32)[w],
+                    "y": np.eye(2, dtype=np.float32)[[int(w[0]) % 2]]})
+    return out
+
+
+CTF_OPTS = ["--features", "w", "--labels", "y", "--epochs", "1", "--hidden", "4", "--quiet"]
+
+
+def test_ctf_sparse_width_read_off_the_file_is_named_with_the_fix(tmp_path, capsys):
+    from unrolled.data.ctf import write_ctf
+
+    seqs = word_seqs(60, 12, 0)
+    for s in seqs:  # the training file never uses the last words of the vocabulary
+        s["w"] = s["w"][:, :9]
+        s["w"][:, 0] += 1 - s["w"].sum(1)  # rows with a dropped word become word 0
+    streams = {"w": (9, "sparse"), "y": (2, "sparse")}
+    write_ctf(tmp_path / "train.ctf", seqs, streams)
+    write_ctf(tmp_path / "new.ctf", word_seqs(20, 12, 1), {"w": (12, "sparse"),
+                                                            "y": (2, "sparse")})
+    out = tmp_path / "run"
+    assert main(["train", "ctf", "--data", str(tmp_path / "train.ctf"), "--out", str(out),
+                 *CTF_OPTS]) == 0
+    assert "--streams w:9:sparse,y:2:sparse with the full dims" in capsys.readouterr().out
+    rc = main(["evaluate", str(out), "--data", str(tmp_path / "new.ctf")])
+    one_line_error(capsys, rc, "out of range", "--streams w:12:sparse,y:2:sparse")
+
+
+def test_ctf_and_tagging_take_their_own_test_file(tmp_path, capsys):
+    from unrolled.data.ctf import write_ctf
+
+    streams = {"w": (6, "sparse"), "y": (2, "sparse")}
+    write_ctf(tmp_path / "train.ctf", word_seqs(80, 6, 0), streams)
+    write_ctf(tmp_path / "test.ctf", word_seqs(40, 6, 1), streams)
+    rc = main(["train", "ctf", "--data", str(tmp_path / "train.ctf"), "--out",
+               str(tmp_path / "a"), "--test-fraction", "0", *CTF_OPTS])
+    one_line_error(capsys, rc, "--test-fraction 0 leaves no test set", "--test FILE")
+    assert main(["train", "ctf", "--data", str(tmp_path / "train.ctf"), "--out",
+                 str(tmp_path / "b"), "--test", str(tmp_path / "test.ctf"), *CTF_OPTS]) == 0
+    out = capsys.readouterr().out
+    assert f"test 40 (from {tmp_path / 'test.ctf'})" in out and "train 72, val 8" in out
+    col = "\n\n".join("\n".join(f"w{(i + j) % 7}\t{'B-X' if j == 0 else 'O'}"
+                                for j in range(3)) for i in range(40)) + "\n"
+    (tmp_path / "tr.txt").write_text(col)
+    (tmp_path / "te.txt").write_text(col[: len(col) // 2])
+    opts = ["--epochs", "1", "--hidden", "4", "--embed", "4", "--quiet", "--val-fraction", "0.2"]
+    assert main(["train", "tagging", "--data", str(tmp_path / "tr.txt"), "--out",
+                 str(tmp_path / "t"), "--test", str(tmp_path / "te.txt"), *opts]) == 0
+    out = capsys.readouterr().out
+    assert f"from {tmp_path / 'te.txt'}" in out and "train 32" in out
+    assert "warning: the test set has 20 sentences" in out
+
+
+def test_ctf_errors_name_the_sequence_id(tmp_path, capsys):
+    (tmp_path / "bad.ctf").write_text("7 |x 1 |y 0:1\n7 |x 2\n42 |x 3\n")
+    rc = main(["train", "ctf", "--data", str(tmp_path / "bad.ctf"), "--features", "x",
+               "--labels", "y", "--out", str(tmp_path / "o"), "--quiet"])
+    one_line_error(capsys, rc, "(id 42)")

@@ -329,8 +329,10 @@ def _run_train(args, extra):
             data = str(bundled_path(task_cls.default_data))
         else:
             raise ValueError(f"task {task_cls.name!r} has no bundled data; pass --data PATH")
-        # an absolute path, so the run resumes from any directory
+        # absolute paths, so the run resumes from any directory
         data = str(task_cls.resolve_data(data))
+        if cfg.get("test"):
+            cfg["test"] = str(Path(cfg["test"]).expanduser().resolve())
     cfg["data"] = data
     if args.out:
         out = Path(args.out)
