@@ -456,3 +456,11 @@ def test_ctf_errors_name_the_sequence_id(tmp_path, capsys):
     rc = main(["train", "ctf", "--data", str(tmp_path / "bad.ctf"), "--features", "x",
                "--labels", "y", "--out", str(tmp_path / "o"), "--quiet"])
     one_line_error(capsys, rc, "(id 42)")
+
+
+def test_a_text_too_short_for_any_stream_does_not_suggest_a_smaller_batch(tmp_path, capsys):
+    (tmp_path / "one.txt").write_text("a")
+    rc = main(["train", "text", "--data", str(tmp_path / "one.txt"), "--batch-size", "1",
+               "--out", str(tmp_path / "o")])
+    err = one_line_error(capsys, rc, "use a longer text")
+    assert "--batch-size" not in err

@@ -294,9 +294,15 @@ class TextTask(Task):
         a, b = split_text(len(text), cfg["val_fraction"], cfg["test_fraction"])
         need = 2 * cfg["batch_size"] + 1
         if b - a < need:
+            # a smaller --batch-size helps only while one stream would still fit
+            fix = ("use a longer text or a smaller --batch-size" if b - a >= 3
+                   else "use a longer text (a few hundred characters at least)")
             raise ValueError(f"{path}: {len(text)} characters leave {b - a} for training, too few "
-                             f"for {cfg['batch_size']} streams; use a longer text or a "
-                             "smaller --batch-size")
+                             f"for {cfg['batch_size']} streams; {fix}")
+        if a < 2 or len(text) - b < 2:
+            raise ValueError(f"{path}: {len(text)} characters leave {a} for validation and "
+                             f"{len(text) - b} for the test, and each needs 2 to score a "
+                             "prediction; use a longer text")
         self.vocab = Vocab.from_text(text)
         ids = self.vocab.encode(text)
         self.splits = {"train": ids[a:b], "val": ids[:a], "test": ids[b:]}
