@@ -464,3 +464,13 @@ def test_a_text_too_short_for_any_stream_does_not_suggest_a_smaller_batch(tmp_pa
                "--out", str(tmp_path / "o")])
     err = one_line_error(capsys, rc, "use a longer text")
     assert "--batch-size" not in err
+
+
+def test_example_without_its_data_says_to_pass_data(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "jordan_vs_elman.py"),
+                        "--data", str(tmp_path / "nope.csv"), "--epochs", "1"],
+                       capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "nope.csv: no such file; pass --data" in r.stderr
+    assert not (tmp_path / "runs").exists()
