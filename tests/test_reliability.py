@@ -474,3 +474,30 @@ def test_example_without_its_data_says_to_pass_data(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert "nope.csv: no such file; pass --data" in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_pictures_say_what_they_show_and_are_readable(tmp_path, monkeypatch):
+    import matplotlib
+    from matplotlib.axes import Axes
+
+    from unrolled.metrics import plot_confusion
+    from unrolled.tasks.series import SeriesTask
+
+    matplotlib.use("Agg")
+    titles, sizes = [], []
+    monkeypatch.setattr(Axes, "set_title", lambda self, t, *a, **k: titles.append(t))
+    orig_text = Axes.text
+
+    def text(self, x, y, s, *a, **k):
+        sizes.append(k.get("fontsize"))
+        return orig_text(self, x, y, s, *a, **k)
+
+    monkeypatch.setattr(Axes, "text", text)
+    plot_confusion(np.array([[120, 3], [4, 95]]), ["a", "b"], tmp_path / "c.png")
+    assert min(sizes) >= 8
+    task = SeriesTask({"plot_points": 5, "season": 0}, {"target": "y"})
+    task.saved = {"target": "y"}
+    n = 12
+    f = {"at": np.arange(n), "true": np.ones(n), "pred": np.ones(n), "seasonal": np.ones(n)}
+    task.plot(f, tmp_path / "f.png", title="y: test forecasts, 1 ahead")
+    assert "the last 5 of 12" in titles[-1]

@@ -496,6 +496,9 @@ class SeriesTask(Task):
 
         k = self.config["plot_points"]
         sl = slice(-k, None) if k else slice(None)
+        if k and len(f["at"]) > k:  # say that the picture is a part of the forecasts
+            title = (f"{title} (the last {k} of {len(f['at'])}; --plot-points 0 draws all)"
+                     if title else f"the last {k} of {len(f['at'])} forecasts")
         at = f["at"][sl]
         fig, ax = plt.subplots(figsize=(10, 4))
         ax.plot(at, f["true"][sl], color="black", lw=1.2, label="truth")
