@@ -501,3 +501,75 @@ def test_pictures_say_what_they_show_and_are_readable(tmp_path, monkeypatch):
     f = {"at": np.arange(n), "true": np.ones(n), "pred": np.ones(n), "seasonal": np.ones(n)}
     task.plot(f, tmp_path / "f.png", title="y: test forecasts, 1 ahead")
     assert "the last 5 of 12" in titles[-1]
+
+
+# ------------------------------------------------------------------ checkpoints and progress
+
+def names_trainer(tmp_path, out=None, **over):
+    from unrolled.config import resolve_config
+    from unrolled.tasks import get_task
+
+    data = tiny_names(tmp_path / "names")
+    T = get_task("names")
+    opts = {"epochs": 2, "hidden": 8, "embed": 4, "batch_size": 8, "progress": False,
+            "lr": 0.01}
+    opts.update(over)
+    cfg = resolve_config(T, overrides={k: str(v) for k, v in opts.items()})
+    task = T(cfg)
+    task.load(data)
+    return Trainer(task, cfg, out_dir=out, log=lambda m: None)
+
+
+def test_checkpoints_keep_the_best_weights_once_and_can_go_by_time(tmp_path, monkeypatch):
+    tr = names_trainer(tmp_path, tmp_path / "run", checkpoint_every=0,
+                       checkpoint_seconds=1e-9, schedule="constant")
+    saves = []
+    orig = Trainer.save_checkpoint
+
+    def save(self, path=None):
+        saves.append((self.epoch, self.batch_in_epoch))
+        return orig(self, path)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    tr.fit()
+    # by time: after every batch but the last of an epoch, and at each epoch end
+    assert len(saves) == 2 * tr.steps_per_epoch
+    arrays, meta = io.load_arrays(tmp_path / "run" / "checkpoint.npz", io.CHECKPOINT_FORMAT)
+    assert meta["best_is_params"] == (meta["best"]["epoch"] == 2)
+    n_params = sum(k.startswith("params/") for k in arrays)
+    assert sum(k.startswith("best/") for k in arrays) == (0 if meta["best_is_params"]
+                                                          else n_params)
+    (tmp_path / "b").mkdir()
+    again = names_trainer(tmp_path / "b", tmp_path / "run", checkpoint_every=0,
+                          checkpoint_seconds=1e-9, schedule="constant")
+    again.load_checkpoint()
+    assert again.best["params"].keys() == tr.best["params"].keys()
+    for k, v in tr.best["params"].items():
+        assert again.best["params"][k].tobytes() == v.tobytes()
+
+
+def test_the_first_update_says_kernels_may_be_compiling(tmp_path, monkeypatch):
+    import unrolled.train as train_mod
+
+    calls = []
+
+    class Bar:
+        def set_postfix(self, *a, **k):
+            pass
+
+        def set_postfix_str(self, s, **k):
+            calls.append(s)
+
+        def unpause(self):
+            calls.append("unpause")
+
+        def update(self, n=1):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(train_mod, "_progress", lambda *a, **k: Bar())
+    monkeypatch.setattr(Trainer, "_warm", False)
+    names_trainer(tmp_path, epochs=1).fit()
+    assert calls == ["compiling kernels (first run only)", "unpause"]

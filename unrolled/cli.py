@@ -160,7 +160,7 @@ def _split_train_args(argv):
 RUN_FILES = ("model.npz", "checkpoint.npz", "config.json", "log.csv", "log.json",
              "report.txt", "checkpoint.prev.npz")
 # options that may be given when resuming without changing the run's results
-_RESUME_FREE = ("progress", "checkpoint_every")
+_RESUME_FREE = ("progress", "checkpoint_every", "checkpoint_seconds")
 
 
 def _explicit_options(task_cls, args, overrides):

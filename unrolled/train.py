@@ -145,6 +145,8 @@ class Trainer:
     model, optimizer, history (:class:`History`), epoch (epochs done), step (updates done).
     """
 
+    _warm = False  # has an update run in this process (kernels compiled)?
+
     def __init__(self, task, config=None, out_dir=None, model=None, callbacks=(), log=None):
         self.task = task
         self.config = dict(config or task.config)
@@ -169,6 +171,7 @@ class Trainer:
         self.stop_training = False
         self._interrupted = False
         self.extra_meta = {}         # JSON-able facts saved with each checkpoint ("extra")
+        self._last_checkpoint = time.monotonic()
 
     # -------------------------------------------------------------------- helpers
     def _plan_length(self):
@@ -214,7 +217,10 @@ class Trainer:
         opt = self.optimizer.state_dict()
         for slot, tree in opt.pop("state").items():
             arrays.update({f"opt/{slot}/{k}": v for k, v in tree_flatten(tree).items()})
-        if self.best["params"] is not None:
+        # at an epoch's end the best weights are often the current ones: kept once
+        best_is_params = (self.best["params"] is not None and self.batch_in_epoch == 0
+                          and self.best["epoch"] == self.epoch)
+        if self.best["params"] is not None and not best_is_params:
             arrays.update({"best/" + k: v for k, v in self.best["params"].items()})
         if self.carry is not None:
             arrays.update({"carry/" + k: v for k, v in self.carry.items()})
@@ -229,10 +235,12 @@ class Trainer:
             "sums": self.sums,
             "best": {k: v for k, v in self.best.items() if k != "params"},
             "history": self.history.rows, "stop_training": self.stop_training,
-            "extra": self.extra_meta,
+            "extra": self.extra_meta, "best_is_params": best_is_params,
         }
         keep = self.previous_checkpoint_path if path == self.checkpoint_path else None
-        return io.save_arrays(path, arrays, meta, keep=keep)
+        out = io.save_arrays(path, arrays, meta, keep=keep)
+        self._last_checkpoint = time.monotonic()
+        return out
 
     def load_checkpoint(self, path=None):
         """Restore the state saved by :meth:`save_checkpoint`."""
@@ -250,6 +258,8 @@ class Trainer:
         opt["state"] = {slot: tree_unflatten(sub(f"opt/{slot}/")) for slot in meta["opt_slots"]}
         self.optimizer.load_state_dict(opt)
         best = sub("best/")
+        if meta.get("best_is_params"):
+            best = {k: v.copy() for k, v in sub("params/").items()}
         self.best = {**meta["best"], "params": best or None}
         carry = sub("carry/")
         self.carry = carry or None
@@ -401,7 +411,13 @@ class Trainer:
                 # -- forward, backward, clip, step
                 batch = task.get_batch("train", plan[i])
                 lr = self.optimizer.lr
+                first = not Trainer._warm
+                if first:  # the first update of a process may compile the kernels
+                    bar.set_postfix_str("compiling kernels (first run only)", refresh=True)
                 value, norm = self.train_step(batch)
+                if first:
+                    Trainer._warm = True
+                    bar.unpause()  # the compile time is left out of the time estimate
                 if not math.isfinite(value):
                     raise ValueError(f"the training loss became {value} at step {self.step + 1}; "
                                      "lower --lr or --clip")
@@ -420,9 +436,12 @@ class Trainer:
                 blogs = {"loss": value, "lr": lr, "grad_norm": norm}
                 for cb in self.callbacks:
                     cb.on_batch_end(self, self.step, blogs)
-                # -- checkpoint every N batches (not at the last one: the epoch end does it)
-                every = cfg["checkpoint_every"]
-                if every and self.step % every == 0 and i + 1 < len(plan):
+                # -- checkpoint every N batches or seconds (not at the last batch: the
+                # epoch end does it)
+                every, secs = cfg["checkpoint_every"], cfg.get("checkpoint_seconds", 0)
+                due = (every and self.step % every == 0) or (
+                    secs and time.monotonic() - self._last_checkpoint >= secs)
+                if due and i + 1 < len(plan):
                     self.save_checkpoint()
                 if self._interrupted:
                     return
@@ -524,6 +543,12 @@ def _epoch_line(row, epochs):
 
 class _NoBar:
     def set_postfix(self, *a, **k):
+        pass
+
+    def set_postfix_str(self, *a, **k):
+        pass
+
+    def unpause(self):
         pass
 
     def update(self, n=1):
