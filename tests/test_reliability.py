@@ -573,3 +573,31 @@ def test_the_first_update_says_kernels_may_be_compiling(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_warm", False)
     names_trainer(tmp_path, epochs=1).fit()
     assert calls == ["compiling kernels (first run only)", "unpause"]
+
+
+def test_long_generation_shows_progress(monkeypatch):
+    import tqdm as tqdm_mod
+
+    from unrolled.data import Vocab
+    from unrolled.tasks.text import sample
+
+    vocab = Vocab.from_text("ab\n")
+    bars = []
+
+    class Bar:
+        def __init__(self, it, **kw):
+            bars.append(kw)
+            self.it = it
+
+        def __iter__(self):
+            return iter(self.it)
+
+    monkeypatch.setattr(tqdm_mod, "tqdm", Bar)
+
+    def model(ids, initial_state=None, return_state=False):
+        return np.zeros((1, ids.shape[1], len(vocab)), np.float32), None
+
+    text = sample(model, vocab, length=1200, rng=0, progress=True)
+    assert len(text) == 1200 and bars and bars[0]["desc"] == "generating"
+    sample(model, vocab, length=10, rng=0, progress=True)
+    assert len(bars) == 1  # short texts: no bar

@@ -571,7 +571,7 @@ def _run_generate(args):
     if not args.temperature > 0:
         raise ValueError(f"--temperature must be > 0, got {args.temperature}")
     text = task.generate(model, length=args.length, temperature=args.temperature,
-                         prime=args.prime, top_k=args.top_k, seed=args.seed)
+                         prime=args.prime, top_k=args.top_k, seed=args.seed, progress=True)
     _out(text)
     return 0
 

@@ -192,8 +192,10 @@ class Task:
         raise ValueError(f"task {self.name!r} has no predict; try `unrolled evaluate` or "
                          "`unrolled generate`")
 
-    def generate(self, model, length=500, temperature=1.0, prime="", top_k=None, seed=None):
-        """Text sampled from ``model`` for ``unrolled generate``."""
+    def generate(self, model, length=500, temperature=1.0, prime="", top_k=None, seed=None,
+                 progress=False):
+        """Text sampled from ``model`` for ``unrolled generate`` (``progress``: a progress
+        bar on stderr for long texts)."""
         raise ValueError(f"task {self.name!r} cannot generate; `unrolled generate` needs a "
                          "model trained by the `text` task")
 
