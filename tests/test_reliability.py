@@ -601,3 +601,21 @@ def test_long_generation_shows_progress(monkeypatch):
     assert len(text) == 1200 and bars and bars[0]["desc"] == "generating"
     sample(model, vocab, length=10, rng=0, progress=True)
     assert len(bars) == 1  # short texts: no bar
+
+
+def test_evaluate_recognises_a_named_corpus_as_the_training_data(tmp_path, monkeypatch,
+                                                                 capsys):
+    import unrolled.tasks.tagging as tagging
+
+    corpus = tmp_path / "iob_sents.txt"
+    corpus.write_text("\n\n".join("\n".join(f"w{(i + j) % 7}\t{'B-X' if j == 0 else 'O'}"
+                                            for j in range(3)) for i in range(60)) + "\n")
+    monkeypatch.setattr(tagging, "hironsan_path", lambda: corpus)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "tagging", "--data", "hironsancorpus", "--out", str(out),
+                 "--epochs", "1", "--hidden", "4", "--embed", "4", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", "hironsancorpus"]) == 0
+    err = capsys.readouterr().err
+    assert "hironsancorpus is this model's training data" in err and "test split" in err
