@@ -619,3 +619,19 @@ def test_evaluate_recognises_a_named_corpus_as_the_training_data(tmp_path, monke
     assert main(["evaluate", str(out), "--data", "hironsancorpus"]) == 0
     err = capsys.readouterr().err
     assert "hironsancorpus is this model's training data" in err and "test split" in err
+
+
+def test_cjk_labels_use_an_installed_cjk_font_or_say_there_is_none(monkeypatch):
+    from matplotlib import font_manager
+
+    from unrolled.inspect.report import CJK_FONTS, label_fonts
+
+    assert label_fonts(list("Tanaka")) == (None, None)
+    plain = [f for f in font_manager.fontManager.ttflist if f.name not in CJK_FONTS]
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", plain)
+    families, note = label_fonts(list("山田"))
+    assert families is None and "boxes" in note and "fonts-noto-cjk" in note
+    fake = font_manager.FontEntry(name="IPAexGothic")
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [*plain, fake])
+    families, note = label_fonts(list("山田"))
+    assert note is None and families[-1] == "IPAexGothic" and len(families) >= 2
