@@ -3,6 +3,7 @@ interrupted (SIGINT, SIGTERM), refused disk space (ENOSPC) or left with a corrup
 checkpoint goes on with ``--resume`` to the weights of an uninterrupted run, bit for
 bit, with a one-line message at each stop and no temporary file left behind."""
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from unrolled.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTS = ["--epochs", "3", "--hidden", "8", "--embed", "4", "--batch-size", "8", "--quiet",
-        "--checkpoint-every", "2", "--dropout", "0.2", "--lr", "0.01"]
+        "--checkpoint-every", "2", "--dropout", "0.2", "--lr", "0.01", "--restore-best", "false"]
 
 DRIVER = textwrap.dedent("""
     import os, signal, sys
@@ -63,7 +64,8 @@ def tiny_names(d, n=15, langs=("Japanese", "Russian", "Italian")):
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    """The uninterrupted run: its data, its directory and its weights."""
+    """The uninterrupted run: its data, its directory and its weights (the last ones, not
+    the best epoch's, so that every update counts)."""
     tmp = tmp_path_factory.mktemp("drill")
     data = tiny_names(tmp / "names")
     out = tmp / "full"
@@ -73,8 +75,11 @@ def full(tmp_path_factory):
 
 
 def weights(out):
+    """The model's weights, and the run's history of losses (the same epochs, no more)."""
     arrays, _ = io.load_arrays(Path(out) / "model.npz", io.MODEL_FORMAT)
-    return {k: v.tobytes() for k, v in arrays.items()}
+    rows = json.loads((Path(out) / "log.json").read_text())
+    return ({k: v.tobytes() for k, v in arrays.items()},
+            [(r["epoch"], r["loss"], r["val_loss"]) for r in rows])
 
 
 def no_temporary_files(out):
