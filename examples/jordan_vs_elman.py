@@ -20,7 +20,7 @@ Evaluation on the held-out last 820 months (1915–1983): one-step RMSE, and for
 feedback), from many starting months. Writes two figures into --out (default
 runs/examples/jordan_vs_elman).
 
-    OPENBLAS_NUM_THREADS=1 python examples/jordan_vs_elman.py --data monthly-sunspots.csv [--epochs 300]
+    OPENBLAS_NUM_THREADS=1 python examples/jordan_vs_elman.py --data sunspots.csv [--epochs 300]
 
 The data is not bundled: pass --data with the CSV of monthly sunspot numbers (a header
 line, then month and count), e.g. the copy in a project's shared data folder.

@@ -313,8 +313,8 @@ def test_files_that_are_not_models_are_named(tmp_path, capsys):
 def test_edited_metadata_is_named(names_run, tmp_path, capsys):
     arrays, meta = io.load_arrays(names_run / "model.npz", io.MODEL_FORMAT)
     cut = tmp_path / "cut.npz"
-    io.save_arrays(cut, arrays, {**meta, "task_state": {**meta["task_state"],
-                                                        "classes": meta["task_state"]["classes"][:1]}})
+    state = {**meta["task_state"], "classes": meta["task_state"]["classes"][:1]}
+    io.save_arrays(cut, arrays, {**meta, "task_state": state})
     one_line_error(capsys, main(["predict", str(cut), "ana"]), "gives 1 outputs", "corrupt")
     other = tmp_path / "other.npz"
     io.save_arrays(other, arrays, {**meta, "config": {**meta["config"], "task": "text"}})
