@@ -3,7 +3,6 @@ evaluation says what it scores, degenerate input is named, and every failure is 
 line that names the fix (never a traceback), including under faults (kill, ENOSPC,
 corrupt files)."""
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
