@@ -634,3 +634,20 @@ def test_cjk_labels_use_an_installed_cjk_font_or_say_there_is_none(monkeypatch):
     monkeypatch.setattr(font_manager.fontManager, "ttflist", [*plain, fake])
     families, note = label_fonts(list("山田"))
     assert note is None and families[-1] == "IPAexGothic" and len(families) >= 2
+
+
+def test_non_finite_metrics_are_an_error_not_a_figure(tmp_path, monkeypatch, capsys):
+    from unrolled.tasks.base import SequenceClassification
+
+    data = tiny_names(tmp_path / "names")
+    out = tmp_path / "run"
+    orig = SequenceClassification._scores
+
+    def scores(self, logits, y):  # as a model whose outputs overflow would score
+        return {**orig(self, logits, y), "loss": float("inf")}
+
+    monkeypatch.setattr(SequenceClassification, "_scores", scores)
+    rc = main(["train", "names", "--data", str(data), "--out", str(out), "--epochs", "1",
+               *TINY])
+    one_line_error(capsys, rc, "not finite (loss inf)", "model is saved")
+    assert (out / "model.npz").exists()

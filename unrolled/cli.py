@@ -378,6 +378,7 @@ def _run_train(args, extra):
         files = task.report(trainer.model, out)
         test = (getattr(task, "last_report", {}).get("metrics")
                 or task.evaluate(trainer.model, "test"))
+        _check_finite(test, "test")
     except ValueError as e:
         raise ValueError(f"the model is saved in {model_path}, but its test evaluation "
                          f"failed: {e}") from None
@@ -524,9 +525,23 @@ def _run_evaluate(args):
                  "held-out data")
         elif n:
             _err(f"{args.data}: metrics on all its {n} records")
-    for k, v in task.evaluate(model, split).items():
+    scores = task.evaluate(model, split)
+    _check_finite(scores, str(args.data))
+    for k, v in scores.items():
         _out(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     return 0
+
+
+def _check_finite(metrics, what):
+    """A NaN or infinite metric is an error, not a figure."""
+    import math
+
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        shown = ", ".join(f"{k} {v}" for k, v in bad.items())
+        raise ValueError(f"the metrics on {what} are not finite ({shown}); the data may hold "
+                         "values too large for the model's arithmetic (rescale them), or the "
+                         "model diverged (train again with a lower --lr)")
 
 
 def _add_predict(sub):
