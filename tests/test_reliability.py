@@ -454,7 +454,7 @@ def test_ctf_errors_name_the_sequence_id(tmp_path, capsys):
     (tmp_path / "bad.ctf").write_text("7 |x 1 |y 0:1\n7 |x 2\n42 |x 3\n")
     rc = main(["train", "ctf", "--data", str(tmp_path / "bad.ctf"), "--features", "x",
                "--labels", "y", "--out", str(tmp_path / "o"), "--quiet"])
-    one_line_error(capsys, rc, "(id 42)")
+    one_line_error(capsys, rc, "sequence 1 (id 42, line 3)")
 
 
 def test_a_text_too_short_for_any_stream_does_not_suggest_a_smaller_batch(tmp_path, capsys):

@@ -121,12 +121,14 @@ class CTFTask(SequenceClassification):
         dim = streams[lab][0]
         X, Y, n_rows, sids = [], [], [], []
         try:
-            seqs = list(read_ctf(path, streams, skip_unknown=True, return_ids=True))
+            seqs = list(read_ctf(path, streams, skip_unknown=True, return_ids=True,
+                                 return_lines=True))
         except ValueError as e:
             raise ValueError(self._width_hint(e, path)) from None
-        for k, (sid, seq) in enumerate(seqs):
+        for k, (sid, line, seq) in enumerate(seqs):
             x, y = seq[f], seq[lab]
-            name = f"sequence {k}" + ("" if sid is None else f" (id {sid})")
+            name = f"sequence {k}" + ("" if sid is None else f" (id {sid}") \
+                + (f", line {line})" if sid is not None else f" (line {line})")
             sids.append(name)
             if not len(x) or not len(y):
                 empty = f if not len(x) else lab
