@@ -651,3 +651,22 @@ def test_non_finite_metrics_are_an_error_not_a_figure(tmp_path, monkeypatch, cap
                *TINY])
     one_line_error(capsys, rc, "not finite (loss inf)", "model is saved")
     assert (out / "model.npz").exists()
+
+
+def test_evaluate_on_the_test_file_of_the_training_data_is_not_called_training_data(
+        tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "digits"
+    data.mkdir()
+    for name in ("optdigits-train.csv", "optdigits-test.csv"):
+        shutil.copy(bundled_path("names").parent / name, data / name)
+    out = tmp_path / "run"
+    assert main(["train", "digits", "--data", str(data), "--out", str(out), "--epochs", "1",
+                 "--hidden", "4", "--quiet"]) == 0
+    test = data / "optdigits-test.csv"
+    n = sum(1 for line in test.read_text().splitlines() if line.strip())
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(test)]) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err and f"metrics on all its {n} records" in err

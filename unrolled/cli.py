@@ -519,7 +519,8 @@ def _run_evaluate(args):
         if dropped:
             _err(f"{args.data}: {dropped} of its {n} records were in this model's training "
                  f"split; metrics on the other {n - dropped} only")
-        elif ours and ours & set(_file_hashes(data).values()):
+        elif (seen is None or not len(seen)) and ours & set(_file_hashes(data).values()):
+            # no record hashes (one long text or series): a file of the training data
             _err(f"warning: {args.data} holds data this model was trained on; these "
                  "figures include training data and overstate the model: evaluate on "
                  "held-out data")
