@@ -670,3 +670,18 @@ def test_evaluate_on_the_test_file_of_the_training_data_is_not_called_training_d
     assert main(["evaluate", str(out), "--data", str(test)]) == 0
     err = capsys.readouterr().err
     assert "warning" not in err and f"metrics on all its {n} records" in err
+
+
+def test_checkpoints_by_time_only_skip_epoch_ends_until_due(tmp_path, monkeypatch):
+    tr = names_trainer(tmp_path, tmp_path / "run", epochs=3, checkpoint_every=0,
+                       checkpoint_seconds=3600, schedule="constant")
+    saves = []
+    orig = Trainer.save_checkpoint
+
+    def save(self, path=None):
+        saves.append(self.epoch)
+        return orig(self, path)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    tr.fit()
+    assert saves == [3]  # an hour never passed: only the end of training is saved

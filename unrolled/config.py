@@ -56,7 +56,7 @@ TRAIN_HELP = {
     "checkpoint_every": "batches between checkpoints (0: only at epoch ends)",
     "checkpoint_seconds": "also checkpoint in an epoch once this many seconds passed since "
                           "the last checkpoint (0: off); with --checkpoint-every 0, by time "
-                          "only",
+                          "only, epoch ends included (the last one is always saved)",
     "progress": "show a progress bar",
 }
 

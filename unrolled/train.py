@@ -481,7 +481,13 @@ class Trainer:
         self.batch_in_epoch = 0
         self.epoch_rng_state = self.rng.bit_generator.state
         self.write_logs()
-        self.save_checkpoint()
+        # by time only (--checkpoint-every 0 --checkpoint-seconds S): an epoch's end is
+        # checkpointed when S seconds have passed, and always at the end of training
+        secs = cfg.get("checkpoint_seconds", 0)
+        by_time = secs and not cfg["checkpoint_every"]
+        last = self.epoch >= cfg["epochs"] or self.stop_training
+        if not by_time or last or time.monotonic() - self._last_checkpoint >= secs:
+            self.save_checkpoint()
 
 
 def _forward_split(model, batch, init, split):
