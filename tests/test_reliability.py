@@ -685,3 +685,17 @@ def test_checkpoints_by_time_only_skip_epoch_ends_until_due(tmp_path, monkeypatc
     monkeypatch.setattr(Trainer, "save_checkpoint", save)
     tr.fit()
     assert saves == [3]  # an hour never passed: only the end of training is saved
+
+
+def test_resume_accepts_the_runs_own_test_file_given_relatively(tmp_path, monkeypatch, capsys):
+    from unrolled.data.ctf import write_ctf
+
+    streams = {"w": (6, "sparse"), "y": (2, "sparse")}
+    write_ctf(tmp_path / "train.ctf", word_seqs(80, 6, 0), streams)
+    write_ctf(tmp_path / "test.ctf", word_seqs(40, 6, 1), streams)
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "ctf", "--data", "train.ctf", "--out", "run", "--test", "test.ctf",
+            "--features", "w", "--labels", "y", "--hidden", "4", "--quiet"]
+    assert main(args + ["--epochs", "1", "--schedule", "constant"]) == 0
+    assert main(args + ["--epochs", "2", "--resume"]) == 0
+    assert "epoch 2/2" in capsys.readouterr().out

@@ -172,7 +172,10 @@ def _explicit_options(task_cls, args, overrides):
     if args.config:
         keys |= {k.replace("-", "_") for k in load_toml(args.config)}
     keys.discard("task")
-    return {k: given[k] for k in keys if k in given}
+    out = {k: given[k] for k in keys if k in given}
+    if out.get("test"):  # a path, compared as the absolute one the run saved
+        out["test"] = str(Path(out["test"]).expanduser().resolve())
+    return out
 
 
 def _resume_config(task_cls, args, overrides):
