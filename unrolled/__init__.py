@@ -1,8 +1,8 @@
 """unrolled: recurrent neural networks from plain matrices, with exact hand-written BPTT."""
 from .grad import value_and_grad
 from . import data, interop
-from .layers import (GRU, LSTM, Dense, Dropout, Elman, Embedding, Jordan, RecursiveNet,
-                     Recurrent, Sequential)
+from .layers import (GRU, LSTM, SRU, Dense, Dropout, Elman, Embedding, Jordan, MinGRU,
+                     MinLSTM, PeepholeLSTM, RecursiveNet, Recurrent, Sequential)
 from . import metrics
 from .io import load_model, save_model
 from .train import Callback, History, Trainer
@@ -30,4 +30,5 @@ __all__ = ["Elman", "LSTM", "GRU", "Jordan", "Dense", "Embedding", "Dropout", "S
            "load_model", "metrics", "data", "interop", "Recurrence", "Fold", "RecurrenceFrom",
            "UnfoldFrom", "Seq2Seq", "plan_memory", "MemoryPlanError", "TBPTT", "evaluate_stream",
            "RTRL", "UORO", "Generator", "set_backend", "get_backend", "backend",
-           "settings", "explain", "cells", "Recurrent"]
+           "settings", "explain", "cells", "Recurrent", "PeepholeLSTM", "MinGRU", "MinLSTM",
+           "SRU"]

@@ -241,7 +241,8 @@ def _backward_compiled(path, cell, p, tp, xp, d_out, win, dstate, K, dXW, dX):
     win = none2 if win is None else _c(win[:, :, 0], xp)
     m = none2 if mask is None else mask.astype(dtype)
     dcell = tuple(xp.empty_like(d) for d in dS) if mask is not None else dN
-    SV = () if cell.tied else (xp.empty_like(dXW),)
+    rec = getattr(cell, "recurrent", True)
+    SV = () if cell.tied or not rec else (xp.empty_like(dXW),)
     DU = xp.zeros((len(cell.units), H), dtype)
     args = (tuple(_c(tp.tape[k], xp) for k in cell.cache), _units(cell, p, H, dtype, xp),
             _c(p["weight_hh"], xp), dXW, SV)
@@ -254,10 +255,11 @@ def _backward_compiled(path, cell, p, tp, xp, d_out, win, dstate, K, dXW, dX):
         if n % 2:  # the two buffers swapped roles an odd number of times
             dS, dN = dN, dS
         _block_input_grads(p, tp, xp, t0, n, dXW, dX, grads, acc)
-        # the recurrent weight's gradient: the cell's rows against the previous states
-        R = (dXW if cell.tied else SV[0])[:n].reshape(n * B, -1)
-        _add_product(grads, "weight_hh", R, states[0][t0:t0 + n].reshape(n * B, H), acc, xp)
-        _accumulate(grads, "bias_hh", R.sum(0))
+        if rec:  # the recurrent weight's gradient: the cell's rows against the previous states
+            R = (dXW if cell.tied else SV[0])[:n].reshape(n * B, -1)
+            _add_product(grads, "weight_hh", R, states[0][t0:t0 + n].reshape(n * B, H), acc,
+                         xp)
+            _accumulate(grads, "bias_hh", R.sum(0))
     for k, name in enumerate(cell.units):
         grads[name] = DU[k]
     return grads, dX, dS

@@ -10,7 +10,9 @@ from .elman import ElmanCell
 from .gru import GRUCell
 from .jordan import JordanCell
 from .lstm import LSTMCell
+from .parallel import MinGRUCell, MinLSTMCell, SRUCell
 from .peephole import PeepholeLSTMCell
 
-__all__ = ["Cell", "ElmanCell", "GRUCell", "JordanCell", "LSTMCell", "PeepholeLSTMCell",
+__all__ = ["Cell", "ElmanCell", "GRUCell", "JordanCell", "LSTMCell", "MinGRUCell",
+           "MinLSTMCell", "PeepholeLSTMCell", "SRUCell",
            "REGISTRY", "get", "ops", "register"]

@@ -13,6 +13,10 @@ A cell file declares
                 (``x + r``): then both biases fold into the input projection and one
                 gradient serves both products (LSTM, Elman). False (GRU): the backward
                 also gives the gradient of the recurrent part on its own.
+``recurrent``   False for a cell with no recurrent product at all (MinGRU, SRU, QRNN):
+                no ``weight_hh``/``bias_hh``, ``r`` and ``dr`` are empty tuples, and the
+                only link between steps is the cell's own per-unit arithmetic, so
+                every product of the layer runs over all T steps at once.
 
 and writes the arithmetic of one hidden unit once, with :mod:`unrolled.cells.ops`::
 
@@ -75,6 +79,7 @@ class Cell:
     cache = ()
     units = ()
     tied = True
+    recurrent = True
     forward = None   # the per-unit step (see the module doc)
     backward = None  # its hand-derived backward
 
@@ -91,6 +96,8 @@ class Cell:
         G = self.gates * hidden_size
         shapes = {"weight_ih": (G, input_size), "weight_hh": (G, hidden_size),
                   "bias_ih": (G,), "bias_hh": (G,)}
+        if not self.recurrent:
+            del shapes["weight_hh"], shapes["bias_hh"]
         shapes.update({k: (hidden_size,) for k in self.units})
         return shapes
 
@@ -106,6 +113,10 @@ class Cell:
         """Arrays derived once per call: the transposed recurrent weight and the biases as
         the compiled loop folds them (``bias_x`` into the input projection, ``bias_r``
         added to the recurrent product where a gate's parts are not summed)."""
+        if not self.recurrent:  # nothing to fold; an empty recurrent weight for the loop
+            b = params["bias_ih"]
+            return {**params, "W_hhT": xp.zeros((0, 0), b.dtype),
+                    "weight_hh": xp.zeros((0, 0), b.dtype), "bias_x": b, "bias_r": None}
         p = {**params, "W_hhT": params["weight_hh"].T.copy()}
         if self.tied:
             p["bias_x"], p["bias_r"] = params["bias_ih"] + params["bias_hh"], None
@@ -120,9 +131,9 @@ class Cell:
 
     def step(self, p, xw, state, xp):
         """One step on whole arrays: ``xw`` (B, G*H) is ``x_t W_ihᵀ + b_ih``."""
-        r = state[0] @ p["W_hhT"] + p["bias_hh"]
+        r = self._split(state[0] @ p["W_hhT"] + p["bias_hh"]) if self.recurrent else ()
         u = tuple(p[k] for k in self.units)
-        new, cache = self.forward(self._split(xw), self._split(r), tuple(state), u)
+        new, cache = self.forward(self._split(xw), r, tuple(state), u)
         new = tuple(_full(v, state[0], xp) for v in new)
         return new, {k: _full(v, state[0], xp) for k, v in zip(self.cache, cache)}
 
@@ -133,10 +144,13 @@ class Cell:
         c = tuple(cache[k] for k in self.cache)
         dx, dr, dp, du = self.backward(tuple(dnew), tuple(prev), tuple(new), c, u)
         dxw = xp.concatenate([_full(v, like, xp) for v in dx], axis=-1)
-        rows = dxw if self.tied else xp.concatenate([_full(v, like, xp) for v in dr], -1)
         dprev = [_full(v, like, xp) for v in dp]
-        dprev[0] = dprev[0] + rows @ p["weight_hh"]
-        saved = {} if self.tied else {"dR": rows}
+        saved = {}
+        if self.recurrent:
+            rows = dxw if self.tied else xp.concatenate([_full(v, like, xp) for v in dr], -1)
+            dprev[0] = dprev[0] + rows @ p["weight_hh"]
+            if not self.tied:
+                saved["dR"] = rows
         for k, v in zip(self.units, du):
             saved["d_" + k] = _full(v, like, xp)
         return dxw, tuple(dprev), saved
@@ -147,10 +161,12 @@ class Cell:
 
     def weight_grads(self, p, prev_states, tape, dXW, saved, xp):
         """Every parameter's gradient but the input projection's, over all rows at once."""
-        H = p["weight_hh"].shape[1]
-        R = self.recurrent_grad_rows(dXW, saved)
-        R = R.reshape(-1, R.shape[-1])
-        g = {"weight_hh": R.T @ prev_states[0].reshape(-1, H), "bias_hh": R.sum(0)}
+        H = prev_states[0].shape[-1]
+        g = {}
+        if self.recurrent:
+            R = self.recurrent_grad_rows(dXW, saved)
+            R = R.reshape(-1, R.shape[-1])
+            g = {"weight_hh": R.T @ prev_states[0].reshape(-1, H), "bias_hh": R.sum(0)}
         for k in self.units:
             g[k] = saved["d_" + k].reshape(-1, H).sum(0)
         return g

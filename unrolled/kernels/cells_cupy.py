@@ -19,13 +19,15 @@ def kernel_sources(cell):
 
     (fo, fouts), (bo, bouts) = traced(cell)
     G, S, C, U = len(cell.gate_names), len(cell.state), len(cell.cache), len(cell.units)
-    tied = bool(cell.tied)
+    tied = bool(cell.tied) or not cell.recurrent
+    Gr = G if cell.recurrent else 0
     head = ["int b = i / H, j = i % H, r = b * G * H;"]
     fin = ["T z", "T xw", "T br"] + [f"T s{k}" for k in range(S)] + ["T U"]
     fout = [f"T n{k}" for k in range(S)] + [f"T c{k}" for k in range(C)]
     body = list(head)
     for k in range(G):
         body.append(f"T X{k} = xw[r + {k} * H + j];")
+    for k in range(Gr):
         body.append(f"T R{k} = z[r + {k} * H + j]" + ("" if tied else f" + br[{k} * H + j]")
                     + ";")
     body += [f"T S{k} = s{k}[i];" for k in range(S)] + [f"T U{k} = U[{k} * H + j];"
@@ -48,8 +50,8 @@ def kernel_sources(cell):
     body += [f"dx[r + {k} * H + j] = fl({ex[k]}, thr);" for k in range(G)]
     if not tied:
         body += [f"dr[r + {k} * H + j] = fl({ex[G + k]}, thr);" for k in range(G)]
-    body += [f"p{k}[i] = fl({ex[2 * G + k]}, thr);" for k in range(S)]
-    body += [f"atomicAdd(&DU[{k} * H + j], {ex[2 * G + S + k]});" for k in range(U)]
+    body += [f"p{k}[i] = fl({ex[G + Gr + k]}, thr);" for k in range(S)]
+    body += [f"atomicAdd(&DU[{k} * H + j], {ex[G + Gr + S + k]});" for k in range(U)]
     bwd = (", ".join(f"raw {a}" for a in bin_) + ", T thr, int32 H, int32 G",
            ", ".join(f"raw {a}" for a in bout), "\n".join(body))
     return fwd, bwd

@@ -42,14 +42,14 @@ def cache_dir():
 def traced(cell):
     """The cell's per-unit programs: (forward lines, outputs), (backward lines, outputs)."""
     G, S, C, U = len(cell.gate_names), len(cell.state), len(cell.cache), len(cell.units)
-    x, r = trace.inputs("X", G), trace.inputs("R", G)
+    x, r = trace.inputs("X", G), trace.inputs("R", G if cell.recurrent else 0)
     s, u = trace.inputs("S", S), trace.inputs("U", U)
     new, cache = cell.forward(x, r, s, u)
     _check_arity(cell, "forward", (("new states", new, S), ("cache", cache, C)))
     fwd = trace.program(list(new) + list(cache))
     d, n, c = trace.inputs("D", S), trace.inputs("N", S), trace.inputs("C", C)
     dx, dr, dp, du = cell.backward(d, s, n, c, u)
-    _check_arity(cell, "backward", (("dx", dx, G), ("dr", dr, G), ("dprev", dp, S),
+    _check_arity(cell, "backward", (("dx", dx, G), ("dr", dr, len(r)), ("dprev", dp, S),
                                     ("du", du, U)))
     bwd = trace.program(list(dx) + list(dr) + list(dp) + list(du))
     return fwd, bwd
@@ -78,6 +78,8 @@ def source(cell, dtype):
     flines, fexpr = trace.print_python(fo, fouts, const)
     blines, bexpr = trace.print_python(bo, bouts, const)
     tied = bool(cell.tied)
+    rec = bool(cell.recurrent)
+    Gr = G if rec else 0  # gates with a recurrent part
     ind = " " * 12
     L = []
     # -- forward: one row at a time, each gate block a separate view (vectorises)
@@ -88,7 +90,9 @@ def source(cell, dtype):
     L.append("    for b in range(B):")
     L.append("        zr, xr = z[b], xw[b]")
     for k in range(G):
-        L.append(f"        x{k}, r{k} = xr[{k} * H:{k + 1} * H], zr[{k} * H:{k + 1} * H]")
+        L.append(f"        x{k} = xr[{k} * H:{k + 1} * H]")
+    for k in range(Gr):
+        L.append(f"        r{k} = zr[{k} * H:{k + 1} * H]")
         if not tied:
             L.append(f"        br{k} = br[{k} * H:{k + 1} * H]")
     for k in range(S):
@@ -100,6 +104,7 @@ def source(cell, dtype):
     L.append("        for j in range(H):")
     for k in range(G):
         L.append(f"{ind}X{k} = x{k}[j]")
+    for k in range(Gr):
         L.append(f"{ind}R{k} = r{k}[j]" + ("" if tied else f" + br{k}[j]"))
     L += [f"{ind}S{k} = s{k}r[j]" for k in range(S)] + [f"{ind}U{k} = u{k}[j]" for k in range(U)]
     L += [ind + ln for ln in flines]
@@ -131,24 +136,26 @@ def source(cell, dtype):
     for k in range(G):
         L.append(fl.format(i=ind, e=bexpr[k], dst=f"dx{k}[j]"))
     if not tied:
-        for k in range(G):
+        for k in range(Gr):
             L.append(fl.format(i=ind, e=bexpr[G + k], dst=f"dr{k}[j]"))
     for k in range(S):
-        L.append(fl.format(i=ind, e=bexpr[2 * G + k], dst=f"p{k}r[j]"))
+        L.append(fl.format(i=ind, e=bexpr[G + Gr + k], dst=f"p{k}r[j]"))
     for k in range(U):
-        L.append(f"{ind}du{k}[j] += {bexpr[2 * G + S + k]}")
+        L.append(f"{ind}du{k}[j] += {bexpr[G + Gr + S + k]}")
     # -- one step forward and back, in the shapes the loop calls them with
     st = lambda t: ", ".join(f"S[{k}][{t}]" for k in range(S))
     L.append("\n\n@jit\ndef step(t, j, z, xw, br, S, C, U, W):")
-    L.append("    gemm(S[0][t], W, z, K0)")
+    if rec:
+        L.append("    gemm(S[0][t], W, z, K0)")
     L.append(f"    pw_forward(z, xw, br, {st('t')}, {st('t + 1')}, "
              + "".join(f"C[{k}][j], " for k in range(C)) + "U)")
-    rows = "dXW[i]" if tied else "SV[0][i]"
+    rows = "dXW[i]" if tied or not rec else "SV[0][i]"
     L.append("\n\n@jit\ndef back(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr):")
     L.append("    pw_backward(" + "".join(f"dS[{k}], " for k in range(S)) + st("t") + ", "
              + st("t + 1") + ", " + "".join(f"C[{k}][t], " for k in range(C))
              + f"U, dXW[i], {rows}, " + "".join(f"dN[{k}], " for k in range(S)) + "DU, thr)")
-    L.append(f"    gemm({rows}, W, dN[0], K1)  # dh_(t-1) += rows W_hh")
+    if rec:
+        L.append(f"    gemm({rows}, W, dN[0], K1)  # dh_(t-1) += rows W_hh")
     body = "\n".join(L)
     head = [f'"""Generated from {type(cell).__module__}.{type(cell).__qualname__} '
             f'({cell!r}), float{bits}. Do not edit."""',

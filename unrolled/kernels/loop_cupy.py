@@ -198,20 +198,22 @@ def _steps(cell, gemm):
     """The forward step and step back of ``cell`` (its generated kernels), in the
     shapes of the compiled CPU loop (:mod:`.compiled`)."""
     fwd, bwd = cells_cupy.library(cell)
-    G, tied = len(cell.gate_names), bool(cell.tied)
+    G, tied, rec = len(cell.gate_names), bool(cell.tied), bool(cell.recurrent)
 
     def step(t, j, z, xw, br, S, C, U, W):
         B, H = S[0].shape[1:]
-        gemm(S[0][t], W, z, 0)
+        if rec:
+            gemm(S[0][t], W, z, 0)
         fwd(z, xw, br, *[s[t] for s in S], U, H, G, *[s[t + 1] for s in S],
             *[c[j] for c in C], size=B * H)
 
     def back(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr):
         B, H = S[0].shape[1:]
-        rows = dXW[i] if tied else SV[0][i]
+        rows = dXW[i] if tied or not rec else SV[0][i]
         bwd(*dS, *[s[t] for s in S], *[s[t + 1] for s in S], *[c[t] for c in C], U,
             S[0].dtype.type(thr), H, G, dXW[i], rows, *dN, DU, size=B * H)
-        gemm(rows, W, dN[0], 1)  # dh_(t-1) += rows W_hh
+        if rec:
+            gemm(rows, W, dN[0], 1)  # dh_(t-1) += rows W_hh
     return step, back
 
 

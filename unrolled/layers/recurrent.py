@@ -10,7 +10,8 @@ import numpy as np
 from .. import memory as _memory
 from .. import unroll
 from ..backend import get_xp
-from ..cells import ElmanCell, GRUCell, JordanCell, LSTMCell
+from ..cells import (ElmanCell, GRUCell, JordanCell, LSTMCell, MinGRUCell, MinLSTMCell,
+                     PeepholeLSTMCell, SRUCell)
 from ..cells import get as get_cell
 from ..checks import check_dtype_name, check_finite, check_float_input, check_mask
 from .base import Module, make_rng
@@ -385,6 +386,46 @@ class Jordan(Recurrent):
         self.nonlinearity, self.output_activation = nonlinearity, output_activation
         cell = JordanCell(int(output_size or hidden_size), nonlinearity, output_activation)
         super().__init__(cell, input_size, hidden_size, **kw)
+
+
+class PeepholeLSTM(Recurrent):
+    """LSTM with peepholes (Gers): i and f see c_(t−1), o sees c_t; ONNX's ``P``."""
+
+    cell_class = PeepholeLSTMCell
+
+    def __init__(self, input_size, hidden_size, **kw):
+        super().__init__(PeepholeLSTMCell(), input_size, hidden_size, **kw)
+
+
+class MinGRU(Recurrent):
+    """minGRU (Feng et al. 2024): h_t = (1 − z) ⊙ h_(t−1) + z ⊙ h̃ with z = σ(W_z x_t),
+    h̃ = W_h x_t. No recurrent product: every product runs over all T steps at once and
+    only a fused elementwise scan is sequential."""
+
+    cell_class = MinGRUCell
+
+    def __init__(self, input_size, hidden_size, **kw):
+        super().__init__(MinGRUCell(), input_size, hidden_size, **kw)
+
+
+class MinLSTM(Recurrent):
+    """minLSTM (Feng et al. 2024): h_t = (f h_(t−1) + i h̃) / (f + i), f, i = σ(W x_t),
+    h̃ = W_h x_t. No recurrent product (see :class:`MinGRU`)."""
+
+    cell_class = MinLSTMCell
+
+    def __init__(self, input_size, hidden_size, **kw):
+        super().__init__(MinLSTMCell(), input_size, hidden_size, **kw)
+
+
+class SRU(Recurrent):
+    """Simple Recurrent Unit (Lei et al. 2018) with a projected highway: no recurrent
+    product, the gates see c_(t−1) through one weight vector each (v_f, v_r)."""
+
+    cell_class = SRUCell
+
+    def __init__(self, input_size, hidden_size, **kw):
+        super().__init__(SRUCell(), input_size, hidden_size, **kw)
 
 
 def layer_class(cell):
