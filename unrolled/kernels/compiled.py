@@ -23,6 +23,23 @@ from . import trace
 _LOADED = {}  # (source hash) -> module
 
 
+def _let_llvm_vectorise_many_streams():
+    """A cell's fused loop reads and writes a dozen arrays per unit; LLVM vectorises such a
+    loop behind run-time checks that the arrays do not overlap, and by default gives up
+    above 8 checks (the LSTM's backward loop ran 1.4x slower). Raise that limit, once per
+    process, before anything is compiled."""
+    try:
+        import llvmlite.binding as llb
+
+        llb.set_option("unrolled", "-runtime-memory-check-threshold=256")
+        llb.set_option("unrolled", "-memory-check-merge-threshold=256")
+    except Exception:  # another llvmlite: the loops still work, maybe slower
+        pass
+
+
+_let_llvm_vectorise_many_streams()
+
+
 def cache_dir():
     d = os.environ.get("UNROLLED_CACHE_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "unrolled", "kernels")
@@ -159,6 +176,7 @@ def source(cell, dtype):
     body = "\n".join(L)
     head = [f'"""Generated from {type(cell).__module__}.{type(cell).__qualname__} '
             f'({cell!r}), float{bits}. Do not edit."""',
+            "# compiled with -runtime-memory-check-threshold=256 (see compiled.py)",
             "import numpy as np",
             "from unrolled.kernels.loop_numba import (JIT, gemm{b} as gemm, tanh{b} as _tanh,"
             " exp{b} as _exp, cast{b} as cast)".format(b=bits),
