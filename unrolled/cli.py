@@ -151,6 +151,13 @@ def _split_train_args(argv):
 
 
 def _run_train(args, extra):
+    from .distributed import command
+
+    with command("train") as mpi:  # under mpiexec: data-parallel, rank 0 writes
+        return _train(args, extra, mpi)
+
+
+def _train(args, extra, mpi=None):
     from . import io
     from .config import format_config, resolve_config
     from .data import bundled_path
@@ -210,18 +217,22 @@ def _run_train(args, extra):
     _out(f"unrolled train {task_cls.name}: resolved config", format_config(cfg), "")
     _out(*task.describe())
     out.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_text(out / "config.json", json.dumps({"config": cfg}, indent=2) + "\n")
-    trainer = Trainer(task, cfg, out_dir=out, log=_out)
+    if mpi is None or mpi.root:
+        io.atomic_write_text(out / "config.json", json.dumps({"config": cfg}, indent=2) + "\n")
+    trainer = Trainer(task, cfg, out_dir=out, log=_out, distributed=mpi is not None)
     _out(f"model: {trainer.model.num_params()} parameters; {trainer.steps_per_epoch} batches "
          f"per epoch")
     t0 = time.perf_counter()
     try:
         history = trainer.fit(resume=args.resume)
     except KeyboardInterrupt:
-        _err(f"interrupted: checkpoint saved in {out / 'checkpoint.npz'}; continue with "
-             f"`unrolled train {task_cls.name} --out {out} --resume`")
+        if mpi is None or mpi.root:
+            _err(f"interrupted: checkpoint saved in {out / 'checkpoint.npz'}; continue with "
+                 f"`unrolled train {task_cls.name} --out {out} --resume`")
         return 130
     seconds = time.perf_counter() - t0
+    if mpi is not None and not mpi.root:
+        return 0
 
     # -- the model, the report, and where everything went
     files = task.report(trainer.model, out)
