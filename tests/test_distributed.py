@@ -1,0 +1,198 @@
+"""Data-parallel training (unrolled.distributed): the pieces on one process, and with
+``mpiexec -n 2`` that two ranks compute what one process computes on the same global
+batches, that a run resumes on another number of ranks, and that a failing rank ends
+the job. The MPI tests skip where mpi4py or mpiexec is missing."""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_train import tiny_names
+
+from unrolled import distributed as D
+from unrolled.data import bundled_path
+from unrolled.tasks.base import Batch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("distributed_worker.py")
+MPIEXEC = shutil.which("mpiexec", path=os.pathsep.join(
+    [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+HAVE_MPI = MPIEXEC is not None and importlib.util.find_spec("mpi4py") is not None
+needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="needs mpi4py and mpiexec "
+                                                    "(pip install 'unrolled[mpi]')")
+
+NAMES = {"epochs": 2, "hidden": 16, "embed": 8, "batch_size": 16, "max_batches": 6,
+         "dropout": 0.3, "lr": 0.01, "progress": False, "checkpoint_every": 0, "seed": 4}
+# stateful streams, TBPTT windows (k2 > k1), two layers with dropout between them
+TEXT = {"epochs": 1, "hidden": 24, "embed": 8, "layers": 2, "dropout": 0.2, "chunk": 12,
+        "k2": 18, "batch_size": 6, "max_batches": 20, "lr": 0.01, "progress": False,
+        "checkpoint_every": 0, "patience": 0, "eval_streams": 4, "seed": 1}
+
+
+# ------------------------------------------------------------------------- one process
+
+def test_record_slices_cover_the_batch_once():
+    for n in (1, 2, 5, 16, 17):
+        for size in (1, 2, 3, 4):
+            parts = [D.record_slice(n, D.Context(rank=r, size=size)) for r in range(size)]
+            assert parts[0][0] == 0 and parts[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            sizes = [hi - lo for lo, hi in parts]
+            assert max(sizes) - min(sizes) <= 1 and sizes[-1] >= 1
+
+
+def test_slice_batch_cuts_every_record_array():
+    X = np.arange(24).reshape(4, 3, 2)
+    mask = np.arange(12).reshape(4, 3) % 5 != 0
+    b = Batch(X, np.arange(4), mask, loss_mask=~mask)
+    s = D.slice_batch(b, 1, 3)
+    assert s.size == 2
+    np.testing.assert_array_equal(s.X, X[1:3])
+    np.testing.assert_array_equal(s.Y, [1, 2])
+    np.testing.assert_array_equal(s.mask, mask[1:3])
+    np.testing.assert_array_equal(s.loss_mask, ~mask[1:3])
+    with pytest.raises(ValueError, match="records"):
+        D.slice_batch(Batch(X, np.arange(3)), 0, 2)
+
+
+@pytest.mark.parametrize("axis,shape", [(0, (6, 5, 3)), (1, (5, 6, 3))])
+def test_sliced_generator_hands_out_rows_of_one_global_draw(axis, shape):
+    full = np.random.default_rng(7).random(shape)
+    parts = []
+    gens = [np.random.default_rng(7) for _ in range(3)]
+    for r, g in enumerate(gens):
+        lo, hi = D.record_slice(6, D.Context(rank=r, size=3))
+        local = list(shape)
+        local[axis] = hi - lo
+        parts.append(D._SlicedGenerator(g, axis, 6, lo, hi).random(tuple(local)))
+    np.testing.assert_array_equal(np.concatenate(parts, axis=axis), full)
+    # every rank's generator moved as one process's did
+    assert len({str(g.bit_generator.state) for g in gens}) == 1
+
+
+def test_collectives_of_one_rank_are_the_identity():
+    ctx = D.Context()
+    tree = {"a": np.arange(3.0), "b": {"c": np.ones((2, 2)), "d": None}}
+    out, scalars = D.allreduce_tree(tree, (2, 3.5), ctx)
+    assert out is tree and scalars == [2.0, 3.5]
+    assert D.broadcast_tree(tree, 0, ctx) is tree
+    D.check_same(tree, ctx=ctx)
+    assert D.checksum(tree) != D.checksum({"a": np.arange(3.0) + 1e-12, "b": tree["b"]})
+
+
+def test_launched_follows_the_launcher_environment(monkeypatch):
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS",
+                "UNROLLED_DISTRIBUTED"):
+        monkeypatch.delenv(var, raising=False)
+    assert not D.launched()
+    monkeypatch.setenv("PMI_SIZE", "1")
+    assert not D.launched()
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert D.launched()
+    monkeypatch.setenv("UNROLLED_DISTRIBUTED", "0")
+    assert not D.launched()
+
+
+# ------------------------------------------------------------------------- mpiexec
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    text = d / "text.txt"
+    text.write_text(bundled_path("tinyshakespeare").read_text("utf-8")[:12000], "utf-8")
+    return {"names": str(tiny_names(d)), "text": str(text)}
+
+
+def run(tmp_path, spec, ranks=None, timeout=120):
+    """Run the worker on ``spec`` in one process (ranks None) or under mpiexec."""
+    path = tmp_path / f"spec-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(spec))
+    cmd = [sys.executable, str(WORKER), str(path)]
+    if ranks is not None:
+        cmd = [MPIEXEC, "-n", str(ranks)] + cmd
+    env = dict(os.environ, UNROLLED_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train(tmp_path, name, task, data, options, ranks=None, **spec):
+    out = tmp_path / f"{name}.npz"
+    spec = {"task": task, "data": data[task], "options": options, "out": str(out),
+            "distributed": ranks is not None, **spec}
+    res = run(tmp_path, spec, ranks)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with np.load(out) as f:
+        return {k: f[k] for k in f.files if k != "history"}, json.loads(str(f["history"]))
+
+
+def rel_diff(a, b):
+    """The largest difference of two parameter sets, relative to their largest value."""
+    assert a.keys() == b.keys()
+    return (max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+            / max(float(np.max(np.abs(a[k]))) for k in a))
+
+
+def assert_same_history(h1, h2, rtol):
+    assert [r.keys() for r in h1] == [r.keys() for r in h2]
+    for r1, r2 in zip(h1, h2):
+        for k in r1:
+            if k not in ("seconds", "examples_per_s"):
+                assert r2[k] == pytest.approx(r1[k], rel=rtol, abs=rtol), k
+
+
+@needs_mpi
+def test_two_ranks_equal_one_process_float64(tmp_path, data):
+    one, h1 = train(tmp_path, "one", "names", data, NAMES)
+    two, h2 = train(tmp_path, "two", "names", data, NAMES, ranks=2)
+    assert len(h1) == 2
+    assert rel_diff(one, two) < 1e-12
+    assert_same_history(h1, h2, 1e-12)
+
+
+@needs_mpi
+def test_two_ranks_equal_one_process_float32_streams(tmp_path, data):
+    one, h1 = train(tmp_path, "one", "text", data, TEXT, dtype="float32")
+    two, h2 = train(tmp_path, "two", "text", data, TEXT, ranks=2, dtype="float32")
+    moved = rel_diff(one, train(tmp_path, "init", "text", data, {**TEXT, "max_batches": 1},
+                                dtype="float32")[0])
+    assert moved > 1e-3  # 20 steps changed the weights ...
+    assert rel_diff(one, two) < 1e-5  # ... and the two runs agree
+    assert_same_history(h1, h2, 1e-5)
+
+
+@needs_mpi
+def test_run_on_two_ranks_resumes_on_one(tmp_path, data):
+    whole, h1 = train(tmp_path, "whole", "text", data, TEXT)
+    run_dir = str(tmp_path / "run")
+    spec = {"task": "text", "data": data["text"], "options": TEXT, "out": "-",
+            "distributed": True, "run_dir": run_dir, "stop_at": 7}
+    res = run(tmp_path, spec, ranks=2)
+    assert res.returncode == 130, res.stderr[-3000:]
+    from unrolled import io
+
+    _, meta = io.load_arrays(Path(run_dir) / "checkpoint.npz", io.CHECKPOINT_FORMAT)
+    assert meta["step"] == 8 and meta["batch_in_epoch"] == 8  # every rank stopped at 8
+    resumed, h2 = train(tmp_path, "resumed", "text", data, TEXT, run_dir=run_dir,
+                        resume=True)
+    assert rel_diff(whole, resumed) < 1e-12
+    assert_same_history(h1, h2, 1e-12)
+
+
+@needs_mpi
+@pytest.mark.parametrize("how", ["fail_at", "kill_at"])
+def test_a_failing_rank_ends_the_job(tmp_path, data, how):
+    spec = {"task": "names", "data": data["names"], "options": {**NAMES, "epochs": 50},
+            "out": str(tmp_path / "x.npz"), "distributed": True, how: 3, "fail_rank": 1}
+    t0 = time.monotonic()
+    res = run(tmp_path, spec, ranks=2, timeout=60)
+    assert res.returncode != 0
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "x.npz").exists()
+    if how == "fail_at":
+        assert "rank 1 of 2" in res.stderr and "failure injected at step 3" in res.stderr
