@@ -76,13 +76,18 @@ def main(spec):
     trainer = Trainer(task, cfg, out_dir=spec.get("run_dir"), log=lambda m: None,
                       model=build(task, spec.get("dtype", "float64")),
                       callbacks=[Events(spec, rank)], distributed=spec.get("distributed"))
+    start = {"init:" + k: np.array(v) for k, v in tree_flatten(trainer.model.params).items()}
     try:
         trainer.fit(resume=spec.get("resume", False))
     except KeyboardInterrupt:
         return 130
     if rank == 0:
+        from threadpoolctl import threadpool_info
+
         arrays = {k: np.asarray(v) for k, v in tree_flatten(trainer.model.params).items()}
-        np.savez(spec["out"], history=json.dumps(trainer.history.rows), **arrays)
+        threads = min(p["num_threads"] for p in threadpool_info())
+        np.savez(spec["out"], history=json.dumps(trainer.history.rows), threads=threads,
+                 **arrays, **start)
     return 0
 
 

@@ -464,8 +464,16 @@ class DistributedTrainer(Trainer):
             resume = False
             self.log(f"resumed from {self.checkpoint_path} at epoch {self.epoch + 1}, batch "
                      f"{self.batch_in_epoch} (step {self.step}) on {self.ctx.size} ranks")
-        broadcast_tree(self.model.params, 0, self.ctx)
-        check_same(self.optimizer.state_dict()["state"], "the learner's state", self.ctx)
+        ctx = self.ctx
+        if ctx.size > 1:  # which process is which rank, to read the launcher's messages
+            import socket
+
+            where = ctx.comm.gather((os.getpid(), socket.gethostname()), root=0)
+            self.log(f"data-parallel on {ctx.size} ranks, {ctx.threads} thread(s) each: "
+                     + ", ".join(f"rank {r} pid {p} on {h}" for r, (p, h) in
+                                 enumerate(where or ())))
+        broadcast_tree(self.model.params, 0, ctx)
+        check_same(self.optimizer.state_dict()["state"], "the learner's state", ctx)
         history = super().fit(resume=False)
         check_same(self.model.params, "the parameters at the end", self.ctx)
         return history
