@@ -235,3 +235,48 @@ def test_a_killed_rank_ends_the_job_and_the_run_resumes_bit_exactly(tmp_path, da
     uninterrupted = train(tmp_path, "names", data, NAMES, ranks=2, threads=None)
     for k, v in uninterrupted["params"].items():
         np.testing.assert_array_equal(resumed["params"][k], v)
+
+
+@needs_mpi
+def test_cli_train_under_mpiexec_is_the_run_of_one_process(tmp_path, data):
+    args = [sys.executable, "-m", "unrolled.cli", "train", "names", "--data", data["names"],
+            "--epochs", "1", "--seed", "3", "--quiet", "--hidden", "16", "--embed", "8"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    runs = {}
+    for name, cmd in (("one", args), ("two", [MPIEXEC, "-n", "2", *args])):
+        res = subprocess.run([*cmd, "--out", str(tmp_path / name)], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[name] = res
+    out = runs["two"].stdout
+    assert out.count("resolved config") == 1  # rank 0 alone prints
+    assert "data-parallel on 2 ranks" in out and "rank 1 pid" in out
+    from unrolled import io
+
+    m1, meta1 = io.load_model(tmp_path / "one")
+    m2, meta2 = io.load_model(tmp_path / "two")
+    from unrolled.tree import tree_flatten
+
+    p1, p2 = tree_flatten(m1.params), tree_flatten(m2.params)
+    assert rel_diff(p1, p2) < 1e-4  # float32: the order of the sums differs
+    t1, t2 = meta1["extra"]["test"], meta2["extra"]["test"]
+    assert t1.keys() == t2.keys() and all(abs(t1[k] - t2[k]) < 1e-4 for k in t1)
+    assert_same_history(meta1["extra"]["history"], meta2["extra"]["history"], 1e-4)
+    for f in ("report.txt", "log.csv", "checkpoint.npz", "confusion.png"):
+        assert (tmp_path / "two" / f).exists()
+
+
+@needs_mpi
+def test_cli_error_under_mpiexec_ends_the_job_with_one_message(tmp_path, data):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "unrolled.cli", "train",
+                          "names", "--data", data["names"], "--hidden", "abc",
+                          "--out", str(tmp_path / "x")],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if "--hidden takes an integer" in ln]
+    assert lines == ["unrolled train: error on rank 0 of 2: --hidden takes an integer, got "
+                     "'abc'"]
+    assert not (tmp_path / "x" / "config.json").exists()
