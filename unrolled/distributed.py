@@ -341,8 +341,10 @@ class DistributedTrainer(Trainer):
     docstring); made by ``Trainer(..., distributed=True)``. With one rank it trains as
     the plain trainer does.
 
-    Extra attribute: ``check_every`` (default 100), the steps between two checksum
-    comparisons of the parameters across ranks (0: only at the start and the end).
+    Extra attributes: ``check_every`` (default 100), the steps between two checksum
+    comparisons of the parameters across ranks (0: only at the start and the end);
+    ``comm_seconds``, the time this rank spent in the gradient's ``Allreduce`` (the
+    transfer and the wait for the slowest rank).
     """
 
     check_every = 100
@@ -353,6 +355,7 @@ class DistributedTrainer(Trainer):
         self._stop_request = False
         self._stop_agreed = False
         self._carry_size = None
+        self.comm_seconds = 0.0
         super().__init__(task, config, out_dir, model, callbacks, log)
         if not self.ctx.root:
             self.log = lambda msg: None
@@ -402,8 +405,10 @@ class DistributedTrainer(Trainer):
                                     root=ctx.size - 1)
             for ly, st in zip(self._rng_layers(), states):
                 ly.rng.bit_generator.state = st
+        t0 = time.perf_counter()
         grads, (value, denom, correct, count, stop) = allreduce_tree(
             grads, (value, denom, correct, count, self._stop_request), ctx)
+        self.comm_seconds += time.perf_counter() - t0
         self._stop_agreed = self._stop_agreed or stop > 0
         self._carry_size = B
         if not denom > 0:
