@@ -369,9 +369,10 @@ class DistributedTrainer(Trainer):
 
     @_interrupted.setter
     def _interrupted(self, value):
+        # the request travels with the next Allreduce; every rank stops after that step
         self._stop_request = bool(value)
-        if not value:
-            self._stop_agreed = False
+        if not value or self.ctx.size == 1:
+            self._stop_agreed = bool(value)
 
     # -- one step
     def _gradients(self, batch):
@@ -464,7 +465,14 @@ class DistributedTrainer(Trainer):
     def fit(self, resume=False):
         """As :meth:`unrolled.train.Trainer.fit`, on every rank; the parameters are
         broadcast from rank 0 first and compared at the end."""
-        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+        found = bool(resume and self.checkpoint_path is not None
+                     and self.checkpoint_path.exists())
+        seen = self.ctx.comm.allgather(found) if self.ctx.size > 1 else [found]
+        if any(seen) and not all(seen):
+            raise ValueError(f"{self.checkpoint_path}: only ranks "
+                             f"{[r for r, f in enumerate(seen) if f]} see the checkpoint; "
+                             "put --out on a file system that every rank sees")
+        if found:
             self.load_checkpoint()
             resume = False
             self.log(f"resumed from {self.checkpoint_path} at epoch {self.epoch + 1}, batch "
@@ -521,7 +529,8 @@ def command(name):
     rank prints ``unrolled NAME: error on rank R of N: ...`` and aborts the whole job
     with exit status 2 (1 for an unexpected exception, with its traceback), so that no
     rank waits forever for one that has failed. A rank other than 0 waits a moment
-    before aborting, so an error that every rank meets is reported once, by rank 0.
+    before aborting (3 s), so an error that every rank meets is usually reported once, by
+    rank 0.
     """
     if not launched():
         yield None
@@ -548,7 +557,7 @@ def command(name):
             traceback.print_exc()
             sys.stderr.flush()
         if not ctx.root:
-            time.sleep(1.0)
+            time.sleep(3.0)
         ctx.abort(2 if expected else 1)
     finally:
         if sys.stdout is not stdout:
