@@ -88,12 +88,18 @@ def test_collectives_of_one_rank_are_the_identity():
 
 
 def test_launched_follows_the_launcher_environment(monkeypatch):
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS",
-                "UNROLLED_DISTRIBUTED"):
-        monkeypatch.delenv(var, raising=False)
+    for var in list(os.environ):
+        if var.startswith(("PMI", "OMPI_", "MV2_", "MPI_", "SLURM_", "UNROLLED_DIST")):
+            monkeypatch.delenv(var)
     assert not D.launched()
     monkeypatch.setenv("PMI_SIZE", "1")
     assert not D.launched()
+    monkeypatch.setenv("SLURM_NTASKS", "8")  # srun without MPI: independent tasks
+    monkeypatch.delenv("PMI_SIZE")
+    assert not D.launched()
+    monkeypatch.setenv("PMIX_RANK", "3")  # srun --mpi=pmix
+    assert D.launched()
+    monkeypatch.delenv("PMIX_RANK")
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
     assert D.launched()
     monkeypatch.setenv("UNROLLED_DISTRIBUTED", "0")

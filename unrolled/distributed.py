@@ -42,8 +42,9 @@ from .tree import tree_leaves, tree_map
 __all__ = ["Context", "DistributedTrainer", "allreduce_tree", "broadcast_tree", "check_same",
            "command", "context", "init", "launched", "record_slice"]
 
-# environment variables set by the launchers of MPICH/Hydra, Open MPI, PMIx and Slurm
-_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+# the job's size as the launchers say it: Hydra (MPICH, Intel MPI), Open MPI, MVAPICH
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE",
+              "MPI_LOCALNRANKS")
 
 
 def launched():
@@ -53,13 +54,11 @@ def launched():
     force = os.environ.get("UNROLLED_DISTRIBUTED", "")
     if force in ("0", "1"):
         return force == "1"
-    for var in _SIZE_VARS:
-        try:
-            if int(os.environ.get(var, "1")) > 1:
-                return True
-        except ValueError:
-            pass
-    return False
+    sizes = [os.environ.get(var, "1") for var in _SIZE_VARS]
+    # srun --mpi=pmix / pmi2 starts the tasks itself and says the size as Slurm's
+    if any(k.startswith(("PMIX_", "PMI_")) for k in os.environ):
+        sizes.append(os.environ.get("SLURM_NTASKS", "1"))
+    return any(v.isdigit() and int(v) > 1 for v in sizes)
 
 
 @dataclasses.dataclass
