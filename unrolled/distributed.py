@@ -414,7 +414,11 @@ class DistributedTrainer(Trainer):
         if not denom > 0:
             raise ValueError("a training batch has no valid step to score")
         scale = 1.0 / denom
-        grads = tree_map(lambda g: None if g is None else g * g.dtype.type(scale), grads)
+        if ctx.size > 1:  # views of the reduced buffer, ours alone: scaled in place
+            for g in _leaves(grads):
+                g *= g.dtype.type(scale)
+        else:
+            grads = tree_map(lambda g: None if g is None else g * g.dtype.type(scale), grads)
         return value / denom, grads, int(round(correct)), int(round(count))
 
     def _rng_layers(self):
