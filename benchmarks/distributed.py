@@ -9,6 +9,9 @@ character LM (``text``: LSTM H=256, 32 streams x 64 steps), it runs ``mpiexec -n
 - the time of a training step (forward, loss, BPTT, Allreduce, clipping, update): the
   median over ``--steps`` steps (medians, because other work on the machine takes a
   core now and then), and the mean wall time of the steps;
+- the processor time of a step on the busiest rank (median): what the step would take
+  if no other process competed for the cores (the wait for the slower rank is in it,
+  as MPI waits by polling);
 - the time a rank spends in the gradient's Allreduce during a step (the transfer and
   the wait for the slower rank), and the time of the Allreduce alone (after a barrier,
   so without the wait; median of 50): the communication share of a step;
@@ -62,17 +65,20 @@ def worker(models, steps, warmup, out):
             trainer.train_step(b)
         barrier = ctx.comm.Barrier if ctx.comm is not None else (lambda: None)
         barrier()
-        times, comm = [], []
+        times, cpu, comm = [], [], []
         t0 = time.perf_counter()
         for b in batches[warmup:]:
-            t, c = time.perf_counter(), trainer.comm_seconds
+            t, p, c = time.perf_counter(), time.process_time(), trainer.comm_seconds
             trainer.train_step(b)
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - p)
             comm.append(trainer.comm_seconds - c)
         barrier()
         mean_step = (time.perf_counter() - t0) / steps
         # medians: robust to the moments another process takes a core
         step, in_step = float(np.median(times)), float(np.median(comm))
+        cpu_step = max(ctx.comm.allgather(float(np.median(cpu)))) if ctx.comm else float(
+            np.median(cpu))
         # the Allreduce alone, every rank ready
         grads = {k: np.zeros_like(v) for k, v in _flat(trainer.model.params).items()}
         alone = []
@@ -86,6 +92,7 @@ def worker(models, steps, warmup, out):
         nbytes = (sum(g.size for g in grads.values()) + 5) * itemsize
         batch = batches[-1].size
         r = {"ranks": ctx.size, "step_s": step, "mean_step_s": mean_step,
+             "cpu_step_s": cpu_step,
              "allreduce_in_step_s": in_step,
              "allreduce_alone_s": alone, "bytes_per_step": nbytes, "global_batch": batch,
              "params": trainer.model.num_params(), "records_per_s": batch / step}
@@ -199,14 +206,16 @@ def main():
              f"{_cpu()}; load average before/after the runs up to {load:.1f} (other "
              "processes compete for the cores when it exceeds the ranks)", "",
              "| model | ranks | step (ms) | mean step (ms) | records/s | speed-up "
-             "| Allreduce in step (ms) | Allreduce alone (ms) | share of step | MB per step |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| CPU per step (ms) | speed-up in CPU time | Allreduce in step (ms) "
+             "| Allreduce alone (ms) | share of step | MB per step |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, rs in res.items():
         for n, r in sorted(rs.items()):
             lines.append(
                 f"| {name} | {n} | {r['step_s'] * 1e3:.2f} | {r['mean_step_s'] * 1e3:.2f} | "
                 f"{r['records_per_s']:.0f} | "
-                f"{rs[min(rs)]['step_s'] / r['step_s']:.2f}x | "
+                f"{rs[min(rs)]['step_s'] / r['step_s']:.2f}x | {r['cpu_step_s'] * 1e3:.2f} | "
+                f"{rs[min(rs)]['cpu_step_s'] / r['cpu_step_s']:.2f}x | "
                 f"{r['allreduce_in_step_s'] * 1e3:.3f} | {r['allreduce_alone_s'] * 1e3:.3f} | "
                 f"{r['allreduce_alone_s'] / r['step_s']:.1%} | {r['bytes_per_step'] / 1e6:.2f} |")
     lines += ["", f"## Model: N nodes, ring Allreduce, {a.latency_us:g} us per message", ""]
