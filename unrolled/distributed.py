@@ -333,6 +333,62 @@ def _loss_parts(loss):
     return summed, counts
 
 
+# -------------------------------------------------------------------------- validation
+
+def _evaluate_classification(task, model, split, ctx):
+    """The metrics of a many-to-one classification task (``names``, ``digits``) with the
+    evaluation batches dealt out to the ranks and the logits added up; None for other
+    tasks."""
+    from .tasks.base import SequenceClassification as SC
+
+    if not (isinstance(task, SC) and type(task).evaluate is SC.evaluate
+            and type(task).logits is SC.logits):
+        return None
+
+    def logits(model, split, batch_size=256):
+        from mpi4py import MPI
+
+        from .data import bucket_batches
+
+        out = np.zeros((len(task.records[split]), len(task.classes)), dtype=np.float64)
+        batches = bucket_batches(task._lengths(split), batch_size, shuffle=False)
+        for idx in batches[ctx.rank::ctx.size]:
+            b = task.get_batch(split, idx)
+            out[idx] = model(b.X, mask=b.mask)
+        ctx.comm.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
+        return out
+
+    task.logits = logits  # the task's own scores, over the logits of every rank
+    try:
+        return task.evaluate(model, split)
+    finally:
+        del task.logits
+
+
+def _evaluate_text(task, model, split, ctx):
+    """The held-out metrics of the ``text`` task with its evaluation streams dealt out to
+    the ranks (stream ``b`` is the same stretch of text as in one process, its state
+    carried the same way) and the sums added up; None for other tasks."""
+    import math
+
+    from .tasks.text import TextTask, stream_loss
+
+    if not isinstance(task, TextTask) or type(task).evaluate is not TextTask.evaluate \
+            or split not in task.splits:
+        return None
+    ids = np.asarray(task.splits[split])
+    S = max(1, min(int(task.config["eval_streams"]), (len(ids) - 1) // 2))
+    L = (len(ids) - 1) // S  # steps per stream, as stream_batches cuts them
+    lo, hi = record_slice(S, ctx)
+    if L < 2 or S < ctx.size:
+        return None
+    m = stream_loss(model, ids[lo * L:hi * L + 1], hi - lo)
+    _, (total, correct, count) = allreduce_tree(
+        {}, (m["loss"] * m["chars"], m["accuracy"] * m["chars"], m["chars"]), ctx)
+    loss = total / count
+    return {"loss": loss, "bits_per_char": loss / math.log(2), "accuracy": correct / count}
+
+
 # -------------------------------------------------------------------------- the trainer
 
 class DistributedTrainer(Trainer):
@@ -433,36 +489,14 @@ class DistributedTrainer(Trainer):
                        self.ctx)
         return out
 
-    # -- validation: the records split over the ranks, the logits added up
+    # -- validation: split over the ranks, the sums added up
     def evaluate(self, split):
-        from .tasks.base import SequenceClassification
-
-        task = self.task
-        if self.ctx.size == 1 or not (
-                isinstance(task, SequenceClassification)
-                and type(task).evaluate is SequenceClassification.evaluate
-                and type(task).logits is SequenceClassification.logits):
-            return super().evaluate(split)  # every rank computes the same metrics
-        ctx = self.ctx
-
-        def logits(model, split, batch_size=256):
-            from .data import bucket_batches
-
-            out = np.zeros((len(task.records[split]), len(task.classes)), dtype=np.float64)
-            batches = bucket_batches(task._lengths(split), batch_size, shuffle=False)
-            for idx in batches[ctx.rank::ctx.size]:
-                b = task.get_batch(split, idx)
-                out[idx] = model(b.X, mask=b.mask)
-            from mpi4py import MPI
-
-            ctx.comm.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
-            return out
-
-        task.logits = logits
-        try:
-            return task.evaluate(self.model, split)
-        finally:
-            del task.logits
+        if self.ctx.size > 1:
+            for fn in (_evaluate_classification, _evaluate_text):
+                res = fn(self.task, self.model, split, self.ctx)
+                if res is not None:
+                    return res
+        return super().evaluate(split)  # every rank computes the same metrics
 
     # -- start, files
     def fit(self, resume=False):
