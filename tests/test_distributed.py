@@ -321,3 +321,23 @@ def test_distributed_trainer_of_one_rank_is_the_plain_trainer(tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert plain.history.rows[-1]["val_loss"] == again.history.rows[-1]["val_loss"]
+
+
+def test_a_trainer_subclass_keeps_its_methods_when_distributed(tmp_path):
+    from test_train import names_task
+
+    from unrolled.train import Trainer
+
+    class Counting(Trainer):
+        evaluated = 0
+
+        def evaluate(self, split):
+            self.evaluated += 1
+            return super().evaluate(split)
+
+    task = names_task(tiny_names(tmp_path), epochs=2, hidden=8, embed=4, max_batches=2)
+    t = Counting(task, log=lambda m: None, distributed=True)
+    assert isinstance(t, Counting) and isinstance(t, D.DistributedTrainer)
+    assert type(Counting(task, log=lambda m: None, distributed=True)) is type(t)
+    t.fit()
+    assert t.evaluated == 2 and t.step == 4

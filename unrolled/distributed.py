@@ -40,7 +40,7 @@ from .train import Trainer
 from .tree import tree_leaves, tree_map
 
 __all__ = ["Context", "DistributedTrainer", "allreduce_tree", "broadcast_tree", "check_same",
-           "command", "context", "init", "launched", "record_slice"]
+           "command", "context", "distributed_class", "init", "launched", "record_slice"]
 
 # the job's size as the launchers say it: Hydra (MPICH, Intel MPI), Open MPI, MVAPICH
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE",
@@ -553,6 +553,23 @@ class DistributedTrainer(Trainer):
     def write_logs(self):
         if self.ctx.root:
             super().write_logs()
+
+
+_classes = {}
+
+
+def distributed_class(cls):
+    """The trainer class that ``cls(..., distributed=True)`` makes: DistributedTrainer
+    for Trainer, and for a subclass of Trainer a class with both (its own methods run
+    under the distributed ones)."""
+    if issubclass(cls, DistributedTrainer):
+        return cls
+    if cls is Trainer:
+        return DistributedTrainer
+    if cls not in _classes:
+        _classes[cls] = type(f"Distributed{cls.__name__}", (DistributedTrainer, cls),
+                             {"__module__": cls.__module__})
+    return _classes[cls]
 
 
 # -------------------------------------------------------------------------- the command line

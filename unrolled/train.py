@@ -148,10 +148,10 @@ class Trainer:
     """
 
     def __new__(cls, *args, distributed=False, **kwargs):
-        if distributed and cls is Trainer:  # data-parallel over the ranks of an MPI job
-            from .distributed import DistributedTrainer
+        if distributed:  # data-parallel over the ranks of an MPI job
+            from .distributed import distributed_class
 
-            cls = DistributedTrainer
+            cls = distributed_class(cls)
         return super().__new__(cls)
 
     def __init__(self, task, config=None, out_dir=None, model=None, callbacks=(), log=None,
