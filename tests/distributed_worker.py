@@ -4,8 +4,8 @@
 SPEC keys: ``task`` ("names" or "text"), ``data``, ``out`` (npz of the final parameters
 and the history, written by rank 0), ``options`` (config overrides), ``dtype``,
 ``distributed`` (bool), ``run_dir`` (checkpoints), ``resume``, ``stop_at`` (interrupt at
-that step, as Ctrl-C does), ``fail_at`` / ``kill_at`` with ``fail_rank`` (raise, or
-SIGKILL that rank, at that step).
+that step, as Ctrl-C does), ``fail_at`` / ``kill_at`` / ``perturb_at`` with ``fail_rank``
+(raise, SIGKILL, or change a weight on that rank at that step), ``check_every``.
 """
 import json
 import os
@@ -53,6 +53,8 @@ class Events(Callback):
         if batch == s.get("stop_at"):
             trainer._interrupted = True
         if self.rank == s.get("fail_rank", 1):
+            if batch == s.get("perturb_at"):  # a rank drifting from the others
+                next(iter(tree_flatten(trainer.model.params).values())).flat[0] += 1e-6
             if batch == s.get("fail_at"):
                 raise RuntimeError(f"failure injected at step {batch}")
             if batch == s.get("kill_at"):
@@ -76,6 +78,8 @@ def main(spec):
     trainer = Trainer(task, cfg, out_dir=spec.get("run_dir"), log=lambda m: None,
                       model=build(task, spec.get("dtype", "float64")),
                       callbacks=[Events(spec, rank)], distributed=spec.get("distributed"))
+    if "check_every" in spec:
+        trainer.check_every = spec["check_every"]
     start = {"init:" + k: np.array(v) for k, v in tree_flatten(trainer.model.params).items()}
     try:
         trainer.fit(resume=spec.get("resume", False))

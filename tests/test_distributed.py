@@ -341,3 +341,13 @@ def test_a_trainer_subclass_keeps_its_methods_when_distributed(tmp_path):
     assert type(Counting(task, log=lambda m: None, distributed=True)) is type(t)
     t.fit()
     assert t.evaluated == 2 and t.step == 4
+
+
+@needs_mpi
+def test_ranks_that_drift_apart_are_caught_by_the_checksum(tmp_path, data):
+    spec = {"task": "names", "data": data["names"], "options": NAMES, "out": "-",
+            "distributed": True, "perturb_at": 2, "fail_rank": 1, "check_every": 4}
+    res = run(tmp_path, spec, ranks=2, timeout=60)
+    assert res.returncode != 0
+    assert "the parameters after step 4 differ between ranks (ranks [1] differ from " \
+           "rank 0)" in res.stderr
