@@ -50,7 +50,10 @@ def worker(models, steps, warmup, out):
     from unrolled.tasks import get_task
     from unrolled.train import Trainer
 
+    from unrolled.backend import reuse_freed_memory
+
     ctx = D.init(threads=1)
+    reuse_freed_memory()  # as the command line and Trainer.fit do
     results = {}
     for name in models:
         task_name, data = MODELS[name]
