@@ -598,9 +598,13 @@ def command(name):
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - closed below
     try:
         yield ctx
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # every rank has it: the launcher passes Ctrl-C to all
         raise
-    except BaseException as e:  # noqa: BLE001 - every failure must end the whole job
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            ctx.abort(e.code if isinstance(e.code, int) else 1)
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure must end the whole job
         expected = isinstance(e, (ValueError, TypeError, OSError))
         if expected and not os.environ.get("UNROLLED_DEBUG"):
             msg = " ".join(str(e).split("\n"))
