@@ -231,11 +231,16 @@ def _train(args, extra, mpi=None):
                  f"`unrolled train {task_cls.name} --out {out} --resume`")
         return 130
     seconds = time.perf_counter() - t0
-    if mpi is not None and not mpi.root:
-        return 0
 
     # -- the model, the report, and where everything went
-    files = task.report(trainer.model, out)
+    if mpi is not None:  # the test split over the ranks; rank 0 writes
+        from .distributed import report
+
+        files = report(task, trainer.model, out, mpi)
+        if not mpi.root:
+            return 0
+    else:
+        files = task.report(trainer.model, out)
     test = getattr(task, "last_report", {}).get("metrics") or task.evaluate(trainer.model, "test")
     extra = {"history": history.rows, "test": test, "best_epoch": trainer.best["epoch"],
              "train_seconds": round(seconds, 1), "data_sha256": fingerprint(data)}

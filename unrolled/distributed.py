@@ -40,7 +40,8 @@ from .train import Trainer
 from .tree import tree_leaves, tree_map
 
 __all__ = ["Context", "DistributedTrainer", "allreduce_tree", "broadcast_tree", "check_same",
-           "command", "context", "distributed_class", "init", "launched", "record_slice"]
+           "command", "context", "distributed_class", "init", "launched", "record_slice",
+           "report", "split_evaluation"]
 
 # the job's size as the launchers say it: Hydra (MPICH, Intel MPI), Open MPI, MVAPICH
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE",
@@ -335,58 +336,86 @@ def _loss_parts(loss):
 
 # -------------------------------------------------------------------------- validation
 
-def _evaluate_classification(task, model, split, ctx):
-    """The metrics of a many-to-one classification task (``names``, ``digits``) with the
-    evaluation batches dealt out to the ranks and the logits added up; None for other
-    tasks."""
+@contextlib.contextmanager
+def split_evaluation(task, ctx=None):
+    """Within the block, ``task.evaluate`` (and what uses it, such as ``task.report``)
+    splits its work over the ranks and adds up the sums; every rank must call it.
+
+    - ``names``, ``digits`` (many-to-one classification): each rank computes the logits
+      of some of the evaluation batches; the logits are added up, and the task scores
+      them as one process does.
+    - ``text``: each rank reads some of the evaluation streams (the same stretches of
+      text, with the state carried the same way, as in one process); the loss and
+      accuracy sums are added up.
+    - other tasks: unchanged (every rank evaluates everything, with the same result).
+    """
     from .tasks.base import SequenceClassification as SC
+    from .tasks.text import TextTask
 
-    if not (isinstance(task, SC) and type(task).evaluate is SC.evaluate
-            and type(task).logits is SC.logits):
-        return None
-
-    def logits(model, split, batch_size=256):
-        from mpi4py import MPI
-
-        from .data import bucket_batches
-
-        out = np.zeros((len(task.records[split]), len(task.classes)), dtype=np.float64)
-        batches = bucket_batches(task._lengths(split), batch_size, shuffle=False)
-        for idx in batches[ctx.rank::ctx.size]:
-            b = task.get_batch(split, idx)
-            out[idx] = model(b.X, mask=b.mask)
-        ctx.comm.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
-        return out
-
-    task.logits = logits  # the task's own scores, over the logits of every rank
+    ctx = ctx or context()
+    patch = {}
+    if ctx.size > 1:
+        if (isinstance(task, SC) and type(task).evaluate is SC.evaluate
+                and type(task).logits is SC.logits):
+            patch["logits"] = lambda model, split, batch_size=256: _split_logits(
+                task, model, split, batch_size, ctx)
+        elif isinstance(task, TextTask) and type(task).evaluate is TextTask.evaluate:
+            patch["evaluate"] = lambda model, split: _split_stream_metrics(task, model, split,
+                                                                           ctx)
+    for name, fn in patch.items():
+        setattr(task, name, fn)
     try:
-        return task.evaluate(model, split)
+        yield task
     finally:
-        del task.logits
+        for name in patch:
+            delattr(task, name)
 
 
-def _evaluate_text(task, model, split, ctx):
-    """The held-out metrics of the ``text`` task with its evaluation streams dealt out to
-    the ranks (stream ``b`` is the same stretch of text as in one process, its state
-    carried the same way) and the sums added up; None for other tasks."""
+def _split_logits(task, model, split, batch_size, ctx):
+    from mpi4py import MPI
+
+    from .data import bucket_batches
+
+    out = np.zeros((len(task.records[split]), len(task.classes)), dtype=np.float64)
+    batches = bucket_batches(task._lengths(split), batch_size, shuffle=False)
+    for idx in batches[ctx.rank::ctx.size]:  # the batches of one process, dealt out
+        b = task.get_batch(split, idx)
+        out[idx] = model(b.X, mask=b.mask)
+    ctx.comm.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
+    return out
+
+
+def _split_stream_metrics(task, model, split, ctx):
     import math
 
     from .tasks.text import TextTask, stream_loss
 
-    if not isinstance(task, TextTask) or type(task).evaluate is not TextTask.evaluate \
-            or split not in task.splits:
-        return None
-    ids = np.asarray(task.splits[split])
+    ids = np.asarray(task.splits.get(split, ()))
     S = max(1, min(int(task.config["eval_streams"]), (len(ids) - 1) // 2))
     L = (len(ids) - 1) // S  # steps per stream, as stream_batches cuts them
+    if split not in task.splits or L < 2 or S < ctx.size:
+        return TextTask.evaluate(task, model, split)
     lo, hi = record_slice(S, ctx)
-    if L < 2 or S < ctx.size:
-        return None
     m = stream_loss(model, ids[lo * L:hi * L + 1], hi - lo)
     _, (total, correct, count) = allreduce_tree(
         {}, (m["loss"] * m["chars"], m["accuracy"] * m["chars"], m["chars"]), ctx)
     loss = total / count
     return {"loss": loss, "bits_per_char": loss / math.log(2), "accuracy": correct / count}
+
+
+def report(task, model, out_dir, ctx=None):
+    """``task.report(model, out_dir)`` on every rank, its evaluation split over them
+    (:func:`split_evaluation`); rank 0 writes the files and returns what the task
+    returns, the other ranks write into a scratch directory and return ``{}``."""
+    import tempfile
+
+    ctx = ctx or context()
+    with split_evaluation(task, ctx):
+        if ctx.root:
+            return task.report(model, out_dir)
+        with tempfile.TemporaryDirectory() as scratch:
+            task.report(model, scratch)
+        return {}
 
 
 # -------------------------------------------------------------------------- the trainer
@@ -491,12 +520,8 @@ class DistributedTrainer(Trainer):
 
     # -- validation: split over the ranks, the sums added up
     def evaluate(self, split):
-        if self.ctx.size > 1:
-            for fn in (_evaluate_classification, _evaluate_text):
-                res = fn(self.task, self.model, split, self.ctx)
-                if res is not None:
-                    return res
-        return super().evaluate(split)  # every rank computes the same metrics
+        with split_evaluation(self.task, self.ctx):
+            return super().evaluate(split)
 
     # -- start, files
     def fit(self, resume=False):
