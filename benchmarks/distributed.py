@@ -16,7 +16,7 @@ character LM (``text``: LSTM H=256, 32 streams x 64 steps), it runs ``mpiexec -n
 - the time a rank spends in the gradient's Allreduce during a step (the transfer and
   the wait for the slower rank), and the time of the Allreduce alone (after a barrier,
   so without the wait; median of 50): the communication share of a step;
-- the bytes reduced per step (the gradient and five numbers, one flat buffer).
+- the bytes reduced per step (the gradient and six numbers, one flat buffer).
 
 From the compute time of one rank (its estimated step) and the bytes per step it then
 models a step on N nodes (one rank each) linked by 10, 25 or 100 GbE: a ring Allreduce
@@ -105,11 +105,11 @@ def worker(models, steps, warmup, out):
         for _ in range(50):
             barrier()
             t = time.perf_counter()
-            allreduce(grads, (0.0,) * 5, ctx)
+            allreduce(grads, (0.0,) * 6, ctx)
             alone.append(time.perf_counter() - t)
         alone = float(np.median(alone)) if ctx.size > 1 else 0.0
         itemsize = next(iter(grads.values())).dtype.itemsize
-        nbytes = (sum(g.size for g in grads.values()) + 5) * itemsize
+        nbytes = (sum(g.size for g in grads.values()) + 6) * itemsize
         batch = batches[-1].size
         r = {"ranks": ctx.size, "step_s": step, "mean_step_s": mean_step,
              "work_s": work, "estimated_step_s": work + alone,

@@ -14,7 +14,7 @@ step that holds the answer); for the LSTM it survives, carried by the cell state
 
 Run (about a minute on two cores)::
 
-    python examples/gradient_flow.py --out docs/img
+    python examples/gradient_flow.py [--out runs/examples/gradient_flow]
 
 Writes ``gradflow_elman_vs_lstm.png`` (‖∂L/∂h_t‖ against t, before and after training),
 ``gradflow_jacobians.png`` (largest singular value of ∂s_T/∂s_t against T - t) and
@@ -60,7 +60,8 @@ def train(model, X, y, steps, batch, lr, rng):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="docs/img", help="folder for the pictures")
+    ap.add_argument("--out", default="runs/examples/gradient_flow",
+                    help="folder for the pictures")
     ap.add_argument("--T", type=int, default=40, help="record length (steps to remember)")
     ap.add_argument("--hidden", type=int, default=24)
     ap.add_argument("--steps", type=int, default=300, help="training updates per network")

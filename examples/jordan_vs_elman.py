@@ -17,9 +17,13 @@ The Jordan network is trained three ways:
 
 Evaluation on the held-out last 820 months (1915–1983): one-step RMSE, and forecasts run
 24 months ahead with each prediction fed back as the next input (and, for Jordan, as the
-feedback), from many starting months. Writes two figures to docs/img/.
+feedback), from many starting months. Writes two figures into --out (default
+runs/examples/jordan_vs_elman).
 
-    OPENBLAS_NUM_THREADS=1 python examples/jordan_vs_elman.py [--epochs 300]
+    OPENBLAS_NUM_THREADS=1 python examples/jordan_vs_elman.py --data sunspots.csv [--epochs 300]
+
+The data is not bundled: pass --data with the CSV of monthly sunspot numbers (a header
+line, then month and count), e.g. the copy in a project's shared data folder.
 """
 import argparse
 import csv
@@ -34,12 +38,17 @@ from unrolled.optim import Adam, clip_grad_norm
 from unrolled.patterns import scheduled_backward, scheduled_forward
 
 ROOT = Path(__file__).resolve().parents[1]
+# the copy beside the project's checkout, if there is one; else --data is needed
 DATA = ROOT.parent / "shared" / "data" / "monthly-sunspots" / "monthly-sunspots.csv"
 H, WINDOW, STRIDE, N_TEST, HORIZON, WARMUP = 32, 120, 24, 820, 24, 120
 
 
-def load():
-    with open(DATA, newline="") as f:
+def load(path=DATA):
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file; pass --data with the CSV of monthly sunspot "
+                         "numbers (month, count)")
+    with open(path, newline="") as f:
         rows = list(csv.reader(f))[1:]
     return np.array([float(r[1]) for r in rows])
 
@@ -150,10 +159,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "img"))
+    ap.add_argument("--data", default=str(DATA), help="CSV of monthly sunspot numbers")
+    ap.add_argument("--out", default="runs/examples/jordan_vs_elman",
+                    help="folder for the figures")
     a = ap.parse_args()
     limit_blas_threads()
-    s = load()
+    s = load(a.data)
     train_end = len(s) - N_TEST
     mu, sd = s[:train_end].mean(), s[:train_end].std()
     z = (s - mu) / sd

@@ -11,7 +11,6 @@ next to the baseline that tags each word with its most frequent training tag. Th
 (80/10/10 by sentence) follows the seed, so the spread over seeds includes the split.
 """
 import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -19,8 +18,6 @@ from unrolled.backend import limit_blas_threads
 from unrolled.config import resolve_config
 from unrolled.tasks.tagging import TaggingTask, span_prf_by_type
 from unrolled.train import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(tag_column, seed, epochs):
@@ -37,7 +34,6 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "img"))
     a = ap.parse_args()
     limit_blas_threads()
     by_type = {}

@@ -5,12 +5,15 @@ SPEC keys: ``task`` ("names" or "text"), ``data``, ``out`` (npz of the final par
 and the history, written by rank 0), ``options`` (config overrides), ``dtype``,
 ``distributed`` (bool), ``run_dir`` (checkpoints), ``resume``, ``stop_at`` (interrupt at
 that step, as Ctrl-C does), ``fail_at`` / ``kill_at`` / ``perturb_at`` with ``fail_rank``
-(raise, SIGKILL, or change a weight on that rank at that step), ``check_every``.
+(raise, SIGKILL, or change a weight on that rank at that step), ``lag`` (seconds that
+rank sleeps after every second step), ``check_every``.
 """
 import json
 import os
 import signal
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -53,6 +56,8 @@ class Events(Callback):
         if batch == s.get("stop_at"):
             trainer._interrupted = True
         if self.rank == s.get("fail_rank", 1):
+            if batch % 2 == 0:  # a rank whose clock runs ahead of rank 0's, unevenly
+                time.sleep(s.get("lag", 0))
             if batch == s.get("perturb_at"):  # a rank drifting from the others
                 next(iter(tree_flatten(trainer.model.params).values())).flat[0] += 1e-6
             if batch == s.get("fail_at"):
@@ -80,11 +85,17 @@ def main(spec):
                       callbacks=[Events(spec, rank)], distributed=spec.get("distributed"))
     if "check_every" in spec:
         trainer.check_every = spec["check_every"]
+    saved_at = []  # the steps at which this rank took part in a checkpoint
+    save = trainer.save_checkpoint
+    trainer.save_checkpoint = lambda path=None: (saved_at.append(trainer.step), save(path))[1]
     start = {"init:" + k: np.array(v) for k, v in tree_flatten(trainer.model.params).items()}
     try:
         trainer.fit(resume=spec.get("resume", False))
     except KeyboardInterrupt:
         return 130
+    finally:
+        if spec.get("run_dir"):
+            Path(spec["run_dir"], f"saved-at-{rank}.json").write_text(json.dumps(saved_at))
     if rank == 0:
         from threadpoolctl import threadpool_info
 

@@ -360,3 +360,26 @@ def test_ranks_that_drift_apart_are_caught_by_the_checksum(tmp_path, data):
     assert res.returncode != 0
     assert "the parameters after step 4 differ between ranks (ranks [1] differ from " \
            "rank 0)" in res.stderr
+
+
+@needs_mpi
+def test_checkpoints_by_time_are_taken_by_every_rank_together(tmp_path, data):
+    """--checkpoint-seconds: rank 0's clock decides, so the ranks gather the streams'
+    state for each checkpoint together (no rank waits alone), and the run is unchanged."""
+    opts = {**TEXT, "checkpoint_every": 0, "checkpoint_seconds": 0.25}
+    # rank 1 sleeps after every second step, so by its own clock a checkpoint falls due
+    # a step before or after it does by rank 0's
+    timed = train(tmp_path, "text", data, opts, ranks=2, run_dir=str(tmp_path / "run"),
+                  lag=0.06)
+    whole = train(tmp_path, "text", data, TEXT, run_dir=str(tmp_path / "one"))
+    assert rel_diff(whole["params"], timed["params"]) < 1e-12
+    # the last checkpoint holds every stream's state as one process has it
+    from unrolled import io
+
+    a, meta = io.load_arrays(tmp_path / "run" / "checkpoint.npz", io.CHECKPOINT_FORMAT)
+    b, _ = io.load_arrays(tmp_path / "one" / "checkpoint.npz", io.CHECKPOINT_FORMAT)
+    carry = [k for k in b if k.startswith("carry/")]
+    assert meta["step"] == 20 and carry
+    saved = [json.loads((tmp_path / "run" / f"saved-at-{r}.json").read_text()) for r in (0, 1)]
+    assert saved[0] == saved[1] and len(saved[0]) > 2  # together, and not only at the end
+    assert rel_diff({k: b[k] for k in carry}, {k: a[k] for k in carry}) < 1e-12

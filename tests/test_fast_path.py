@@ -1,5 +1,5 @@
-"""The fast backends of the time loop against the reference one; no allocation per step;
-subnormal-safe BPTT; the step-by-step Generator."""
+"""The compiled loop against the readable one; no allocation per step; subnormal-safe BPTT;
+the step-by-step Generator. (Every registered cell also gets tests/test_cells_contract.py.)"""
 import tracemalloc
 
 import numpy as np
@@ -10,7 +10,7 @@ from unrolled import kernels, unroll
 from unrolled.generate import Generator
 from unrolled.layers import GRU, LSTM, Dense, Elman, Embedding
 
-FAST = ["numpy"] + (["numba"] if kernels.numba_available() else [])
+FAST = ["numba"] if kernels.numba_available() else []
 LAYERS = {
     "lstm": lambda D, H, **kw: LSTM(D, H, **kw),
     "gru": lambda D, H, **kw: GRU(D, H, **kw),
@@ -100,8 +100,10 @@ def test_backend_selection_and_errors():
     assert kernels.get_backend() == old
     with pytest.raises(ValueError, match="backend must be one of"):
         kernels.set_backend("fortran")
-    # with another array module the numba backend runs NumPy-style ufuncs
-    assert kernels.resolve("numba" if kernels.numba_available() else "numpy", object()) == "numpy"
+    # with another array module the numba backend gives way to the readable loop
+    assert kernels.resolve("numba" if kernels.numba_available() else "numpy", object()) == \
+        "reference"
+    assert kernels.resolve("numpy", np) == "reference"  # "numpy" names the readable loop
 
 
 def _traced_peak(fn):
@@ -206,7 +208,7 @@ def _char_model(cls=LSTM, V=11, H=8, layers=1):
     return (Embedding(V, H, seed=0), cls(H, H, seed=1, num_layers=layers), Dense(H, V, seed=2))
 
 
-@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("backend", ["reference"] + FAST)
 @pytest.mark.parametrize("cls, layers", [(LSTM, 1), (GRU, 1), (Elman, 1), (LSTM, 2)])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_generator_steps_equal_layer_forward(cls, layers, batch, backend):
@@ -392,15 +394,17 @@ def test_batch_of_one_agrees_with_reference(kind, dtype):
             assert rel_err(a, b) < TOL[dtype]
 
 
-def test_compiled_loop_equals_step_by_step(monkeypatch):
-    """The compiled loop and the per-step Python loop run the same kernels: same results."""
+def test_compiled_loop_switch():
+    """settings.compiled_loop=False runs the readable loop in its place: same results."""
     if "numba" not in FAST:
         pytest.skip("numba not installed")
+    from unrolled import settings
+
     for kind in LAYERS:
-        monkeypatch.setenv("UNROLLED_COMPILED_LOOP", "1")
         a = run_layer(kind, "float64", "numba", True, 4)
-        monkeypatch.setenv("UNROLLED_COMPILED_LOOP", "0")
-        b = run_layer(kind, "float64", "numba", True, 4)
+        with settings.override(compiled_loop=False):
+            assert kernels.plan(LAYERS[kind](3, 5)._cell, np, np.float64).name == "readable"
+            b = run_layer(kind, "float64", "numba", True, 4)
         for x, y in zip(a, b):
             assert rel_err(x, y) < 1e-12
 
@@ -442,7 +446,7 @@ def test_compiled_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
             "    out, _, c = m.forward(X, training=True)\n"
             "    m.backward(c, out)\n")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_DEBUG_CACHE="1",
-               UNROLLED_BACKEND="numba")
+               UNROLLED_BACKEND="numba", UNROLLED_CACHE_DIR=str(tmp_path / "generated"))
 
     def saved():
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

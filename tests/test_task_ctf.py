@@ -118,7 +118,7 @@ def test_bad_stream_names_give_one_line_errors(data, capsys):
              ([], "needs --features NAME and --labels NAME"),
              (["--features", "x", "--labels", "x"], "must be another stream"),
              (["--features", "x", "--labels", "y", "--streams", "x:1"], "name:dim:kind"),
-             (["--features", "x", "--labels", "y", "--cell", "foo"], "--cell must be gru"),
+             (["--features", "x", "--labels", "y", "--cell", "foo"], "--cell must be one of"),
              (["--features", "x", "--labels", "y", "--streams", "x:2:dense,y:2:sparse"],
               "train.ctf:1:3: stream 'x' has 1 values, expected 2")]
     for args, msg in cases:

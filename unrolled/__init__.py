@@ -2,12 +2,15 @@
 from .grad import value_and_grad
 from . import data, interop
 from .layers import (GRU, LSTM, Dense, Dropout, Elman, Embedding, Jordan, RecursiveNet,
-                     Sequential)
+                     Recurrent, Sequential)
 from . import metrics
 from .io import load_model, save_model
 from .train import Callback, History, Trainer
 from .generate import Generator
 from .kernels import backend, get_backend, set_backend
+from .settings import settings
+from .explain import explain
+from . import cells
 from .memory import MemoryPlanError, plan_memory
 from .online import RTRL, UORO
 from .streams import TBPTT, evaluate_stream
@@ -26,4 +29,5 @@ __all__ = ["Elman", "LSTM", "GRU", "Jordan", "Dense", "Embedding", "Dropout", "S
            "clip_grad_value", "get_optimizer", "Trainer", "Callback", "History", "save_model",
            "load_model", "metrics", "data", "interop", "Recurrence", "Fold", "RecurrenceFrom",
            "UnfoldFrom", "Seq2Seq", "plan_memory", "MemoryPlanError", "TBPTT", "evaluate_stream",
-           "RTRL", "UORO", "Generator", "set_backend", "get_backend", "backend"]
+           "RTRL", "UORO", "Generator", "set_backend", "get_backend", "backend",
+           "settings", "explain", "cells", "Recurrent"]

@@ -25,18 +25,19 @@ def to_numpy(a):
 
 
 def limit_blas_threads():
-    """Run BLAS on one thread (``UNROLLED_THREADS=N`` overrides) for the rest of the process.
+    """Run BLAS on ``unrolled.settings.threads`` threads (1 by default; ``UNROLLED_THREADS``)
+    for the rest of the process.
 
     The matrices of an RNN step are small: extra BLAS threads only add synchronisation,
     which is many times slower on a busy machine. Used by the CLI, the demos and the tests.
     """
-    import os
+    from .settings import settings
 
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return
-    threadpool_limits(int(os.environ.get("UNROLLED_THREADS", "1")))
+    threadpool_limits(settings.threads)
 
 
 _reuse = []

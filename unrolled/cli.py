@@ -71,8 +71,12 @@ def _task_options_help():
             continue
         lines.append("")
         lines.append(f"task {name}: {cls.summary}")
-        lines.append(f"  data default: bundled {cls.default_data!r}" if cls.default_data
-                     else "  data: --data is required")
+        if cls.default_data:
+            lines.append(f"  data default: bundled {cls.default_data!r}")
+        elif cls.defaults.get("data"):
+            lines.append(f"  data default: {cls.defaults['data']!r}")
+        else:
+            lines.append("  data: --data is required")
         for k, v in cls.defaults.items():
             h = cls.help.get(k, TRAIN_HELP.get(k, ""))
             lines.append(f"  --{k.replace('_', '-'):<18} {h} (default {json.dumps(v)})")
@@ -101,6 +105,8 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="train into an --out that holds a run, replacing it")
     return p
 
 
@@ -125,7 +131,7 @@ def _parse_overrides(extra, prog):
 
 
 _TRAIN_VALUE_FLAGS = {"--data", "--out", "--epochs", "--seed", "--config"}
-_TRAIN_BOOL_FLAGS = {"--resume", "--quiet", "--help", "-h"}
+_TRAIN_BOOL_FLAGS = {"--resume", "--quiet", "--force", "--help", "-h"}
 
 
 def _split_train_args(argv):
@@ -150,6 +156,154 @@ def _split_train_args(argv):
     return known, extra
 
 
+# files a run writes into its --out; an --out holding any of them is a used one
+RUN_FILES = ("model.npz", "checkpoint.npz", "config.json", "log.csv", "log.json",
+             "report.txt", "checkpoint.prev.npz")
+# options that may be given when resuming without changing the run's results
+_RESUME_FREE = ("progress", "checkpoint_every", "checkpoint_seconds")
+
+
+def _explicit_options(task_cls, args, overrides):
+    """The options given on this command line or in its --config file, resolved."""
+    from .config import load_toml, resolve_config
+
+    given = resolve_config(task_cls, args.config, overrides)
+    keys = set(overrides)
+    if args.config:
+        keys |= {k.replace("-", "_") for k in load_toml(args.config)}
+    keys.discard("task")
+    out = {k: given[k] for k in keys if k in given}
+    if out.get("test"):  # a path, compared as the absolute one the run saved
+        out["test"] = str(Path(out["test"]).expanduser().resolve())
+    return out
+
+
+def _resume_config(task_cls, args, overrides):
+    """The run's own saved config for ``--resume``, with the options given now checked:
+    one that would change the run is refused with the reason."""
+    from . import io
+
+    if not args.out:
+        raise ValueError("--resume needs --out DIR, the directory of the run to continue")
+    ckpt = Path(args.out) / "checkpoint.npz"
+    if not ckpt.exists():
+        return _restart_config(task_cls, args, overrides, ckpt)
+    try:
+        _, meta = io.load_arrays(ckpt, io.CHECKPOINT_FORMAT)
+    except ValueError as e:
+        prev = ckpt.with_name("checkpoint.prev.npz")
+        if prev.exists():
+            raise ValueError(f"{e}; the checkpoint before it is kept: `mv {prev} {ckpt}` "
+                             "and resume again") from None
+        raise
+    cfg = dict(meta["config"])
+    if cfg.get("task") != task_cls.name:
+        raise ValueError(f"{ckpt} is a {cfg.get('task')!r} run, not {task_cls.name!r}; "
+                         f"resume with `unrolled train {cfg.get('task')} --out {args.out} "
+                         "--resume`")
+    given = _explicit_options(task_cls, args, overrides)
+    given.pop("data", None)
+    changed = {k: v for k, v in given.items() if k not in _RESUME_FREE and v != cfg.get(k)}
+    epochs = changed.pop("epochs", None)
+    if changed:
+        what = ", ".join(f"--{k.replace('_', '-')} {json.dumps(v)} (the run has "
+                         f"{json.dumps(cfg.get(k))})" for k, v in sorted(changed.items()))
+        raise ValueError(f"{what}: a resumed run keeps its own options; drop them to resume, "
+                         "or train into a new --out")
+    if epochs is not None:
+        done = int(meta.get("epoch", 0))
+        if cfg.get("schedule") == "cosine":
+            raise ValueError(f"--epochs {epochs}: the run's cosine schedule is laid out over "
+                             f"its {cfg['epochs']} epochs, so other epochs would not continue "
+                             "it; drop --epochs to resume, or train into a new --out")
+        if epochs < done:
+            raise ValueError(f"--epochs {epochs}: the run has done {done} epochs already; "
+                             "drop --epochs to resume it")
+        cfg["epochs"] = epochs
+    for k in _RESUME_FREE:
+        if k in given:
+            cfg[k] = given[k]
+    data = _resume_data(cfg, args.data, meta)
+    return cfg, data, (meta.get("extra") or {}).get("data_sha256")
+
+
+def _restart_config(task_cls, args, overrides, ckpt):
+    """``--resume`` of a run stopped before its first checkpoint: its saved config.json
+    starts it again from the beginning (the same options are checked as for a resume)."""
+    saved = Path(args.out) / "config.json"
+    try:
+        cfg = dict(json.loads(saved.read_text(encoding="utf-8"))["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{ckpt}: no checkpoint to resume from; start the run without "
+                         "--resume") from None
+    if (Path(args.out) / "model.npz").exists() or cfg.get("task") != task_cls.name:
+        raise ValueError(f"{ckpt}: no checkpoint to resume from; start the run without "
+                         "--resume")
+    given = _explicit_options(task_cls, args, overrides)
+    given.pop("data", None)
+    changed = sorted(k for k, v in given.items() if k not in _RESUME_FREE and v != cfg.get(k))
+    if changed:
+        raise ValueError(f"options {', '.join('--' + k.replace('_', '-') for k in changed)} "
+                         "differ from the run's; a resumed run keeps its own options")
+    for k in _RESUME_FREE:
+        if k in given:
+            cfg[k] = given[k]
+    _out(f"{args.out}: no checkpoint yet; starting the run again from its saved config")
+    return cfg, _resume_data(cfg, args.data, {}), None
+
+
+def _resume_data(cfg, given, meta):
+    """The data path of a resumed run: the saved one, or ``given`` when it holds the same
+    bytes (the data moved); anything else is refused."""
+    saved = cfg.get("data")
+    saved_sha = (meta.get("extra") or {}).get("data_sha256")
+    if given is None:
+        if saved is None or not Path(saved).exists():
+            raise ValueError(f"the run's data {saved} is not there any more; pass --data "
+                             "with the path where it is now")
+        return saved
+    path = Path(given).expanduser().resolve()
+    if saved is not None and path == Path(saved).expanduser().resolve():
+        return saved
+    if not path.exists():
+        raise ValueError(f"--data {given}: no such file or directory; check the path, or "
+                         "drop --data to use the run's own data")
+    if saved_sha is not None and fingerprint(path) == saved_sha:
+        return str(path)
+    raise ValueError(f"--data {given} is not the data of the run to resume ({saved}); "
+                     "drop --data to resume, or train into a new --out")
+
+
+def _check_out(out, force):
+    """Refuse an --out that holds a run, unless ``force`` (its run files are removed)."""
+    held = [f for f in RUN_FILES if (out / f).exists()]
+    if not held:
+        return
+    if not force:
+        resume = ("continue it with --resume, " if (out / "checkpoint.npz").exists()
+                  else "")
+        state = "an unfinished run" if "model.npz" not in held else "a run already"
+        raise ValueError(f"{out} holds {state} ({', '.join(held)}); {resume}pass another "
+                         "--out, or --force to replace it")
+    for f in RUN_FILES + ("confusion.txt", "confusion.png"):
+        (out / f).unlink(missing_ok=True)
+
+
+def _new_run_dir(task_name):
+    """A fresh ``runs/TASK-YYYYmmdd-HHMMSS[-N]`` directory, created here (two runs
+    started in the same second get two directories)."""
+    base = Path("runs") / f"{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10000):
+        out = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            continue
+    raise OSError(f"{base}: cannot find a free run directory name; pass --out")
+
+
 def _run_train(args, extra):
     from .distributed import command
 
@@ -172,29 +326,9 @@ def _train(args, extra, mpi=None):
     if args.quiet:
         overrides["progress"] = "false"
     if args.resume:
-        if not args.out:
-            raise ValueError("--resume needs --out DIR, the directory of the run to continue")
-        ckpt = Path(args.out) / "checkpoint.npz"
-        if not ckpt.exists():
-            raise ValueError(f"{ckpt}: no checkpoint to resume from; start the run without "
-                             "--resume")
-        _, meta = io.load_arrays(ckpt, io.CHECKPOINT_FORMAT)
-        cfg = dict(meta["config"])
-        if cfg.get("task") != task_cls.name:
-            raise ValueError(f"{ckpt} is a {cfg.get('task')!r} run, not {task_cls.name!r}; "
-                             f"resume with `unrolled train {cfg.get('task')} --out {args.out} "
-                             "--resume`")
-        given = resolve_config(task_cls, args.config, overrides)
-        changed = [k for k in overrides if k not in ("epochs", "progress", "data")
-                   and given[k] != cfg.get(k)]
-        if changed:
-            raise ValueError(f"options {changed} differ from the checkpoint's config; drop "
-                             "them to resume, or train into a new --out")
-        cfg["epochs"], cfg["progress"] = given["epochs"], given["progress"]
-        if args.data and Path(args.data).expanduser().resolve() != Path(cfg["data"]).resolve():
-            raise ValueError(f"--data {args.data} is not the data of the run to resume "
-                             f"({cfg['data']}); drop --data to resume")
-        data = cfg["data"]
+        if args.force:
+            raise ValueError("--resume continues a run and --force replaces it; pass one")
+        cfg, data, saved_sha = _resume_config(task_cls, args, overrides)
     else:
         cfg = resolve_config(task_cls, args.config, overrides)
         if args.data:
@@ -205,21 +339,38 @@ def _train(args, extra, mpi=None):
             data = str(bundled_path(task_cls.default_data))
         else:
             raise ValueError(f"task {task_cls.name!r} has no bundled data; pass --data PATH")
-    data = str(Path(data).expanduser())
+        # absolute paths, so the run resumes from any directory
+        data = str(task_cls.resolve_data(data))
+        if cfg.get("test"):
+            cfg["test"] = str(Path(cfg["test"]).expanduser().resolve())
     cfg["data"] = data
-    out = Path(args.out or f"runs/{task_cls.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if not args.resume and (out / "checkpoint.npz").exists():
-        raise ValueError(f"{out} holds a run already; continue it with --resume, or pass "
-                         "another --out")
+    if args.out:
+        out = Path(args.out)
+        if not args.resume:
+            if mpi is None or mpi.root:  # under mpiexec, rank 0 alone looks and writes
+                _check_out(out, args.force)
 
     task = task_cls(cfg)
     task.load(data)  # bad data fails here, before anything is printed or written
+    trainer = Trainer(task, cfg, log=_out, distributed=mpi is not None)  # so does a bad option
+    data_sha = fingerprint(data)
+    if args.resume and saved_sha is not None and data_sha != saved_sha:
+        raise ValueError(f"{data}: the data changed since the run started; restore it to "
+                         "resume, or train into a new --out")
     _out(f"unrolled train {task_cls.name}: resolved config", format_config(cfg), "")
     _out(*task.describe())
+    if not args.out:
+        out = _new_run_dir(task_cls.name) if mpi is None or mpi.root else None
+        if mpi is not None:  # the directory rank 0 made
+            out = mpi.comm.bcast(out, root=0)
     out.mkdir(parents=True, exist_ok=True)
-    if mpi is None or mpi.root:
+    root = mpi is None or mpi.root  # under mpiexec, rank 0 alone writes
+    if root:
+        io.remove_stale_temps(out, RUN_FILES + ("confusion.txt", "confusion.png"))
+    trainer.out_dir = out
+    trainer.extra_meta["data_sha256"] = data_sha
+    if not args.resume and root:
         io.atomic_write_text(out / "config.json", json.dumps({"config": cfg}, indent=2) + "\n")
-    trainer = Trainer(task, cfg, out_dir=out, log=_out, distributed=mpi is not None)
     _out(f"model: {trainer.model.num_params()} parameters; {trainer.steps_per_epoch} batches "
          f"per epoch")
     t0 = time.perf_counter()
@@ -232,20 +383,31 @@ def _train(args, extra, mpi=None):
         return 130
     seconds = time.perf_counter() - t0
 
-    # -- the model, the report, and where everything went
-    if mpi is not None:  # the test split over the ranks; rank 0 writes
-        from .distributed import report
-
-        files = report(task, trainer.model, out, mpi)
-        if not mpi.root:
-            return 0
-    else:
-        files = task.report(trainer.model, out)
-    test = getattr(task, "last_report", {}).get("metrics") or task.evaluate(trainer.model, "test")
-    extra = {"history": history.rows, "test": test, "best_epoch": trainer.best["epoch"],
-             "train_seconds": round(seconds, 1), "data_sha256": fingerprint(data)}
+    # -- the model first (training is never lost to a failing report), then the report
+    extra = {"history": history.rows, "best_epoch": trainer.best["epoch"],
+             "train_seconds": round(seconds, 1), "data_sha256": data_sha,
+             "data_files": _file_hashes(data), "sizes": _split_sizes(task)}
+    seen = {"train_records": record_hashes(task, "train")}
     model_path = io.save_model(trainer.model, out, config=cfg, task_state=task.state(),
-                               extra=extra)
+                               extra=extra, arrays=seen) if root else None
+    try:
+        if mpi is not None:  # the test split over the ranks; rank 0 writes
+            from .distributed import report as split_report
+
+            files = split_report(task, trainer.model, out, mpi)
+        else:
+            files = task.report(trainer.model, out)
+        test = (getattr(task, "last_report", {}).get("metrics")
+                or task.evaluate(trainer.model, "test"))
+        _check_finite(test, "test")
+    except ValueError as e:
+        raise ValueError(f"the model is saved in {model_path}, but its test evaluation "
+                         f"failed: {e}") from None
+    if not root:
+        return 0
+    extra["test"] = test
+    model_path = io.save_model(trainer.model, out, config=cfg, task_state=task.state(),
+                               extra=extra, arrays=seen)
     lines = [f"task: {task_cls.name}", f"data: {data}",
              f"epochs run: {len(history)} (best validation epoch {trainer.best['epoch']})",
              f"training time: {seconds:.1f} s", "", "test metrics:"]
@@ -259,6 +421,14 @@ def _train(args, extra, mpi=None):
     for what, path in files.items():
         _out(f"{what}: {path}")
     return 0
+
+
+def _split_sizes(task):
+    """Records per split of a loaded task (``{"train": n, ...}``), where it keeps them."""
+    sizes = dict((task.state() or {}).get("sizes") or {})
+    for split, recs in (getattr(task, "records", None) or {}).items():
+        sizes.setdefault(split, len(recs))
+    return {k: int(v) for k, v in sizes.items() if isinstance(v, int)}
 
 
 # ------------------------------------------------------------------------------ use
@@ -294,22 +464,108 @@ def fingerprint(path):
     return h.hexdigest()
 
 
+def _file_hashes(path):
+    """``{relative name: sha256}`` of each data file of ``path`` (as :func:`fingerprint`
+    walks it; a file's own name for a single file)."""
+    import hashlib
+
+    path = Path(path)
+    if path.is_file():
+        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {f.relative_to(path).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(path.rglob("*"))
+            if f.is_file() and f.suffix != ".md" and not f.name.startswith(".")}
+
+
+def record_hashes(task, split):
+    """(N,) uint64 hashes of the input of each record of ``split`` (empty for tasks that
+    keep no per-record inputs, such as one long text or series)."""
+    import hashlib
+
+    import numpy as np
+
+    recs = (getattr(task, "records", None) or {}).get(split) or []
+    out = np.empty(len(recs), dtype=np.uint64)
+    for i, r in enumerate(recs):
+        a = np.ascontiguousarray(r)
+        h = hashlib.blake2b(f"{a.dtype.str}{a.shape}".encode(), digest_size=8)
+        h.update(a.tobytes())
+        out[i] = int.from_bytes(h.digest(), "little")
+    return out
+
+
+def _drop_seen(task, split, seen):
+    """Remove from ``split`` the records whose input the model was trained on; returns
+    (records before, records dropped)."""
+    import numpy as np
+
+    n = len((getattr(task, "records", None) or {}).get(split) or [])
+    if not n or seen is None or not len(seen):
+        return n, 0
+    keep = ~np.isin(record_hashes(task, split), seen)
+    if keep.all():
+        return n, 0
+    idx = np.flatnonzero(keep)
+    task.records[split] = [task.records[split][i] for i in idx]
+    labels = task.labels[split]
+    task.labels[split] = (labels[idx] if isinstance(labels, np.ndarray)
+                          else [labels[i] for i in idx])
+    sents = getattr(task, "sents", None)
+    if isinstance(sents, dict) and split in sents:
+        sents[split] = [sents[split][i] for i in idx]
+    return n, n - len(idx)
+
+
 def _run_evaluate(args):
     model, meta, task = _load(args.model)
-    data = Path(args.data).expanduser()
-    split = "eval"
-    if data.exists() and fingerprint(data) == (meta.get("extra") or {}).get("data_sha256"):
+    extra = meta.get("extra") or {}
+    data = type(task).resolve_data(args.data)
+    if data.exists() and fingerprint(data) == extra.get("data_sha256"):
         # the training data: rebuild the same split (same seed) and score its held-out test
-        # part only, so that names seen in training do not inflate the figures
+        # part only, so that records seen in training do not inflate the figures
         task = type(task)(meta["config"])
         task.load(str(data))
+        n = len((getattr(task, "records", None) or {}).get("test") or [])
+        what = f" ({n} records)" if n else ""
+        _err(f"{args.data} is this model's training data: metrics on its held-out test "
+             f"split{what} only")
         split = "test"
-        _err(f"{data} is the training data: metrics on its held-out test split")
     else:
         task.load_eval(str(data))
-    for k, v in task.evaluate(model, split).items():
+        split = "eval"
+        seen = (meta.get("extra_arrays") or {}).get("train_records")
+        n, dropped = _drop_seen(task, split, seen)
+        ours = set((extra.get("data_files") or {}).values())
+        if dropped == n and n:
+            raise ValueError(f"{args.data}: all {n} records were in this model's training "
+                             "split; evaluate on data it has not seen")
+        if dropped:
+            _err(f"{args.data}: {dropped} of its {n} records were in this model's training "
+                 f"split; metrics on the other {n - dropped} only")
+        elif (seen is None or not len(seen)) and ours & set(_file_hashes(data).values()):
+            # no record hashes (one long text or series): a file of the training data
+            _err(f"warning: {args.data} holds data this model was trained on; these "
+                 "figures include training data and overstate the model: evaluate on "
+                 "held-out data")
+        elif n:
+            _err(f"{args.data}: metrics on all its {n} records")
+    scores = task.evaluate(model, split)
+    _check_finite(scores, str(args.data))
+    for k, v in scores.items():
         _out(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     return 0
+
+
+def _check_finite(metrics, what):
+    """A NaN or infinite metric is an error, not a figure."""
+    import math
+
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        shown = ", ".join(f"{k} {v}" for k, v in bad.items())
+        raise ValueError(f"the metrics on {what} are not finite ({shown}); the data may hold "
+                         "values too large for the model's arithmetic (rescale them), or the "
+                         "model diverged (train again with a lower --lr)")
 
 
 def _add_predict(sub):
@@ -323,8 +579,14 @@ def _add_predict(sub):
 
 
 def _run_predict(args):
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1 (the classes shown per input), got "
+                         f"{args.top}")
     model, _, task = _load(args.model)
-    _out(*task.predict(model, args.inputs, top=args.top))
+    lines = task.predict(model, args.inputs, top=args.top)
+    for note in getattr(task, "notes", None) or []:
+        _err(note)
+    _out(*lines)
     return 0
 
 
@@ -348,7 +610,7 @@ def _run_generate(args):
     if not args.temperature > 0:
         raise ValueError(f"--temperature must be > 0, got {args.temperature}")
     text = task.generate(model, length=args.length, temperature=args.temperature,
-                         prime=args.prime, top_k=args.top_k, seed=args.seed)
+                         prime=args.prime, top_k=args.top_k, seed=args.seed, progress=True)
     _out(text)
     return 0
 
@@ -473,9 +735,29 @@ def main(argv=None):
     except (ValueError, TypeError, OSError) as e:
         if os.environ.get("UNROLLED_DEBUG"):
             raise
-        msg = " ".join(str(e).split("\n"))
-        _err(f"unrolled {args.command}: error: {msg}")
+        _err(f"unrolled {args.command}: error: {_one_line(e)}")
         return 2
+    except MemoryError:
+        if os.environ.get("UNROLLED_DEBUG"):
+            raise
+        _err(f"unrolled {args.command}: error: out of memory; use a smaller --batch-size "
+             "(or a smaller model)")
+        return 2
+    except Exception as e:  # a bug: still one line, and how to see and report it
+        if os.environ.get("UNROLLED_DEBUG"):
+            raise
+        _err(f"unrolled {args.command}: internal error ({type(e).__name__}: {_one_line(e)}); "
+             "run again with UNROLLED_DEBUG=1 to see the traceback, and report it")
+        return 1
+
+
+def _one_line(e):
+    """The message of an exception on one line (an OSError as 'file: reason')."""
+    if isinstance(e, OSError) and e.strerror:
+        msg = e.strerror if e.filename is None else f"{e.filename}: {e.strerror}"
+    else:
+        msg = str(e)
+    return " ".join(msg.split())
 
 
 if __name__ == "__main__":

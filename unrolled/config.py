@@ -31,6 +31,7 @@ TRAIN_DEFAULTS = {
     "monitor": "",           # validation metric for early stopping ("": the task's choice)
     "max_batches": 0,        # batches per epoch at most (0: all of them)
     "checkpoint_every": 50,  # batches between checkpoints (0: only at the end of epochs)
+    "checkpoint_seconds": 0.0,  # also checkpoint when this many seconds passed (0: off)
     "progress": True,        # show a progress bar
 }
 
@@ -53,6 +54,9 @@ TRAIN_HELP = {
                "accuracy; empty: the task's choice",
     "max_batches": "at most this many batches per epoch (0: all)",
     "checkpoint_every": "batches between checkpoints (0: only at epoch ends)",
+    "checkpoint_seconds": "also checkpoint in an epoch once this many seconds passed since "
+                          "the last checkpoint (0: off); with --checkpoint-every 0, by time "
+                          "only, epoch ends included (the last one is always saved)",
     "progress": "show a progress bar",
 }
 
@@ -185,8 +189,9 @@ def check_config(cfg):
     if cfg["optimizer"] not in ("sgd", "adagrad", "rmsprop", "adam", "adamw"):
         raise ValueError(f"--optimizer must be sgd, adagrad, rmsprop, adam or adamw, got "
                          f"{cfg['optimizer']!r}")
-    for key in ("clip", "patience", "warmup", "max_batches", "checkpoint_every"):
-        if cfg[key] < 0:
+    for key in ("clip", "patience", "warmup", "max_batches", "checkpoint_every",
+                "checkpoint_seconds"):
+        if cfg.get(key, 0) < 0:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 0, got {cfg[key]}")
 
 

@@ -28,6 +28,7 @@ job of one rank and every collective is the identity. See ``docs/distributed.md`
 import contextlib
 import copy
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -386,8 +387,6 @@ def _split_logits(task, model, split, batch_size, ctx):
 
 
 def _split_stream_metrics(task, model, split, ctx):
-    import math
-
     from .tasks.text import TextTask, stream_loss
 
     ids = np.asarray(task.splits.get(split, ()))
@@ -439,6 +438,7 @@ class DistributedTrainer(Trainer):
         self._stop_request = False
         self._stop_agreed = False
         self._carry_size = None
+        self._checkpoint_due = False
         self.comm_seconds = 0.0
         super().__init__(task, config, out_dir, model, callbacks, log)
         if not self.ctx.root:
@@ -457,6 +457,25 @@ class DistributedTrainer(Trainer):
         self._stop_request = bool(value)
         if not value or self.ctx.size == 1:
             self._stop_agreed = bool(value)
+
+    # -- checkpoints by time (--checkpoint-seconds): rank 0's clock decides for every rank
+    @property
+    def _last_checkpoint(self):
+        # the trainer reads it only to ask whether a checkpoint is due; with several
+        # ranks it gets the answer agreed in the last Allreduce, as a time that gives it
+        if self.ctx.size == 1:
+            return self._checkpoint_time
+        return -math.inf if self._checkpoint_due else math.inf
+
+    @_last_checkpoint.setter
+    def _last_checkpoint(self, t):
+        self._checkpoint_time = t
+        self._checkpoint_due = False
+
+    def _due_by_time(self):
+        secs = self.config.get("checkpoint_seconds", 0)
+        return bool(self.ctx.root and secs
+                    and time.monotonic() - self._checkpoint_time >= secs)
 
     # -- one step
     def _gradients(self, batch):
@@ -491,10 +510,12 @@ class DistributedTrainer(Trainer):
             for ly, st in zip(self._rng_layers(), states):
                 ly.rng.bit_generator.state = st
         t0 = time.perf_counter()
-        grads, (value, denom, correct, count, stop) = allreduce_tree(
-            grads, (value, denom, correct, count, self._stop_request), ctx)
+        grads, (value, denom, correct, count, stop, due) = allreduce_tree(
+            grads, (value, denom, correct, count, self._stop_request, self._due_by_time()),
+            ctx)
         self.comm_seconds += time.perf_counter() - t0
         self._stop_agreed = self._stop_agreed or stop > 0
+        self._checkpoint_due = due > 0
         self._carry_size = B
         if not denom > 0:
             raise ValueError("a training batch has no valid step to score")
@@ -574,6 +595,7 @@ class DistributedTrainer(Trainer):
             return None
         finally:
             self.carry = carry
+            self._last_checkpoint = time.monotonic()  # on every rank
 
     def write_logs(self):
         if self.ctx.root:

@@ -18,7 +18,7 @@ The tables are a snapshot of the weights: build a new Generator (or call
 """
 import numpy as np
 
-from . import kernels
+from . import unroll
 
 
 class Generator:
@@ -26,7 +26,8 @@ class Generator:
 
     Parameters
     ----------
-    rnn : a recurrent layer (``LSTM``, ``GRU`` with ``reset_after=True``, ``Elman``),
+    rnn : a recurrent layer whose cell has a per-unit step (``LSTM``, ``GRU`` with
+        ``reset_after=True``, ``Elman``, any registered cell of that kind),
         unidirectional, any number of layers.
     embedding : optional ``Embedding`` feeding the first layer: steps then take integer
         symbols (B,) instead of vectors (B, D).
@@ -39,9 +40,10 @@ class Generator:
 
     def __init__(self, rnn, embedding=None, output=None, batch=1, seed=None, xp=None):
         cell = rnn._cell
-        if not getattr(cell, "fast", False):
-            raise ValueError(f"Generator supports LSTM, GRU(reset_after=True) and Elman layers, "
-                             f"got {rnn!r}; use the layer's forward one step at a time instead")
+        if getattr(cell, "forward", None) is None or not cell.compiles():
+            raise ValueError(f"Generator supports layers whose cell has a per-unit step "
+                             f"(LSTM, GRU with reset_after=True, Elman, ...), got {rnn!r}; use "
+                             "the layer's forward one step at a time instead")
         if rnn.bidirectional:
             raise ValueError("a bidirectional layer cannot generate step by step; use "
                              "bidirectional=False")
@@ -69,7 +71,7 @@ class Generator:
         self.p = []
         for name in self.rnn.names:
             p = self.rnn._prepared(name, np)
-            p = {k: asx(v) for k, v in p.items()}
+            p = {k: (None if v is None else asx(v)) for k, v in p.items()}
             p["W_ihT"] = xp.ascontiguousarray(p["weight_ih"].T)
             self.p.append(p)
         self.table = None
@@ -90,12 +92,11 @@ class Generator:
         self.xw = xp.empty((B, G), self.dtype)
         ns = len(self.rnn.state_sizes)
         L = self.rnn.num_layers
-        self.states = [[tuple(xp.zeros((B, H), self.dtype) for _ in range(ns)) for _ in range(L)]
-                       for _ in range(2)]
-        self.cache = {k: xp.empty(s, self.dtype) for k, s in self.cell.tape_shapes(B, H).items()}
-        self.ws = self.cell.workspace(B, H, self.dtype, xp)
-        be = kernels.resolve(None, xp)
-        self.kern = kernels.kernels_for(be, self.dtype) if be != "reference" else None
+        # per layer and state component: (2, B, H), the state before [0] and after [1] a step
+        self.states = [tuple(xp.zeros((2, B, H), self.dtype) for _ in range(ns)) for _ in range(L)]
+        self.cache = tuple(xp.empty((1, B, H), self.dtype) for _ in self.cell.cache)
+        self.z = xp.empty((B, G), self.dtype)
+        self.units = [unroll._units(self.cell, p, H, self.dtype, xp) for p in self.p]
         self.cur = 0
 
     def reset(self, initial_state=None):
@@ -105,8 +106,8 @@ class Generator:
             initial_state = {"h": initial_state}
         L = self.rnn.num_layers
         for k in range(L):
-            for j, key in enumerate(("h", "c")[: len(self.rnn.state_sizes)]):
-                buf = self.states[self.cur][k][j]
+            for j, key in enumerate(self.cell.state):
+                buf = self.states[k][j][0]
                 given = None if initial_state is None else initial_state.get(key)
                 if given is None:
                     buf[...] = 0
@@ -121,9 +122,8 @@ class Generator:
     def state(self):
         """The current state as the layer returns it: {"h": (L, B, H), ...} (copies)."""
         xp = self.xp
-        keys = ("h", "c")[: len(self.rnn.state_sizes)]
-        return {key: xp.stack([s[j] for s in self.states[self.cur]]) for j, key in
-                enumerate(keys)}
+        return {key: xp.stack([s[j][0] for s in self.states]) for j, key in
+                enumerate(self.cell.state)}
 
     # -- one step -------------------------------------------------------------------
     def step(self, x):
@@ -144,15 +144,16 @@ class Generator:
         else:
             xp.matmul(x, self.p[0]["W_ihT"], out=xw)
             xw += self.p[0]["bias_x"]
-        old, new = self.states[self.cur], self.states[1 - self.cur]
         for k, p in enumerate(self.p):
             if k > 0:
                 xw = self.xw
-                xp.matmul(new[k - 1][0], p["W_ihT"], out=xw)
+                xp.matmul(self.states[k - 1][0][0], p["W_ihT"], out=xw)
                 xw += p["bias_x"]
-            cell.step_into(p, xw, old[k], new[k], self.cache, self.ws, xp, self.kern)
-        self.cur = 1 - self.cur
-        h = new[-1][0]
+            S = self.states[k]
+            unroll.step_once(cell, p, xw, S, self.cache, xp, z=self.z, units=self.units[k])
+            for s in S:  # the new state becomes the state of the next step
+                s[0] = s[1]
+        h = self.states[-1][0][0]
         if self.output is None:
             return h
         xp.matmul(h, self.W_outT, out=self.logits)

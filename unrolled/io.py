@@ -23,6 +23,7 @@ Windows), and the directory is ``fsync``-ed: a crash or ``kill -9`` at any momen
 either the old file or the new one, never a mix, so the last good checkpoint survives.
 """
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -38,7 +39,7 @@ CHECKPOINT_FORMAT = "unrolled-checkpoint"
 FORMAT_VERSION = 1  # the newest version this code reads and the one it writes
 
 __all__ = ["CHECKPOINT_FORMAT", "FORMAT_VERSION", "MODEL_FORMAT", "atomic_open",
-           "atomic_write_bytes",
+           "atomic_write_bytes", "remove_stale_temps",
            "atomic_write_text", "build_model", "load_arrays", "load_model", "model_spec",
            "save_arrays", "save_model"]
 
@@ -58,12 +59,31 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def remove_stale_temps(directory, names):
+    """Remove the temporary files that :func:`atomic_open` left in ``directory`` for the
+    files ``names`` when its process was killed (``kill -9``) in the middle of a write.
+    Returns the paths removed."""
+    directory, gone = Path(directory), []
+    if not directory.is_dir():
+        return gone
+    for name in names:
+        for p in directory.glob(f".{name}.*.tmp"):
+            try:
+                p.unlink()
+                gone.append(p)
+            except OSError:
+                pass
+    return gone
+
+
 @contextlib.contextmanager
-def atomic_open(path, text=False):
+def atomic_open(path, text=False, keep=None):
     """Open a temporary file beside ``path`` for writing; on a clean exit it replaces
     ``path`` (flushed, ``fsync``-ed, renamed), on an exception it is removed.
 
     ``text=True`` gives a UTF-8 text file with Unix line ends, else a binary one.
+    ``keep``: a path in the same directory that receives the file being replaced (a hard
+    link, atomically, so ``path`` itself always exists), e.g. the previous checkpoint.
 
     >>> with atomic_open(tmp / "out.txt", text=True) as f:  # doctest: +SKIP
     ...     f.write("all or nothing")
@@ -78,19 +98,37 @@ def atomic_open(path, text=False):
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is an ordinary file
+        if keep is not None and path.exists():
+            _keep_previous(path, Path(keep))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = " (the previous file is intact)" if path.exists() else ""
+            raise OSError(e.errno, f"{path}: no space left on the device to write it{kept}; "
+                          "free some space and run the command again (a run continues with "
+                          "--resume)") from None
         raise
     _fsync_dir(path.parent)
 
 
-def _atomic_write(path, write):
+def _keep_previous(path, keep):
+    """Hard-link ``path`` to ``keep`` atomically (nothing kept where links are refused)."""
+    link = keep.with_name(f".{keep.name}.{os.getpid()}.tmp")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+        os.replace(link, keep)
+    except OSError:
+        link.unlink(missing_ok=True)
+
+
+def _atomic_write(path, write, keep=None):
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over."""
-    with atomic_open(path) as f:
+    with atomic_open(path, keep=keep) as f:
         write(f)
     return Path(path)
 
@@ -107,7 +145,7 @@ def atomic_write_text(path, text):
 
 # --------------------------------------------------------------------------- array files
 
-def save_arrays(path, arrays, meta):
+def save_arrays(path, arrays, meta, keep=None):
     """Write ``{name: array}`` and a JSON-able ``meta`` dict into one ``.npz``, atomically.
 
     Parameters
@@ -115,6 +153,7 @@ def save_arrays(path, arrays, meta):
     path : file to write (any suffix; ``.npz`` is customary).
     arrays : dict of str -> numeric or bool ndarray.
     meta : dict with at least ``"format"``; saved as JSON under ``__meta__``.
+    keep : None, or a path that receives the file being replaced (see :func:`atomic_open`).
     """
     out = {}
     for k, v in arrays.items():
@@ -127,7 +166,7 @@ def save_arrays(path, arrays, meta):
         raise ValueError("'__meta__' is reserved for the metadata; rename that array")
     blob = json.dumps(meta, allow_nan=True, sort_keys=True).encode("utf-8")
     out["__meta__"] = np.frombuffer(blob, dtype=np.uint8)
-    return _atomic_write(path, lambda f: np.savez(f, **out))
+    return _atomic_write(path, lambda f: np.savez(f, **out), keep=keep)
 
 
 def load_arrays(path, expect_format):
@@ -146,6 +185,20 @@ def load_arrays(path, expect_format):
     what = "model" if expect_format == MODEL_FORMAT else "checkpoint"
     if not path.is_file():
         raise ValueError(f"{path}: no such {what} file; check the path")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it ({e.strerror}); check its permissions") from None
+    if len(magic) < 6:
+        raise ValueError(f"{path}: corrupt or truncated {what} file ({len(magic)} bytes); use "
+                         "another copy or train again")
+    if magic == b"\x93NUMPY":
+        raise ValueError(f"{path}: a single NumPy array (.npy), not an unrolled {what} file; "
+                         f"pass the model.npz that `unrolled train` wrote")
+    if magic[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise ValueError(f"{path}: not an unrolled {what} file (not a .npz archive); pass the "
+                         "model.npz that `unrolled train` wrote")
     arrays = {}
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -221,6 +274,16 @@ def model_spec(model):
         if kind == "Jordan":
             spec["output_size"] = model._cell.output_size
         return spec
+    if isinstance(model, L.Recurrent):  # any registered cell, through the generic layer
+        import dataclasses
+
+        cell = model._cell
+        spec = {"layer": "Recurrent", "cell": cell.name,
+                "cell_args": {f.name: getattr(cell, f.name) for f in dataclasses.fields(cell)}
+                if dataclasses.is_dataclass(cell) else {}}
+        for k in _RECURRENT_ARGS:
+            spec[k] = getattr(model, k)
+        return spec
     raise TypeError(f"cannot describe a {kind} layer for saving; build the model from "
                     "unrolled.layers (Sequential, Dense, Embedding, Dropout, Elman, LSTM, GRU, "
                     "Jordan)")
@@ -237,6 +300,15 @@ def build_model(spec, seed=0):
     kind = spec.pop("layer")
     if kind == "Sequential":
         return L.Sequential([build_model(s, seed) for s in spec["layers"]])
+    if kind == "Recurrent":
+        from .cells import get
+
+        try:
+            cell = get(spec.pop("cell"))(**spec.pop("cell_args", {}))
+        except ValueError as e:
+            raise ValueError(f"{e}; import the module that registers it before loading") \
+                from None
+        return L.Recurrent(cell, **spec, seed=seed)
     classes = {"Dense": L.Dense, "Embedding": L.Embedding, "Dropout": L.Dropout,
                "Elman": L.Elman, "LSTM": L.LSTM, "GRU": L.GRU, "Jordan": L.Jordan}
     if kind not in classes:
@@ -281,7 +353,7 @@ def set_params(model, flat, where):
         raise ValueError(f"{where}: the saved weights do not fit the architecture ({e}); "
                          "the file is corrupt") from None
 
-def save_model(model, path, config=None, task_state=None, extra=None):
+def save_model(model, path, config=None, task_state=None, extra=None, arrays=None):
     """Save a model into ``path``: a directory (``model.npz`` + ``config.json`` in it) or
     a file name ending in ``.npz``.
 
@@ -291,6 +363,9 @@ def save_model(model, path, config=None, task_state=None, extra=None):
     config : dict or None, the resolved training config (saved as JSON).
     task_state : dict or None, what the task learned from data (vocab, classes, stats).
     extra : dict or None, anything else JSON-able (metrics, history).
+    arrays : dict or None, numeric arrays kept beside the weights under ``extra/<name>``
+        (e.g. the hashes of the training records); :func:`load_model` returns them in
+        ``meta["extra_arrays"]``.
 
     Returns
     -------
@@ -300,8 +375,9 @@ def save_model(model, path, config=None, task_state=None, extra=None):
     npz = path if path.suffix == ".npz" else path / "model.npz"
     meta = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "architecture": model_spec(model),
             "config": config or {}, "task_state": task_state or {}, "extra": extra or {}}
-    arrays = {"params/" + k: v for k, v in tree_flatten(model.params).items()}
-    save_arrays(npz, arrays, meta)
+    stored = {"params/" + k: v for k, v in tree_flatten(model.params).items()}
+    stored.update({"extra/" + k: v for k, v in (arrays or {}).items()})
+    save_arrays(npz, stored, meta)
     atomic_write_text(npz.with_name("config.json") if path.suffix != ".npz"
                       else npz.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     return npz
@@ -331,5 +407,13 @@ def load_model(path):
     arrays, meta = load_arrays(npz, MODEL_FORMAT)
     model = build_model(meta.get("architecture"))
     params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+    bad = sorted(k for k, v in params.items()
+                 if v.dtype.kind == "f" and not np.isfinite(v).all())
+    if bad:
+        raise ValueError(f"{npz}: the weights {bad[:3]} hold NaN or infinite values, so every "
+                         "answer would be NaN; the file is corrupt or training diverged: train "
+                         "again (e.g. with a lower --lr)")
     set_params(model, params, npz)
+    meta["extra_arrays"] = {k[len("extra/"):]: v for k, v in arrays.items()
+                            if k.startswith("extra/")}
     return model, meta

@@ -19,7 +19,6 @@ running it, and the layers use it to choose a segment length for a byte budget a
 refuse a full unrolling that would not fit in memory.
 """
 import math
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +27,6 @@ from . import unroll
 
 # Full BPTT is refused when its estimate exceeds this fraction of the available memory.
 RAM_FRACTION = 0.8
-_max_bytes = None  # a user-set ceiling, see set_max_bytes
 
 
 class MemoryPlanError(ValueError):
@@ -39,12 +37,13 @@ def set_max_bytes(n):
     """Refuse any full BPTT whose planned bytes exceed ``n`` (None: use available RAM).
 
     The ceiling also applies to a checkpointed run that cannot fit even with the best
-    segment length. The environment variable ``UNROLLED_MAX_BYTES`` sets the same.
+    segment length. The same as ``unrolled.settings.max_bytes`` (``UNROLLED_MAX_BYTES``).
     """
-    global _max_bytes
+    from .settings import settings
+
     if n is not None and (not isinstance(n, (int, np.integer)) or n < 1):
         raise ValueError(f"max_bytes must be a positive number of bytes or None, got {n!r}")
-    _max_bytes = None if n is None else int(n)
+    settings.max_bytes = None if n is None else int(n)
 
 
 def available_bytes():
@@ -52,11 +51,10 @@ def available_bytes():
 
     Returns None where neither is known (then nothing is refused).
     """
-    if _max_bytes is not None:
-        return _max_bytes
-    env = os.environ.get("UNROLLED_MAX_BYTES")
-    if env:
-        return int(float(env))
+    from .settings import settings
+
+    if settings.max_bytes is not None:
+        return settings.max_bytes
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -238,18 +236,16 @@ def _bytes_per_row(cell, layer, name):
 
 
 def _layer_from_config(cfg):
-    from .layers import GRU, LSTM, Elman, Jordan
+    from .layers.recurrent import layer_class
 
     cfg = dict(cfg)
-    kinds = {"elman": Elman, "rnn": Elman, "lstm": LSTM, "gru": GRU, "jordan": Jordan}
     cell = str(cfg.pop("cell", "lstm")).lower()
-    if cell not in kinds:
-        raise ValueError(f"cell must be one of {sorted(kinds)}, got {cell!r}")
+    make = layer_class(cell)  # an unknown name: one error naming the registered cells
     for key in ("input_size", "hidden_size"):
         if key not in cfg:
             raise ValueError(f"a layer config needs '{key}', got keys {sorted(cfg)}")
     cfg.pop("memory", None)
-    return kinds[cell](**cfg)
+    return make(**cfg)
 
 
 def _segments(T, L):

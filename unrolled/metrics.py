@@ -116,7 +116,10 @@ def plot_confusion(cm, classes, path, title="Confusion matrix"):
 
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(0.45 * n + 3, 0.45 * n + 2.5))
+    # cells big enough for their counts to be read at a glance
+    digits = len(str(int(cm.max()))) if cm.size else 1
+    fontsize = 10 if digits <= 2 else 9 if digits == 3 else 8
+    fig, ax = plt.subplots(figsize=(0.6 * n + 3, 0.6 * n + 2.5))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), classes, rotation=90)
     ax.set_yticks(range(n), classes)
@@ -126,7 +129,7 @@ def plot_confusion(cm, classes, path, title="Confusion matrix"):
     for i in range(n):
         for j in range(n):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=fontsize,
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()

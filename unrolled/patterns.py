@@ -26,11 +26,11 @@ go inside :class:`~unrolled.layers.Sequential` and :func:`unrolled.value_and_gra
 """
 import numpy as np
 
-from .layers import GRU, LSTM, Elman, Jordan
+from .layers import Jordan
 from .layers.base import Module
-from .layers.recurrent import Recurrent, _gather_time, reverse_index
+from .cells import REGISTRY
+from .layers.recurrent import Recurrent, _gather_time, layer_class, reverse_index
 
-_BY_NAME = {"elman": Elman, "rnn": Elman, "lstm": LSTM, "gru": GRU, "jordan": Jordan}
 
 
 def _as_layer(step, input_size, hidden_size, kw):
@@ -40,12 +40,13 @@ def _as_layer(step, input_size, hidden_size, kw):
             raise ValueError("give either a recurrent layer or a cell name with input_size "
                              "and hidden_size, not both")
         return step
-    if isinstance(step, str) and step.lower() in _BY_NAME:
+    if isinstance(step, str) and (step.lower() in REGISTRY or step.lower() == "rnn"):
         if input_size is None or hidden_size is None:
             raise ValueError(f"a cell name ({step!r}) needs input_size and hidden_size")
-        return _BY_NAME[step.lower()](input_size, hidden_size, **kw)
-    raise TypeError(f"expected a recurrent layer (Elman, LSTM, GRU, Jordan) or one of "
-                    f"{sorted(_BY_NAME)}, got {type(step).__name__}")
+        return layer_class(step)(input_size, hidden_size, **kw)
+    raise TypeError(f"expected a recurrent layer (Elman, LSTM, GRU, Jordan, ...) or a "
+                    f"registered cell name ({', '.join(sorted(REGISTRY))}), got "
+                    f"{type(step).__name__}")
 
 
 class Recurrence(Module):

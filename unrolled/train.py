@@ -147,6 +147,8 @@ class Trainer:
     model, optimizer, history (:class:`History`), epoch (epochs done), step (updates done).
     """
 
+    _warm = False  # has an update run in this process (kernels compiled)?
+
     def __new__(cls, *args, distributed=False, **kwargs):
         if distributed:  # data-parallel over the ranks of an MPI job
             from .distributed import distributed_class
@@ -178,6 +180,8 @@ class Trainer:
         self.carry = None            # recurrent state carried between batches (stateful)
         self.stop_training = False
         self._interrupted = False
+        self.extra_meta = {}         # JSON-able facts saved with each checkpoint ("extra")
+        self._last_checkpoint = time.monotonic()
 
     # -------------------------------------------------------------------- helpers
     def _plan_length(self):
@@ -208,6 +212,12 @@ class Trainer:
         """``out_dir/checkpoint.npz``, or None without an ``out_dir``."""
         return None if self.out_dir is None else self.out_dir / "checkpoint.npz"
 
+    @property
+    def previous_checkpoint_path(self):
+        """``out_dir/checkpoint.prev.npz``: the checkpoint before the last one (kept as a
+        hard link, so it costs no writing), or None without an ``out_dir``."""
+        return None if self.out_dir is None else self.out_dir / "checkpoint.prev.npz"
+
     def save_checkpoint(self, path=None):
         """Write everything needed to resume into ``path`` (atomically)."""
         path = path or self.checkpoint_path
@@ -217,7 +227,10 @@ class Trainer:
         opt = self.optimizer.state_dict()
         for slot, tree in opt.pop("state").items():
             arrays.update({f"opt/{slot}/{k}": v for k, v in tree_flatten(tree).items()})
-        if self.best["params"] is not None:
+        # at an epoch's end the best weights are often the current ones: kept once
+        best_is_params = (self.best["params"] is not None and self.batch_in_epoch == 0
+                          and self.best["epoch"] == self.epoch)
+        if self.best["params"] is not None and not best_is_params:
             arrays.update({"best/" + k: v for k, v in self.best["params"].items()})
         if self.carry is not None:
             arrays.update({"carry/" + k: v for k, v in self.carry.items()})
@@ -232,8 +245,12 @@ class Trainer:
             "sums": self.sums,
             "best": {k: v for k, v in self.best.items() if k != "params"},
             "history": self.history.rows, "stop_training": self.stop_training,
+            "extra": self.extra_meta, "best_is_params": best_is_params,
         }
-        return io.save_arrays(path, arrays, meta)
+        keep = self.previous_checkpoint_path if path == self.checkpoint_path else None
+        out = io.save_arrays(path, arrays, meta, keep=keep)
+        self._last_checkpoint = time.monotonic()
+        return out
 
     def load_checkpoint(self, path=None):
         """Restore the state saved by :meth:`save_checkpoint`."""
@@ -251,6 +268,8 @@ class Trainer:
         opt["state"] = {slot: tree_unflatten(sub(f"opt/{slot}/")) for slot in meta["opt_slots"]}
         self.optimizer.load_state_dict(opt)
         best = sub("best/")
+        if meta.get("best_is_params"):
+            best = {k: v.copy() for k, v in sub("params/").items()}
         self.best = {**meta["best"], "params": best or None}
         carry = sub("carry/")
         self.carry = carry or None
@@ -354,6 +373,9 @@ class Trainer:
 
         reuse_freed_memory()  # each step reuses the last one's memory (no page faults)
         cfg = self.config
+        if self.out_dir is not None:  # left by a process killed in the middle of a write
+            io.remove_stale_temps(self.out_dir, ("checkpoint.npz", "checkpoint.prev.npz",
+                                                 "log.json", "log.csv"))
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self.load_checkpoint()
             self.log(f"resumed from {self.checkpoint_path} at epoch {self.epoch + 1}, batch "
@@ -417,7 +439,13 @@ class Trainer:
                 # -- forward, backward, clip, step
                 batch = task.get_batch("train", plan[i])
                 lr = self.optimizer.lr
+                first = not Trainer._warm
+                if first:  # the first update of a process may compile the kernels
+                    bar.set_postfix_str("compiling kernels (first run only)", refresh=True)
                 value, norm = self.train_step(batch)
+                if first:
+                    Trainer._warm = True
+                    bar.unpause()  # the compile time is left out of the time estimate
                 if not math.isfinite(value):
                     raise ValueError(f"the training loss became {value} at step {self.step + 1}; "
                                      "lower --lr or --clip")
@@ -436,9 +464,12 @@ class Trainer:
                 blogs = {"loss": value, "lr": lr, "grad_norm": norm}
                 for cb in self.callbacks:
                     cb.on_batch_end(self, self.step, blogs)
-                # -- checkpoint every N batches (not at the last one: the epoch end does it)
-                every = cfg["checkpoint_every"]
-                if every and self.step % every == 0 and i + 1 < len(plan):
+                # -- checkpoint every N batches or seconds (not at the last batch: the
+                # epoch end does it)
+                every, secs = cfg["checkpoint_every"], cfg.get("checkpoint_seconds", 0)
+                due = (every and self.step % every == 0) or (
+                    secs and time.monotonic() - self._last_checkpoint >= secs)
+                if due and i + 1 < len(plan):
                     self.save_checkpoint()
                 if self._interrupted:
                     return
@@ -478,7 +509,13 @@ class Trainer:
         self.batch_in_epoch = 0
         self.epoch_rng_state = self.rng.bit_generator.state
         self.write_logs()
-        self.save_checkpoint()
+        # by time only (--checkpoint-every 0 --checkpoint-seconds S): an epoch's end is
+        # checkpointed when S seconds have passed, and always at the end of training
+        secs = cfg.get("checkpoint_seconds", 0)
+        by_time = secs and not cfg["checkpoint_every"]
+        last = self.epoch >= cfg["epochs"] or self.stop_training
+        if not by_time or last or time.monotonic() - self._last_checkpoint >= secs:
+            self.save_checkpoint()
 
 
 def _forward_split(model, batch, init, split):
@@ -540,6 +577,12 @@ def _epoch_line(row, epochs):
 
 class _NoBar:
     def set_postfix(self, *a, **k):
+        pass
+
+    def set_postfix_str(self, *a, **k):
+        pass
+
+    def unpause(self):
         pass
 
     def update(self, n=1):

@@ -1,26 +1,29 @@
 """Jordan (output-to-hidden) cell: the only recurrence is from the previous output.
 
-    h_t = act(x_t W_ih^T + b_ih + y_{t-1} W_hh^T + b_hh)
-    y_t = out(h_t W_ho^T + b_ho)
+    h_t = act(x_t W_ihᵀ + b_ih + y_(t-1) W_hhᵀ + b_hh)
+    y_t = out(h_t W_hoᵀ + b_ho)
 
-The state carried from step to step is y (output_size wide), not h. With teacher forcing
-the true previous target stands in for y_{t-1}, the steps no longer depend on each other
-and the time loop runs them all as one batched step.
+The state carried from step to step is y (output_size wide), not h: a second product
+(the output layer) sits inside the step, so the step is written on whole arrays and
+runs on the readable loop. With teacher forcing the true previous target stands in for
+y_(t-1), the steps no longer depend on each other and the loop runs them all as one
+batched step.
 """
 from dataclasses import dataclass
 
-from .lstm import _sigmoid
+from .base import Cell, register
+from .ops import relu, sigmoid, tanh
 
 _ACTS = ("tanh", "relu", "sigmoid", "identity")
 
 
-def _act(name, a, xp):
+def _act(name, a):
     if name == "tanh":
-        return xp.tanh(a)
+        return tanh(a)
     if name == "relu":
-        return xp.maximum(a, 0)
+        return relu(a)
     if name == "sigmoid":
-        return _sigmoid(a, xp)
+        return sigmoid(a)
     return a
 
 
@@ -35,14 +38,15 @@ def _act_grad(name, y, dy):
     return dy
 
 
+@register
 @dataclass(frozen=True)
-class JordanCell:
-    output_size: int
+class JordanCell(Cell):
+    output_size: int = 1
     nonlinearity: str = "tanh"
     output_activation: str = "identity"
     name = "jordan"
-    gates = 1
-    fast = False  # runs on the reference loop on every backend
+    state = ("h",)   # the output fed back (called h by the layer, as every cell's first)
+    cache = ("h",)
 
     def __post_init__(self):
         for what, v in (("nonlinearity", self.nonlinearity),
@@ -59,12 +63,14 @@ class JordanCell:
         return (self.output_size,)
 
     def prepare(self, params, xp):
-        return {**params, "W_hhT": params["weight_hh"].T.copy(),
-                "W_hoT": params["weight_ho"].T.copy()}
+        p = super().prepare(params, xp)
+        p["bias_x"], p["bias_r"] = params["bias_ih"], params["bias_hh"]
+        p["W_hoT"] = params["weight_ho"].T.copy()
+        return p
 
     def step(self, p, xw, state, xp):
-        h = _act(self.nonlinearity, xw + state[0] @ p["W_hhT"] + p["bias_hh"], xp)
-        y = _act(self.output_activation, h @ p["W_hoT"] + p["bias_ho"], xp)
+        h = _act(self.nonlinearity, xw + state[0] @ p["W_hhT"] + p["bias_hh"])
+        y = _act(self.output_activation, h @ p["W_hoT"] + p["bias_ho"])
         return (y,), {"h": h}
 
     def step_back(self, p, cache, prev, new, dnew, xp):

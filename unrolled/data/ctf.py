@@ -226,7 +226,8 @@ def _token_column(text, start, i):
     return start + len(text.rstrip("\r\n")) + 1
 
 
-def read_ctf(path, streams, *, dtype=np.float32, skip_unknown=False, return_ids=False):
+def read_ctf(path, streams, *, dtype=np.float32, skip_unknown=False, return_ids=False,
+             return_lines=False):
     """Read a CTF file lazily, one sequence at a time, in file order.
 
     The file is read line by line; only the sequence being assembled is held in memory,
@@ -240,6 +241,8 @@ def read_ctf(path, streams, *, dtype=np.float32, skip_unknown=False, return_ids=
             by default they are an error that lists the known names.
         return_ids: if True, yield ``(sequence_id, record)`` pairs; the id is the int
             written in the file, or None for a sequence without one.
+        return_lines: if True (with ``return_ids``), yield ``(sequence_id, line,
+            record)``, ``line`` the number of the sequence's first line in the file.
 
     Yields:
         dict: ``{name: array of shape (n, dim)}`` for every stream in ``streams``, where
@@ -258,10 +261,10 @@ def read_ctf(path, streams, *, dtype=np.float32, skip_unknown=False, return_ids=
     specs = _check_streams(streams)
     dtype = _check_dtype(dtype)
     # the checks above run at call time; the file is opened on the first next()
-    return _read(os.fspath(path), specs, dtype, skip_unknown, return_ids)
+    return _read(os.fspath(path), specs, dtype, skip_unknown, return_ids, return_lines)
 
 
-def _read(fname, specs, dtype, skip_unknown, return_ids):
+def _read(fname, specs, dtype, skip_unknown, return_ids, return_lines=False):
     # The work per line lives in small functions: besides being readable, this keeps
     # tracemalloc usable, as its cost per allocation grows with the function's length.
     bufs = {s: _Rows(s, dim, kind == "sparse") for s, (dim, kind) in specs.items()}
@@ -269,6 +272,7 @@ def _read(fname, specs, dtype, skip_unknown, return_ids):
     cur_id = None     # id of the sequence being assembled (None: it has none)
     cur_rows = 0      # samples in it so far, all streams together
     cur_open = False  # whether a sequence is being assembled
+    cur_line = 0      # its first line
 
     with open(fname, encoding="utf-8-sig") as f:
         try:
@@ -287,8 +291,9 @@ def _read(fname, specs, dtype, skip_unknown, return_ids):
                     same = cur_open and cur_id is not None
                 if not same:
                     if cur_rows:
-                        yield _record(fname, bufs, dtype, cur_id, return_ids)
-                    cur_id, cur_rows, cur_open = sid, 0, True
+                        yield _record(fname, bufs, dtype, cur_id, return_ids,
+                                      cur_line if return_lines else None)
+                    cur_id, cur_rows, cur_open, cur_line = sid, 0, True, lineno
 
                 for buf, data, col1, off in pending:
                     buf.add(data, lineno, col1, off)
@@ -298,7 +303,8 @@ def _read(fname, specs, dtype, skip_unknown, return_ids):
             raise _utf8_error(fname) from None
 
     if cur_rows:
-        yield _record(fname, bufs, dtype, cur_id, return_ids)
+        yield _record(fname, bufs, dtype, cur_id, return_ids,
+                      cur_line if return_lines else None)
 
 
 def _utf8_error(fname):
@@ -314,7 +320,7 @@ def _utf8_error(fname):
     return ValueError(f"{fname}: the file is not valid UTF-8; save it as UTF-8")
 
 
-def _record(fname, bufs, dtype, sid, return_ids):
+def _record(fname, bufs, dtype, sid, return_ids, line=None):
     """The finished sequence as {name: (n, dim) array}; empties the buffers."""
     try:
         out = {s: b.to_array(dtype) for s, b in bufs.items()}
@@ -323,6 +329,8 @@ def _record(fname, bufs, dtype, sid, return_ids):
         raise ValueError(f"{fname}:{lineno}:{col}: {msg}") from None
     for b in bufs.values():
         b.clear()
+    if line is not None:
+        return sid, line, out
     return (sid, out) if return_ids else out
 
 

@@ -56,8 +56,24 @@ def _read_bytes(path):
     return data
 
 
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"),
+         (b"\xff\xfe", "UTF-16LE"), (b"\xfe\xff", "UTF-16BE"))
+
+
 def _decode(data, path):
-    """UTF-8 text of ``data`` (a leading byte-order mark is dropped)."""
+    """UTF-8 text of ``data`` (a leading byte-order mark is dropped). A UTF-16 or UTF-32
+    file (byte-order mark, or NUL bytes between characters) is named as such."""
+    for bom, enc in _BOMS:
+        if data.startswith(bom):
+            raise ValueError(f"{path}: the file is {enc} (it starts with a byte-order mark), "
+                             f"not UTF-8; convert it, e.g. `iconv -f {enc} -t UTF-8 IN > OUT`")
+    if b"\x00" in data:
+        zeros = data.count(b"\x00")
+        enc = ("UTF-16LE" if data[1:2] == b"\x00" else "UTF-16BE"
+               if data[:1] == b"\x00" else None) if zeros * 3 >= len(data) >= 4 else None
+        how = (f"it looks like {enc}; convert it, e.g. `iconv -f {enc} -t UTF-8 IN > OUT`"
+               if enc else "a text file has none; pass a UTF-8 text file")
+        raise ValueError(f"{path}: the file holds NUL bytes ({zeros}); {how}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

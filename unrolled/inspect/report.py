@@ -251,8 +251,11 @@ def record_from_input(task, text, model=None):
     language model's vocabulary reads a prime; otherwise, for a model of real-valued
     inputs, ``--input`` is a window of numbers fed as given.
     """
-    if hasattr(task, "encode"):  # names, digits, ... : one record to classify
-        rec = np.asarray(task.encode(text))
+    try:  # names, digits, ... : one record to classify
+        rec = np.asarray(task.encode(text)) if hasattr(task, "encode") else None
+    except NotImplementedError:  # a task without a text form of its records (ctf)
+        rec = None
+    if rec is not None:
         labels = list(str(text).strip()) if rec.shape[0] == len(str(text).strip()) else None
         return rec, None, labels, []
     vocab = getattr(task, "vocab", None)
@@ -273,6 +276,32 @@ def record_from_input(task, text, model=None):
                  "(scale them as the training data was)")])
     raise ValueError(f"task {getattr(task, 'name', '?')!r} cannot turn --input into a "
                      "record; pass a window of numbers, one row per step separated by ';'")
+
+
+# fonts with CJK glyphs, tried in order after the default one (matplotlib falls back from
+# one family to the next glyph by glyph)
+CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans JP", "Source Han Sans JP",
+             "IPAexGothic", "IPAGothic", "TakaoGothic", "WenQuanYi Zen Hei",
+             "Droid Sans Fallback", "Hiragino Sans", "Yu Gothic", "MS Gothic",
+             "Microsoft YaHei", "SimHei", "Arial Unicode MS")
+
+
+def label_fonts(labels):
+    """``(font families, note)`` for drawing ``labels``: the default family followed by
+    the installed CJK fonts when a label has CJK characters; the note (or None) says when
+    no installed font has them, so they would be drawn as boxes."""
+    text = "".join(map(str, labels))
+    if not any(ord(ch) >= 0x2E80 for ch in text):
+        return None, None
+    from matplotlib import font_manager, rcParams
+
+    have = {f.name for f in font_manager.fontManager.ttflist}
+    found = [f for f in CJK_FONTS if f in have]
+    if not found:
+        return None, ("no installed font has the input's CJK characters, so the pictures "
+                      "draw them as boxes; install one (e.g. the fonts-noto-cjk package)")
+    base = rcParams["font.family"]
+    return (list(base) if isinstance(base, list) else [base]) + found, None
 
 
 def cli_inspect(model_dir, input_text, out_dir):
@@ -299,8 +328,13 @@ def cli_inspect(model_dir, input_text, out_dir):
             f"{classes[i]} {p[i]:.3f}" for i in top) + "; the gradient flow explains the "
             "top prediction"] + notes
     title = f"unrolled inspect: {meta['config']['task']} model {Path(model_dir).name}"
-    path = write_report(model, X, out_dir, target=target, loss=loss, labels=labels,
-                        title=title, notes=notes)
+    import matplotlib
+
+    families, note = label_fonts(labels or [])
+    notes = notes + ([note] if note else [])
+    with matplotlib.rc_context({"font.family": families} if families else {}):
+        path = write_report(model, X, out_dir, target=target, loss=loss, labels=labels,
+                            title=title, notes=notes)
     (Path(out_dir) / "input.json").write_text(json.dumps({"input": input_text,
                                                           "model": str(model_dir)}) + "\n")
     return path

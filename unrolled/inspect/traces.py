@@ -22,8 +22,9 @@ from matplotlib.figure import Figure
 
 from ..backend import to_numpy
 
-# the gates stored side by side in the tape's "acts" (T, B, G*H), in the cell's order
-GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+# the gates of the built-in gated cells, in the cell's order (each a tape entry)
+GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"),
+         "peephole_lstm": ("i", "f", "g", "o")}
 # gates that go through a sigmoid (near 0 = shut, near 1 = open); the rest are tanh
 SIGMOID_GATES = {"i", "f", "o", "r", "z"}
 GATE_SET = {g for names in GATES.values() for g in names}
@@ -71,17 +72,9 @@ def _batch_first(a):
 
 
 def _split_tape(cell_name, tape):
-    """{gate or tape name: (T, B, H)} from the tape of one direction."""
-    out = {}
-    for k, v in tape.items():
-        if k == "acts" and cell_name in GATES:
-            names = GATES[cell_name]
-            H = v.shape[-1] // len(names)
-            for j, g in enumerate(names):
-                out[g] = v[..., j * H:(j + 1) * H]
-        else:
-            out[_TAPE_NAMES.get(k, k)] = v
-    return out
+    """{gate or tape name: (T, B, H)} from the tape of one direction (the cell's own
+    cache names; Jordan's hidden layer is called "hidden")."""
+    return {_TAPE_NAMES.get(k, k): v for k, v in tape.items()}
 
 
 # --------------------------------------------------------------------------- traces
@@ -113,8 +106,9 @@ def traces(model, X, mask=None, initial_state=None):
         tp = lc["tapes"][name]
         xp = lc.get("xp", np)
         tr = {}
+        names = tuple(getattr(layer._cell, "state", STATE_NAMES))
         for j, s in enumerate(tp.states):
-            sname = STATE_NAMES[j] if j < len(STATE_NAMES) else f"s{j}"
+            sname = names[j] if j < len(names) else f"s{j}"
             tr[sname] = _batch_first(to_input_order(s[1:], name, lc, xp))
             tr[sname + "0"] = to_numpy(s[0]).copy()
         for g, v in _split_tape(layer.cell, tp.tape).items():

@@ -1,41 +1,32 @@
-"""Which implementation runs the per-step arithmetic of the time loop.
+"""Which loop runs a cell: the backends, and the one place that decides.
 
-Three backends share the one loop in :mod:`unrolled.unroll`:
-
-``"reference"``
-    the cells' readable ``step``/``step_back``: new arrays every step; the definition
-    the others are checked against.
-``"numpy"``
-    the fast path in pure NumPy (or CuPy): every per-step array is preallocated before
-    the loop and each step writes into it with ``out=`` arguments; nothing is allocated
-    inside the loop.
+``"reference"`` (also called ``"numpy"``)
+    the readable loop: the cell's ``step``/``step_back`` on whole arrays (NumPy or CuPy);
+    the definition the others are checked against.
 ``"numba"``
-    the same loop and buffers, with each cell's gate arithmetic fused into one compiled
-    kernel per step (forward and backward); the matrix products stay with NumPy's BLAS.
-    Needs the optional ``numba`` package and NumPy arrays.
+    the compiled CPU loop, generated from the cell's definition
+    (:mod:`unrolled.kernels.compiled`): the recurrent product of each step through
+    NumPy's BLAS and the cell's arithmetic fused, with no Python between steps.
 ``"cupy"``
-    the same fused kernels as CUDA kernels, for CuPy arrays on a GPU (one launch per
-    step for the gate math beside cuBLAS's product).
+    the GPU loop for CuPy arrays, recorded as CUDA graphs (:mod:`.loop_cupy`).
 ``"auto"`` (the default)
-    ``"numba"`` for NumPy arrays where numba is installed, else ``"numpy"``;
-    ``"cupy"`` for CuPy arrays.
+    the compiled loop where it can run, else the readable one.
 
-Choose with :func:`set_backend`, the :func:`backend` context manager, or the environment
-variable ``UNROLLED_BACKEND`` (read once, at import). A backend that does not fit the
-arrays of a call (numba with CuPy arrays, cupy with NumPy arrays) runs the ``"numpy"``
-path written with the arrays' own module.
+Choose with ``unrolled.settings.backend`` (or :func:`set_backend`, the :func:`backend`
+context manager, the environment variable ``UNROLLED_BACKEND``). :func:`plan` is the
+single place that picks the loop for a call; :func:`unrolled.explain` prints its answer.
 """
 import contextlib
-import os
+import warnings
+from dataclasses import dataclass
 
-BACKENDS = ("auto", "reference", "numpy", "numba", "cupy")
-
+from ..settings import BACKENDS, settings
 
 _has_numba = []
 
 
 def numba_available():
-    """True where the optional numba package can be imported (looked up once)."""
+    """True where the numba package can be imported (looked up once)."""
     if not _has_numba:
         try:
             import numba  # noqa: F401
@@ -46,71 +37,94 @@ def numba_available():
     return _has_numba[0]
 
 
-def _check(name):
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    if name == "numba" and not numba_available():
-        raise ValueError("backend 'numba' needs the numba package: pip install numba, "
-                         "or choose 'numpy'")
-    return name
-
-
-def _default():
-    env = os.environ.get("UNROLLED_BACKEND")
-    if env:
-        return _check(env.strip().lower())
-    return "auto"
-
-
-_current = [_default()]
-
-
 def set_backend(name):
-    """Select the backend of the time loop for the whole process; returns the old one."""
-    old = _current[0]
-    _current[0] = _check(name)
+    """Select the backend for the whole process; returns the old one."""
+    old = settings.backend
+    settings.backend = name
     return old
 
 
 def get_backend():
     """The name of the backend in use."""
-    return _current[0]
+    return settings.backend
 
 
 @contextlib.contextmanager
 def backend(name):
-    """``with backend("numpy"): ...`` runs the block on another backend."""
-    old = set_backend(name)
-    try:
+    """``with backend("reference"): ...`` runs the block on another backend."""
+    with settings.override(backend=name):
         yield
-    finally:
-        set_backend(old)
 
 
 def resolve(name, xp):
-    """The backend that will really run: ``name`` (or the current one) for array module xp.
-
-    Returns "reference", "numpy", "numba" or "cupy".
-    """
-    name = _current[0] if name is None else _check(name)
+    """The backend that will really run for array module ``xp``: "reference", "numba" or
+    "cupy"."""
+    name = settings.backend if name is None else name
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     mod = getattr(xp, "__name__", "")
     if name == "auto":
         if mod == "cupy":
             return "cupy"
-        return "numba" if mod == "numpy" and numba_available() else "numpy"
+        return "numba" if mod == "numpy" and numba_available() else "reference"
     if (name == "numba" and mod != "numpy") or (name == "cupy" and mod != "cupy"):
-        return "numpy"
-    return name
+        return "reference"
+    return "reference" if name == "numpy" else name
 
 
-def kernels_for(name, dtype):
-    """The fused kernel library for a resolved backend and dtype (None for NumPy ufuncs)."""
-    if name == "numba":
-        from . import cells_numba
+@dataclass(frozen=True)
+class Path:
+    """The loop a call runs (``name``: "compiled", "graphs", "readable" or "decoupled")
+    and why."""
 
-        return cells_numba.library(dtype)
-    if name == "cupy":
-        from . import cells_cupy
+    name: str
+    why: str
 
-        return cells_cupy.library(dtype)
-    return None
+    @property
+    def compiled(self):
+        return self.name in ("compiled", "graphs")
+
+
+_warned = set()
+
+
+def plan(cell, xp, dtype, backend=None, masked=False, truncated=False, teacher=False,
+         warn=True):
+    """THE choice of loop for one call of :func:`unrolled.unroll.forward`/``backward``."""
+    import numpy as np
+
+    if teacher:
+        return Path("decoupled", "teacher forcing: the given states make the steps "
+                    "independent, so all of them run as one batched step")
+    be = resolve(backend, xp)
+    cname = getattr(cell, "name", type(cell).__name__)
+    if be == "reference":
+        return Path("readable", f"backend {settings.backend if backend is None else backend!r}"
+                    " runs the readable loop")
+    compiles = getattr(cell, "compiles", None)
+    if compiles is None or not compiles():
+        why = (f"cell {cname!r} has no per-unit definition (its step is general array code), "
+               "so it runs on the readable loop")
+        if warn and cname not in _warned and compiles is not None:
+            _warned.add(cname)
+            warnings.warn(f"unrolled: {why} (see unrolled.explain)", RuntimeWarning,
+                          stacklevel=4)
+        return Path("readable", why)
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        return Path("readable", f"the compiled loop covers float32 and float64, not {dtype}")
+    if be == "cupy":
+        if masked or truncated:
+            return Path("readable", "the CUDA-graph loop covers plain batches; masks and "
+                        "truncation run on the readable loop")
+        if not settings.cuda_graphs:
+            return Path("readable", "settings.cuda_graphs is off")
+        return Path("graphs", f"cell {cname!r} on the GPU as recorded CUDA graphs")
+    if not settings.compiled_loop:
+        return Path("readable", "settings.compiled_loop is off (UNROLLED_COMPILED_LOOP=0)")
+    from . import loop_numba
+
+    if not loop_numba.available():
+        return Path("readable", "NumPy's BLAS exports no 64-bit CBLAS gemm that the "
+                    "compiled loop can call")
+    return Path("compiled", f"cell {cname!r} compiled from its definition (numba), "
+                "NumPy's BLAS for the products")

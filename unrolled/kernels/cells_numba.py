@@ -1,9 +1,7 @@
-"""Fused per-step gate kernels compiled with numba (the optional "numba" backend).
+"""The numeric building blocks of the compiled loop (numba): jit flags and tanh.
 
-One call per step and direction does all of a cell's elementwise arithmetic, reading
-the recurrent product that NumPy's BLAS wrote into a preallocated buffer and writing
-straight into the tape. The backward kernels also flush gradients smaller than
-``flush`` to zero (see :func:`unrolled.unroll.flush_threshold`).
+The cells' own arithmetic is not written here: it is generated from each cell's one
+definition (:mod:`unrolled.kernels.compiled`).
 
 float32 uses a rational tanh (the one Eigen uses: |error| below 2 float32 ulps on
 [-7.9, 7.9], exactly ±1 beyond in float32) that the compiler vectorises; float64 uses
@@ -64,139 +62,6 @@ def _cast64(x):
     return np.float64(x)
 
 
-def _build(tanh, half, one, zero, _jit, cast):
-    """The kernels for one dtype, given its tanh, constants of that dtype, its jit and the
-    conversion of a Python float to it."""
-
-    @_jit
-    def sig(x):
-        return half * (tanh(half * x) + one)
-
-    @_jit
-    def flushed(v, th):
-        return zero if abs(v) < th else v
-
-    # Each kernel walks the batch row by row on 1-D row views, with inner loops over
-    # contiguous runs of one gate block: the form LLVM vectorises.
-    @_jit
-    def lstm_fwd(z, xw, c, acts, tc, h_new, c_new):
-        B, H = c.shape
-        for b in range(B):
-            zr, xr, ar = z[b], xw[b], acts[b]
-            # one loop over all four gates: σ(x) = ½ tanh(½ x) + ½ for i, f, o and tanh(x)
-            # for the candidate, i.e. s tanh(s x) + (1 - s) with s = ½ or 1 (the same
-            # arithmetic as sig and tanh, so the same bits, in one vectorised pass)
-            for k in range(4 * H):
-                s = one if (k >= 2 * H) & (k < 3 * H) else half
-                ar[k] = s * tanh(s * (zr[k] + xr[k])) + (one - s)
-            cr, tr, hr, nr = c[b], tc[b], h_new[b], c_new[b]
-            ai, af, ag, ao = ar[:H], ar[H:2 * H], ar[2 * H:3 * H], ar[3 * H:]
-            for j in range(H):
-                v = af[j] * cr[j] + ai[j] * ag[j]
-                t = tanh(v)
-                nr[j] = v
-                tr[j] = t
-                hr[j] = ao[j] * t
-
-    # The gate blocks of a row are taken as separate views (ai, af, ...): indexed as
-    # ar[H + j] etc. in one array, the compiler cannot tell the blocks apart and does
-    # not vectorise a loop that writes one of them (3x slower).
-    @_jit
-    def lstm_bwd(dh, dc, acts, tc, c_prev, dz, dc_prev, thr):
-        B, H = dh.shape
-        th = cast(thr)  # compare in the arrays' own precision (float64: 2x slower)
-        for b in range(B):
-            ar, tr, dhr, dcr, cpr, dzr, dpr = acts[b], tc[b], dh[b], dc[b], c_prev[b], dz[b], \
-                dc_prev[b]
-            ai, af, ag, ao = ar[:H], ar[H:2 * H], ar[2 * H:3 * H], ar[3 * H:]
-            di, df, dg, do = dzr[:H], dzr[H:2 * H], dzr[2 * H:3 * H], dzr[3 * H:]
-            for j in range(H):
-                i = ai[j]
-                f = af[j]
-                g = ag[j]
-                o = ao[j]
-                t = tr[j]
-                d = dhr[j]
-                dct = dcr[j] + d * o * (one - t * t)
-                di[j] = flushed(dct * g * (i * (one - i)), th)
-                df[j] = flushed(dct * cpr[j] * (f * (one - f)), th)
-                dg[j] = flushed(dct * i * (one - g * g), th)
-                do[j] = flushed(d * t * (o * (one - o)), th)
-                dpr[j] = flushed(dct * f, th)
-
-    @_jit
-    def gru_fwd(hw, xw, bhn, h, acts, hn, h_new):
-        B, H = h.shape
-        for b in range(B):
-            wr, xr, ar = hw[b], xw[b], acts[b]
-            for k in range(2 * H):              # reset and update gates
-                ar[k] = sig(wr[k] + xr[k])
-            rr, zr, nn = ar[:H], ar[H:2 * H], ar[2 * H:]
-            wn, xn = wr[2 * H:], xr[2 * H:]
-            hr, mr, nr = h[b], hn[b], h_new[b]
-            for j in range(H):
-                m = wn[j] + bhn[j]
-                n = tanh(xn[j] + rr[j] * m)
-                nn[j] = n
-                mr[j] = m
-                nr[j] = n + zr[j] * (hr[j] - n)
-
-    @_jit
-    def gru_bwd(dh, h, acts, hn, dxw, dhw, dhz, thr):
-        B, H = dh.shape
-        th = cast(thr)  # compare in the arrays' own precision (float64: 2x slower)
-        for b in range(B):
-            ar, dhr, hr, mr, dxr, dwr, dzr = acts[b], dh[b], h[b], hn[b], dxw[b], dhw[b], dhz[b]
-            ar_, az_, an_ = ar[:H], ar[H:2 * H], ar[2 * H:]
-            xr_, xz_, xn_ = dxr[:H], dxr[H:2 * H], dxr[2 * H:]
-            wr_, wz_, wn_ = dwr[:H], dwr[H:2 * H], dwr[2 * H:]
-            for j in range(H):
-                r = ar_[j]
-                z = az_[j]
-                n = an_[j]
-                d = dhr[j]
-                dn = flushed(d * (one - z) * (one - n * n), th)
-                dr = flushed(dn * mr[j] * (r * (one - r)), th)
-                du = flushed(d * (hr[j] - n) * (z * (one - z)), th)
-                xr_[j] = dr
-                xz_[j] = du
-                xn_[j] = dn
-                wr_[j] = dr
-                wz_[j] = du
-                wn_[j] = flushed(dn * r, th)
-                dzr[j] = flushed(d * z, th)
-
-    @_jit
-    def elman_fwd(h, xw, use_tanh):
-        B, H = h.shape
-        for b in range(B):
-            hr, xr = h[b], xw[b]
-            if use_tanh:
-                for j in range(H):
-                    hr[j] = tanh(hr[j] + xr[j])
-            else:
-                for j in range(H):
-                    hr[j] = max(hr[j] + xr[j], zero)
-
-    @_jit
-    def elman_bwd(dh, h, da, use_tanh, thr):
-        B, H = dh.shape
-        th = cast(thr)  # compare in the arrays' own precision (float64: 2x slower)
-        for b in range(B):
-            dhr, hr, dar = dh[b], h[b], da[b]
-            if use_tanh:
-                for j in range(H):
-                    v = hr[j]
-                    dar[j] = flushed(dhr[j] * (one - v * v), th)
-            else:
-                for j in range(H):
-                    dar[j] = dhr[j] if hr[j] > zero else zero
-
-    stabilize(f"unrolled.cells_numba.{np.dtype(type(one)).name}", locals())
-    return {"lstm_fwd": lstm_fwd, "lstm_bwd": lstm_bwd, "gru_fwd": gru_fwd,
-            "gru_bwd": gru_bwd, "elman_fwd": elman_fwd, "elman_bwd": elman_bwd}
-
-
 def stabilize(prefix, names):
     """Give the compiled functions among ``names`` (a dict) identities fixed across processes.
 
@@ -213,25 +78,3 @@ def stabilize(prefix, names):
                 fn._set_uuid(f"{prefix}.{key}")
             except Exception:  # already set, or another numba
                 pass
-
-
-class _Library:
-    def __init__(self, fns):
-        self.__dict__.update(fns)
-
-
-_LIBS = {}
-
-
-def library(dtype):
-    """The kernel library for ``dtype`` (float32 or float64), built on first use."""
-    dt = np.dtype(dtype)
-    if dt not in _LIBS:
-        if dt == np.float32:
-            fns = _build(_tanh32, _HALF, _ONE, _ZERO, _jit32, _cast32)
-        elif dt == np.float64:
-            fns = _build(_tanh64, 0.5, 1.0, 0.0, _jit, _cast64)
-        else:
-            raise TypeError(f"the numba backend supports float32 and float64, got {dt}")
-        _LIBS[dt] = _Library(fns)
-    return _LIBS[dt]

@@ -16,8 +16,8 @@ Same call shape as :mod:`.loop_numba` (see there); masks and truncation windows 
 covered: :func:`unrolled.unroll.forward` runs those steps on the per-step loop.
 ``UNROLLED_CUDA_GRAPHS=0`` turns graphs off (every call eager, same launches).
 """
-import os
 from collections import OrderedDict
+from types import SimpleNamespace
 
 import cupy as cp
 import numpy as np
@@ -35,7 +35,9 @@ _broken = []
 def enabled():
     if _broken:
         return False
-    return os.environ.get("UNROLLED_CUDA_GRAPHS", "1").strip() not in ("0", "false", "no")
+    from ..settings import settings
+
+    return settings.cuda_graphs
 
 
 def _disable(why):
@@ -192,61 +194,52 @@ def _copy(dst, src):
 _add = cp.ElementwiseKernel("T x", "T y", "y += x", "unrolled_add_into")
 
 
-def _steps(kind, lib, gemm):
-    """The forward step and step back of a cell kind, in loop_numba's shapes."""
-    if kind == "lstm":
-        def step(t, j, z, xw, S, C, P, W):
-            gemm(S[0][t], W, z, 0)
-            lib.lstm_fwd(z, xw, S[1][t], C[0][j], C[1][j], S[0][t + 1], S[1][t + 1])
+def _steps(cell, gemm):
+    """The forward step and step back of ``cell`` (its generated kernels), in the
+    shapes of the compiled CPU loop (:mod:`.compiled`)."""
+    fwd, bwd = cells_cupy.library(cell)
+    G, tied = len(cell.gate_names), bool(cell.tied)
 
-        def back(t, i, dS, dXW, dN, SV, S, C, P, W, thr):
-            lib.lstm_bwd(dS[0], dS[1], C[0][t], C[1][t], S[1][t], dXW[i], dN[1], thr)
-            gemm(dXW[i], W, dN[0], 0)
-    elif kind == "gru":
-        def step(t, j, z, xw, S, C, P, W):
-            gemm(S[0][t], W, z, 0)
-            lib.gru_fwd(z, xw, P[0], S[0][t], C[0][j], C[1][j], S[0][t + 1])
+    def step(t, j, z, xw, br, S, C, U, W):
+        B, H = S[0].shape[1:]
+        gemm(S[0][t], W, z, 0)
+        fwd(z, xw, br, *[s[t] for s in S], U, H, G, *[s[t + 1] for s in S],
+            *[c[j] for c in C], size=B * H)
 
-        def back(t, i, dS, dXW, dN, SV, S, C, P, W, thr):
-            lib.gru_bwd(dS[0], S[0][t], C[0][t], C[1][t], dXW[i], SV[0][i], dN[0], thr)
-            gemm(SV[0][i], W, dN[0], 1)
-    else:
-        use_tanh = kind == "tanh"
-
-        def step(t, j, z, xw, S, C, P, W):
-            gemm(S[0][t], W, S[0][t + 1], 0)
-            lib.elman_fwd(S[0][t + 1], xw, use_tanh)
-
-        def back(t, i, dS, dXW, dN, SV, S, C, P, W, thr):
-            lib.elman_bwd(dS[0], S[0][t + 1], dXW[i], use_tanh, thr)
-            gemm(dXW[i], W, dN[0], 0)
+    def back(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr):
+        B, H = S[0].shape[1:]
+        rows = dXW[i] if tied else SV[0][i]
+        bwd(*dS, *[s[t] for s in S], *[s[t + 1] for s in S], *[c[t] for c in C], U,
+            S[0].dtype.type(thr), H, G, dXW[i], rows, *dN, DU, size=B * H)
+        gemm(rows, W, dN[0], 1)  # dh_(t-1) += rows W_hh
     return step, back
 
 
-def loops(dtype, kind):
-    """(forward, backward) for CuPy arrays, with loop_numba's signatures."""
-    lib = cells_cupy.library(dtype)
+def loops(cell, dtype):
+    """The loop of ``cell`` for CuPy arrays: ``forward`` and ``backward`` with the
+    signatures of the compiled CPU loop (:mod:`.compiled`)."""
+    kind = (type(cell).__qualname__, cell)
 
-    def forward(t0, n, XW, S, C, P, W, z, keep, keep_tape):
+    def forward(t0, n, XW, S, C, U, W, z, br, keep, keep_tape):
         if keep.shape[0] > 0:
             raise ValueError("the CUDA-graph loop does not take masks")
         dev = _device()
-        step, _ = _steps(kind, lib, dev.gemm)
+        step, _ = _steps(cell, dev.gemm)
         j0, j1 = (t0, t0 + n) if keep_tape else (0, 1)
 
-        def body(XW, S, C, P, W, z):
+        def body(XW, S, C, U, W, z, br):
             for i in range(n):
                 t = t0 + i
-                step(t, t if keep_tape else 0, z, XW[i], S, C, P, W)
+                step(t, t if keep_tape else 0, z, XW[i], br, S, C, U, W)
 
         def copy_in(m):
-            mXW, mS, _, mP, mW, _ = m
+            mXW, mS, _, mU, mW, _, mbr = m
             _copy(mXW[:n], XW[:n])
             for a, b in zip(mS, S):
                 _copy(a[t0], b[t0])
-            for a, b in zip(mP, P):
-                _copy(a, b)
+            _copy(mU, U)
             _copy(mW, W)
+            _copy(mbr, br)
 
         def copy_out(m):
             _, mS, mC = m[:3]
@@ -254,34 +247,34 @@ def loops(dtype, kind):
                 _copy(a[t0 + 1:t0 + n + 1], b[t0 + 1:t0 + n + 1])
             for a, b in zip(C, mC):
                 _copy(a[j0:j1], b[j0:j1])
-        args = (XW, S, C, P, W, z)
+        args = (XW, S, C, U, W, z, br)
         _run(dev, _key(("f", kind), args, (t0, n, bool(keep_tape))), body, args, copy_in,
              copy_out)
 
-    def backward(t0, n, S, C, P, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr):
+    def backward(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, DU):
         if mask.shape[0] > 0 or win.shape[0] > 0:
             raise ValueError("the CUDA-graph loop does not take masks or truncation")
         dev = _device()
-        _, back = _steps(kind, lib, dev.gemm)
+        _, back = _steps(cell, dev.gemm)
         has_out = d_out.shape[0] > 0
 
-        def body(S, C, P, W, dXW, SV, dS, dN, d_out):
+        def body(S, C, U, W, dXW, SV, dS, dN, d_out, DU):
             a, b = dS, dN
             for i in range(n - 1, -1, -1):
                 t = t0 + i
                 if has_out:
                     _add(d_out[t], a[0])
-                back(t, i, a, dXW, b, SV, S, C, P, W, thr)
+                back(t, i, a, dXW, b, SV, S, C, U, W, DU, thr)
                 a, b = b, a
 
         def copy_in(m):
-            mS, mC, mP, mW, _, _, mdS, _, md_out = m
+            mS, mC, mU, mW, _, _, mdS, _, md_out, mDU = m
             for a, b in zip(mS, S):
                 _copy(a[t0:t0 + n + 1], b[t0:t0 + n + 1])
             for a, b in zip(mC, C):
                 _copy(a[t0:t0 + n], b[t0:t0 + n])
-            for a, b in zip(mP, P):
-                _copy(a, b)
+            _copy(mU, U)
+            _copy(mDU, DU)
             _copy(mW, W)
             for a, b in zip(mdS, dS):
                 _copy(a, b)
@@ -297,9 +290,10 @@ def loops(dtype, kind):
             # number of steps, dN after an odd one (as the caller expects)
             for a, b in (zip(dS, mdS) if n % 2 == 0 else zip(dN, mdN)):
                 _copy(a, b)
-        args = (S, C, P, W, dXW, SV, dS, dN, d_out)
+            _copy(DU, m[9])
+        args = (S, C, U, W, dXW, SV, dS, dN, d_out, DU)
         _run(dev, _key(("b", kind), args, (t0, n, float(thr), has_out)), body, args, copy_in,
              copy_out)
         return dS if n % 2 == 0 else dN
 
-    return forward, backward
+    return SimpleNamespace(forward=forward, backward=backward)

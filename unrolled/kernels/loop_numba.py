@@ -1,21 +1,14 @@
-"""The time loop compiled whole: the "numba" backend without Python between steps.
+"""The compiled loop's access to BLAS: the "numba" backend without Python between steps.
 
-:mod:`unrolled.unroll` runs the loop over the steps of one block in Python and calls, per
-step, NumPy's matrix product and one fused gate kernel. At small sizes (H <= 128) the
-Python and the call overheads between them cost more than the arithmetic. Here the same
-loop — the same buffers, the same fused kernels of :mod:`.cells_numba`, the same order
-of operations — is one compiled function that calls the BLAS NumPy itself uses
-(OpenBLAS, found with threadpoolctl) for the recurrent product of each step. The loop is
-written once; each cell hands it a step (forward) and a step back (backward) of a common
-shape, and numba specialises the loop for it.
-
-Used by :func:`unrolled.unroll.forward` and BPTT when the backend is "numba", the arrays
-are NumPy float32 or float64, and NumPy's BLAS exports CBLAS (:func:`available`); else
-the per-step loop runs. ``UNROLLED_COMPILED_LOOP=0`` turns it off (for comparisons).
+Each cell's loop is generated from its definition (:mod:`.compiled`) and compiled whole,
+so no Python runs between steps. This module holds what every generated loop calls:
+the BLAS that NumPy itself uses (OpenBLAS, found with threadpoolctl), bound by symbol as
+numba intrinsics, for each step's recurrent product; the typed tanh; the accumulating
+product of the weight gradients.
 
 Conventions of the compiled loop (arrays C-contiguous, time-major):
-``S``  tuple of state tapes (T+1, B, S); ``C`` tuple of cache tapes (T or 1, B, .);
-``P``  tuple of 1-D parameter arrays a step needs besides the weights (GRU's ``b_hn``);
+``S``  tuple of state tapes (T+1, B, H); ``C`` tuple of cache tapes (T or 1, B, H);
+``U``  the cell's per-unit parameter vectors (n, H);
 ``W``  the recurrent weight: (H, G) transposed for the forward, (G, H) for the backward.
 """
 import ctypes
@@ -123,8 +116,6 @@ stabilize("unrolled.loop_numba", {"_cblas_gemm": _cblas_gemm, "_cblas_gemv": _cb
 
 def available():
     """True where the compiled loop can run (numba, and a BLAS that exports CBLAS)."""
-    if os.environ.get("UNROLLED_COMPILED_LOOP", "1").strip() in ("0", "false", "no"):
-        return False
     if not _FOUND:
         try:
             _FOUND.append(_find_gemm())
@@ -133,19 +124,14 @@ def available():
     return _FOUND[0]
 
 
-def _build(dtype):
-    from . import cells_numba
-    from .cells_numba import stabilize
+# -- the pieces every generated loop is made of (module level: cached on disk once) -----
+from .cells_numba import _cast32, _cast64, _jit, _jit32, _tanh32, _tanh64  # noqa: E402
 
-    dt = np.dtype(dtype)
-    kern = cells_numba.library(dt).__dict__
-    jit = cells_numba._jit32 if dt == np.float32 else cells_numba._jit
-    prefix = f"unrolled.loop_numba.{dt.name}"
-    one, zero = dt.type(1), dt.type(0)
-    lstm_fwd, lstm_bwd = kern["lstm_fwd"], kern["lstm_bwd"]
-    gru_fwd, gru_bwd = kern["gru_fwd"], kern["gru_bwd"]
-    elman_fwd, elman_bwd = kern["elman_fwd"], kern["elman_bwd"]
+JIT = {32: _jit32, 64: _jit}
+_ONE32, _ZERO32 = np.float32(1), np.float32(0)
 
+
+def _gemm_pair(jit, one):
     @jit
     def gemm(A, Bm, Cm, beta):
         """Cm = A @ Bm + beta * Cm, row-major, all C-contiguous 2-D."""
@@ -158,99 +144,6 @@ def _build(dtype):
         _cblas_gemm(111, 111, M, N, K, one, A.ctypes.data, K, Bm.ctypes.data, N, beta,
                     Cm.ctypes.data, N)
 
-    # -- the steps of each cell, in one shape: (t, j, z, xw, S, C, P, W) forward and
-    #    (t, i, dS, dXW, dN, SV, S, C, P, W, thr) backward
-    @jit
-    def lstm_step(t, j, z, xw, S, C, P, W):
-        gemm(S[0][t], W, z, zero)
-        lstm_fwd(z, xw, S[1][t], C[0][j], C[1][j], S[0][t + 1], S[1][t + 1])
-
-    @jit
-    def lstm_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr):
-        lstm_bwd(dS[0], dS[1], C[0][t], C[1][t], S[1][t], dXW[i], dN[1], thr)
-        gemm(dXW[i], W, dN[0], zero)
-
-    @jit
-    def gru_step(t, j, z, xw, S, C, P, W):
-        gemm(S[0][t], W, z, zero)
-        gru_fwd(z, xw, P[0], S[0][t], C[0][j], C[1][j], S[0][t + 1])
-
-    @jit
-    def gru_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr):
-        dhz = dN[0]  # dh ⊙ z goes straight into the gradient, the product is added to it
-        gru_bwd(dS[0], S[0][t], C[0][t], C[1][t], dXW[i], SV[0][i], dhz, thr)
-        gemm(SV[0][i], W, dN[0], one)
-
-    def elman_steps(use_tanh):  # tanh or relu, a constant of the compiled code
-        @jit
-        def step(t, j, z, xw, S, C, P, W):
-            gemm(S[0][t], W, S[0][t + 1], zero)
-            elman_fwd(S[0][t + 1], xw, use_tanh)
-
-        @jit
-        def back(t, i, dS, dXW, dN, SV, S, C, P, W, thr):
-            elman_bwd(dS[0], S[0][t + 1], dXW[i], use_tanh, thr)
-            gemm(dXW[i], W, dN[0], zero)
-        stabilize(f"{prefix}.elman_{'tanh' if use_tanh else 'relu'}", locals())
-        return step, back
-
-    def make(name, step, step_back):
-        @jit
-        def forward(t0, n, XW, S, C, P, W, z, keep, keep_tape):
-            """Steps [t0, t0+n); XW[i] is step t0+i's input projection; ``keep`` (T, B)
-            marks padded steps (empty: none), which carry the state through."""
-            for i in range(n):
-                t = t0 + i
-                j = t if keep_tape else 0
-                step(t, j, z, XW[i], S, C, P, W)
-                if keep.shape[0] > 0:
-                    for b in range(keep.shape[1]):
-                        if keep[t, b]:
-                            for s in S:
-                                s[t + 1, b, :] = s[t, b, :]
-
-        @jit
-        def backward(t0, n, S, C, P, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr):
-            """BPTT over steps [t0+n-1 .. t0]; ``dS`` holds the gradient w.r.t. the state
-            after the block and ``dN`` is a second buffer; returns the gradient w.r.t. the
-            state before it (one of the two). ``d_out`` (T, B, S0), ``win`` (T, B) and
-            ``mask`` (T, B) are empty where they do not apply."""
-            B = dS[0].shape[0]
-            for i in range(n - 1, -1, -1):
-                t = t0 + i
-                if d_out.shape[0] > 0:
-                    g, o = dS[0], d_out[t]
-                    for b in range(B):
-                        for k in range(g.shape[1]):
-                            g[b, k] += o[b, k]
-                if win.shape[0] > 0:
-                    for d in dS:
-                        for b in range(B):
-                            w = win[t, b]
-                            for k in range(d.shape[1]):
-                                d[b, k] *= w
-                if mask.shape[0] > 0:
-                    for q in range(len(dS)):
-                        d, a = dS[q], dcell[q]
-                        for b in range(B):
-                            m = mask[t, b]
-                            for k in range(d.shape[1]):
-                                a[b, k] = d[b, k] * m
-                    step_back(t, i, dcell, dXW, dN, SV, S, C, P, W, thr)
-                    for q in range(len(dS)):  # a padded step passes the gradient on
-                        d, a = dS[q], dN[q]
-                        for b in range(B):
-                            m = one - mask[t, b]
-                            for k in range(d.shape[1]):
-                                a[b, k] += d[b, k] * m
-                else:
-                    step_back(t, i, dS, dXW, dN, SV, S, C, P, W, thr)
-                dS, dN = dN, dS
-            return dS
-
-        stabilize(f"{prefix}.loop_{name}", locals())
-        return forward, backward
-
     @jit
     def gemm_tn(A, Bm, Cm, beta):
         """Cm = A^T @ Bm + beta * Cm (A (K, M), Bm (K, N), C-contiguous): a weight
@@ -259,18 +152,32 @@ def _build(dtype):
         N = Bm.shape[1]
         _cblas_gemm(112, 111, M, N, K, one, A.ctypes.data, M, Bm.ctypes.data, N, beta,
                     Cm.ctypes.data, N)
+    return gemm, gemm_tn
 
-    stabilize(prefix, locals())
-    return {"lstm": make("lstm", lstm_step, lstm_back), "gru": make("gru", gru_step, gru_back),
-            "tanh": make("tanh", *elman_steps(True)),
-            "relu": make("relu", *elman_steps(False)), "gemm_tn": gemm_tn}
+
+gemm32, gemm_tn32 = _gemm_pair(_jit32, _ONE32)
+gemm64, gemm_tn64 = _gemm_pair(_jit, 1.0)
+tanh32, tanh64 = _tanh32, _tanh64
+cast32, cast64 = _cast32, _cast64
+
+
+@_jit32
+def exp32(x):
+    return np.exp(x)
+
+
+@_jit
+def exp64(x):
+    return np.exp(x)
+
+
+stabilize("unrolled.loop_numba", {"gemm32": gemm32, "gemm_tn32": gemm_tn32, "gemm64": gemm64,
+                                  "gemm_tn64": gemm_tn64, "exp32": exp32, "exp64": exp64})
 
 
 def loops(dtype, kind):
-    """(forward, backward) compiled for ``dtype`` and the cell kind ("lstm", "gru",
-    "tanh" or "relu" for Elman); ``kind="gemm_tn"``: the accumulating product
-    ``gemm_tn(A, B, C, beta)``, C = A^T B + beta C."""
-    dt = np.dtype(dtype)
-    if dt not in _LOOPS:
-        _LOOPS[dt] = _build(dt)
-    return _LOOPS[dt][kind]
+    """``kind="gemm_tn"``: the accumulating product ``gemm_tn(A, B, C, beta)``,
+    C = A^T B + beta C, for ``dtype``."""
+    if kind != "gemm_tn":
+        raise ValueError(f"unknown compiled routine {kind!r}")
+    return gemm_tn32 if np.dtype(dtype) == np.float32 else gemm_tn64

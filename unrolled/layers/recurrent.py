@@ -11,6 +11,7 @@ from .. import memory as _memory
 from .. import unroll
 from ..backend import get_xp
 from ..cells import ElmanCell, GRUCell, JordanCell, LSTMCell
+from ..cells import get as get_cell
 from ..checks import check_dtype_name, check_finite, check_float_input, check_mask
 from .base import Module, make_rng
 
@@ -44,7 +45,8 @@ class Recurrent(Module):
 
     Parameters
     ----------
-    cell : a cell from :mod:`unrolled.cells`.
+    cell : a cell from :mod:`unrolled.cells`, or the name of a registered one
+        (``Recurrent("peephole_lstm", 8, 16)``).
     input_size, hidden_size : int
     num_layers : int, stacked layers (the output sequence of one is the input of the next).
     bidirectional : bool, run a second copy over each record reversed (valid steps only).
@@ -88,6 +90,8 @@ class Recurrent(Module):
             raise ValueError(f"input_init must be 'uniform' or 'glorot', got {input_init!r}")
         if recurrent_init not in ("uniform", "orthogonal"):
             raise ValueError(f"recurrent_init must be 'uniform' or 'orthogonal', got {recurrent_init!r}")
+        if isinstance(cell, str):
+            cell = get_cell(cell)()
         self._cell = cell
         self.cell = cell.name
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
@@ -115,7 +119,6 @@ class Recurrent(Module):
 
     def _init_params(self, rng):
         H, G = self.hidden_size, self._cell.gates
-        bound = 1.0 / math.sqrt(H)
         params = {}
         for name in self.names:
             k = int(name[1:].split("_")[0])
@@ -131,11 +134,11 @@ class Recurrent(Module):
                     rows = shape[0] // G
                     w = np.concatenate([_orthogonal(rng, rows, shape[1]) for _ in range(G)], 0)
                 else:
-                    w = rng.uniform(-bound, bound, shape)
+                    w = self._cell.init_param(key, shape, rng, H)
                 p[key] = w.astype(self.dtype)
             if self.initial_state == "learned":
-                for sname, size in zip(("h0", "c0"), self.state_sizes):
-                    p[sname] = np.zeros(size, dtype=self.dtype)
+                for sname, size in zip(self._state_keys(), self.state_sizes):
+                    p[sname + "0"] = np.zeros(size, dtype=self.dtype)
             params[name] = p
         return params
 
@@ -150,7 +153,7 @@ class Recurrent(Module):
 
     # -- states ---------------------------------------------------------------------
     def _state_keys(self):
-        return ("h", "c")[: len(self.state_sizes)]
+        return tuple(self._cell.state)
 
     def _initial_states(self, given, B, xp):
         """{name: tuple of (B, S)} from the layer's policy or a state given at call time."""
@@ -330,6 +333,8 @@ class Recurrent(Module):
 class Elman(Recurrent):
     """Elman (vanilla) RNN: h_t = act(x_t U^T + h_{t-1} W^T + b); PyTorch's ``nn.RNN``."""
 
+    cell_class = ElmanCell
+
     def __init__(self, input_size, hidden_size, nonlinearity="tanh", **kw):
         self.nonlinearity = nonlinearity
         super().__init__(ElmanCell(nonlinearity), input_size, hidden_size, **kw)
@@ -341,6 +346,8 @@ class LSTM(Recurrent):
     ``forget_bias=1.0`` starts the forget gate open (bias_ih's forget block set to the
     value, bias_hh's to 0); the default keeps PyTorch's initialisation.
     """
+
+    cell_class = LSTMCell
 
     def __init__(self, input_size, hidden_size, forget_bias=None, **kw):
         super().__init__(LSTMCell(), input_size, hidden_size, **kw)
@@ -356,6 +363,8 @@ class GRU(Recurrent):
     """GRU; ``reset_after=True`` is PyTorch's ``nn.GRU`` (reset applied after the hidden
     matmul), ``reset_after=False`` applies it before (Keras's other mode, CNTK)."""
 
+    cell_class = GRUCell
+
     def __init__(self, input_size, hidden_size, reset_after=True, **kw):
         self.reset_after = reset_after
         super().__init__(GRUCell(reset_after), input_size, hidden_size, **kw)
@@ -369,8 +378,26 @@ class Jordan(Recurrent):
     steps run at once without a sequential loop).
     """
 
+    cell_class = JordanCell
+
     def __init__(self, input_size, hidden_size, output_size=None, nonlinearity="tanh",
                  output_activation="identity", **kw):
         self.nonlinearity, self.output_activation = nonlinearity, output_activation
         cell = JordanCell(int(output_size or hidden_size), nonlinearity, output_activation)
         super().__init__(cell, input_size, hidden_size, **kw)
+
+
+def layer_class(cell):
+    """The layer for a registered cell name: its own class where it has one (``LSTM``,
+    ``GRU``, ``Elman`` — also called ``"rnn"`` — and ``Jordan``), else the generic
+    :class:`Recurrent` over that cell. Called as ``layer_class(name)(input_size,
+    hidden_size, **kw)``."""
+    import functools
+
+    name = str(cell).lower()
+    name = "elman" if name == "rnn" else name
+    cls = get_cell(name)  # one error, naming the registered cells, for an unknown name
+    for sub in Recurrent.__subclasses__():
+        if getattr(sub, "cell_class", None) is cls:
+            return sub
+    return functools.partial(Recurrent, cls())

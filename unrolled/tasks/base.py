@@ -126,6 +126,14 @@ class Task:
         self.config = dict(config)
         self.saved_state = state
 
+    @classmethod
+    def resolve_data(cls, path):
+        """The absolute path of the data named ``path`` (a task may map a data set's name
+        to its file, as ``tagging`` does for ``hironsancorpus``)."""
+        from pathlib import Path
+
+        return Path(path).expanduser().resolve()
+
     # -- required for training --------------------------------------------------------
     def load(self, path):
         """Read the data at ``path`` (a str or Path; the CLI resolves ``default_data``
@@ -163,6 +171,11 @@ class Task:
         return {}
 
     # -- optional ---------------------------------------------------------------------
+    def output_names(self):
+        """What each output unit of the model stands for (classes, tags, symbols), from
+        the saved state; None when it is not a list. Checked against the model file."""
+        return None
+
     def report(self, model, out_dir):
         """Write the task's report files into ``out_dir`` (confusion matrix as text and
         PNG, forecast plots, ...); return ``{"description": path}``. Called after training
@@ -179,8 +192,10 @@ class Task:
         raise ValueError(f"task {self.name!r} has no predict; try `unrolled evaluate` or "
                          "`unrolled generate`")
 
-    def generate(self, model, length=500, temperature=1.0, prime="", top_k=None, seed=None):
-        """Text sampled from ``model`` for ``unrolled generate``."""
+    def generate(self, model, length=500, temperature=1.0, prime="", top_k=None, seed=None,
+                 progress=False):
+        """Text sampled from ``model`` for ``unrolled generate`` (``progress``: a progress
+        bar on stderr for long texts)."""
         raise ValueError(f"task {self.name!r} cannot generate; `unrolled generate` needs a "
                          "model trained by the `text` task")
 
@@ -197,19 +212,40 @@ def load_trained(path, fix="use it from Python with unrolled.io.load_model"):
     if "task" not in cfg:
         raise ValueError(f"{path}: the model was not trained by `unrolled train` (no task "
                          f"in its config); {fix}")
-    task = get_task(cfg["task"])(cfg, meta.get("task_state") or {})
+    state = meta.get("task_state") or {}
+    try:
+        task = get_task(cfg["task"])(cfg, state)
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: the model's metadata does not fit task {cfg['task']!r} "
+                         f"({type(e).__name__}: {e}); the file is corrupt or was edited: use "
+                         "another copy or train again") from None
+    out = _output_size(meta.get("architecture") or {})
+    names = task.output_names()
+    if names is not None and out is not None and len(names) != out:
+        raise ValueError(f"{path}: the model's metadata gives {len(names)} outputs for task "
+                         f"{cfg['task']!r} but its output layer has {out}; the file is "
+                         "corrupt or was edited: use another copy or train again")
     return model, meta, task
 
 
-def recurrent_class(cell):
-    """The recurrent layer class for the ``--cell`` option: ``"gru"``, ``"lstm"`` or
-    ``"elman"``."""
-    from .. import layers as L
+def _output_size(spec):
+    """The output width of a saved architecture's last Dense layer, or None."""
+    while spec.get("layer") == "Sequential" and spec.get("layers"):
+        spec = spec["layers"][-1]
+    return spec.get("out_features") if spec.get("layer") == "Dense" else None
 
-    cells = {"gru": L.GRU, "lstm": L.LSTM, "elman": L.Elman}
-    if cell not in cells:
-        raise ValueError(f"--cell must be gru, lstm or elman, got {cell!r}")
-    return cells[cell]
+
+def recurrent_class(cell):
+    """The recurrent layer for the ``--cell`` option: any registered cell that reads an
+    input sequence into a hidden state (``gru``, ``lstm``, ``elman``, ``peephole_lstm``,
+    ...; not ``jordan``, whose state is its output)."""
+    from ..cells import REGISTRY
+    from ..layers.recurrent import layer_class
+
+    ok = sorted(n for n in REGISTRY if n != "jordan")
+    if str(cell).lower() not in ok:
+        raise ValueError(f"--cell must be one of {', '.join(ok)}, got {cell!r}")
+    return layer_class(cell)
 
 
 def stratified_split(labels, fractions, rng, groups=None):
@@ -291,6 +327,9 @@ class SequenceClassification(Task):
         super().__init__(config, state)
         self.records, self.labels = {}, {}
         self.classes = list(state["classes"]) if state else []
+
+    def output_names(self):
+        return self.classes or None
 
     def use_balanced_loss(self):
         """Weigh the classes equally in the training loss (call at the end of load)."""

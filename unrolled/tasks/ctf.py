@@ -64,6 +64,7 @@ class CTFTask(SequenceClassification):
         "bidirectional": False,
         "val_fraction": 0.1,
         "test_fraction": 0.1,
+        "test": "",             # a CTF file of test sequences ("": held out of --data)
         "epochs": 20,
         "batch_size": 32,
     }
@@ -78,7 +79,9 @@ class CTFTask(SequenceClassification):
         "layers": "stacked recurrent layers",
         "bidirectional": "read each sequence in both directions",
         "val_fraction": "share of the sequences held out for validation",
-        "test_fraction": "share of the sequences held out for the test",
+        "test_fraction": "share of the sequences held out for the test (without --test)",
+        "test": "CTF file of test sequences; then --data is split into train and "
+                "validation only",
     }
     batch_dtype = "float32"
 
@@ -116,21 +119,29 @@ class CTFTask(SequenceClassification):
 
         f, lab = self.config["features"], self.config["labels"]
         dim = streams[lab][0]
-        X, Y, n_rows = [], [], []
-        for k, seq in enumerate(read_ctf(path, streams, skip_unknown=True)):
+        X, Y, n_rows, sids = [], [], [], []
+        try:
+            seqs = list(read_ctf(path, streams, skip_unknown=True, return_ids=True,
+                                 return_lines=True))
+        except ValueError as e:
+            raise ValueError(self._width_hint(e, path)) from None
+        for k, (sid, line, seq) in enumerate(seqs):
             x, y = seq[f], seq[lab]
+            name = f"sequence {k}" + ("" if sid is None else f" (id {sid}") \
+                + (f", line {line})" if sid is not None else f" (line {line})")
+            sids.append(name)
             if not len(x) or not len(y):
                 empty = f if not len(x) else lab
-                raise ValueError(f"{path}: sequence {k} has no row of stream {empty!r}; "
+                raise ValueError(f"{path}: {name} has no row of stream {empty!r}; "
                                  "every sequence needs features and labels")
             if dim == 1:  # the value is the class id
                 ids = y[:, 0]
                 if (ids < 0).any() or (ids != np.round(ids)).any():
-                    raise ValueError(f"{path}: sequence {k}: labels of a dim-1 stream must "
+                    raise ValueError(f"{path}: {name}: labels of a dim-1 stream must "
                                      f"be class ids 0, 1, ..., got {ids.tolist()}")
             else:         # one-hot (or scores): the largest entry
                 if (y.max(1) <= 0).any():
-                    raise ValueError(f"{path}: sequence {k} has a row of {lab!r} with no "
+                    raise ValueError(f"{path}: {name} has a row of {lab!r} with no "
                                      "positive entry, so it names no class; write one-hot "
                                      "labels")
                 ids = y.argmax(1)
@@ -146,29 +157,65 @@ class CTFTask(SequenceClassification):
             per_step = True
         else:
             k = int(np.flatnonzero((rows[:, 1] != 1) & (rows[:, 0] != rows[:, 1]))[0])
-            raise ValueError(f"{path}: sequence {k} has {rows[k, 1]} rows of {lab!r} and "
+            raise ValueError(f"{path}: {sids[k]} has {rows[k, 1]} rows of {lab!r} and "
                              f"{rows[k, 0]} of {f!r}; labels must be one row per sequence "
                              "(classification) or one per step (tagging) in every sequence")
         return X, Y, per_step
+
+    def _width_hint(self, err, path):
+        """A reader's error, with the fix when a sparse stream's dim was read off the
+        training file and another file has a larger index (`--streams` gives it)."""
+        msg = str(err)
+        if "out of range" not in msg or self.config.get("streams"):
+            return msg
+        from ..data.ctf import infer_ctf_streams
+
+        try:
+            here = infer_ctf_streams(path)
+        except ValueError:
+            here = {}
+        table = {n: (max(d, here.get(n, (0,))[0]), k) for n, (d, k) in self.streams.items()}
+        spec = ",".join(f"{n}:{d}:{k}" for n, (d, k) in table.items())
+        return (f"{msg}; the stream dims were read off the training file (largest index + 1), "
+                f"so they are too small for this file: train again with the full dims, e.g. "
+                f"--streams {spec}")
 
     def load(self, path):
         cfg = self.config
         recurrent_class(cfg["cell"])  # a bad --cell fails before anything is written
         self.streams = self._streams_for(path)
         X, Y, self.per_step = self._read(path, self.streams)
+        test = None
+        if cfg["test"]:
+            test = self._read(cfg["test"], self.streams)
+            if test[2] != self.per_step:
+                raise ValueError(f"--test {cfg['test']}: its labels are "
+                                 f"{'per step' if test[2] else 'per sequence'}, those of "
+                                 f"{path} are not; pass a test file of the same kind")
+        elif not cfg["test_fraction"]:
+            raise ValueError("--test-fraction 0 leaves no test set; pass --test FILE with "
+                             "test sequences, or a fraction above 0")
         dim = self.streams[cfg["labels"]][0]
-        n_classes = dim if dim > 1 else int(max(y.max() for y in Y)) + 1
+        every = Y + (list(test[1]) if test else [])
+        n_classes = dim if dim > 1 else int(max(y.max() for y in every)) + 1
         self.classes = [str(c) for c in range(n_classes)]
+        if len({int(c) for y in Y for c in np.unique(y)}) < 2:
+            raise ValueError(f"{path}: every label is the same class, so there is nothing "
+                             "to learn; pass data with at least two classes")
         # stratify by the sequence's class (tagging: by its first step's, for a spread)
         first = np.array([y[0] for y in Y])
         rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), 0]))
-        parts = stratified_split(first, (cfg["val_fraction"], cfg["test_fraction"]), rng)
+        fractions = (cfg["val_fraction"],) if test else (cfg["val_fraction"],
+                                                         cfg["test_fraction"])
+        parts = stratified_split(first, fractions, rng)
         for split, idx in zip(("train", "val", "test"), parts):
             if not len(idx):
                 raise ValueError(f"{path}: {len(X)} sequences are too few to make a {split} "
                                  "set; pass more data or change --val-fraction / "
                                  "--test-fraction")
             self._set(split, [X[i] for i in idx], [Y[i] for i in idx])
+        if test:
+            self._set("test", test[0], test[1])
         self.path = str(path)
 
     def _set(self, split, X, Y):
@@ -196,10 +243,22 @@ class CTFTask(SequenceClassification):
         kind = "tagging (one label per step)" if self.per_step else \
             "sequence classification (one label per sequence)"
         lengths = [len(r) for s in ("train", "val", "test") for r in self.records[s]]
-        return [(f"ctf: {self.path}: {kind}; features {f!r} {self.streams[f]}, labels "
-                 f"{lab!r} {self.streams[lab]}, {len(self.classes)} classes"),
-                (f"sequences: train {self.sizes['train']}, val {self.sizes['val']}, test "
-                 f"{self.sizes['test']}; {min(lengths)} to {max(lengths)} steps")]
+        test = f" (from {self.config['test']})" if self.config["test"] else ""
+        lines = [(f"ctf: {self.path}: {kind}; features {f!r} {self.streams[f]}, labels "
+                  f"{lab!r} {self.streams[lab]}, {len(self.classes)} classes"),
+                 (f"sequences: train {self.sizes['train']}, val {self.sizes['val']}, test "
+                  f"{self.sizes['test']}{test}; {min(lengths)} to {max(lengths)} steps")]
+        if not self.config["streams"]:
+            sparse = [n for n, (d, k) in self.streams.items() if k == "sparse"]
+            if sparse:
+                spec = ",".join(f"{n}:{d}:{k}" for n, (d, k) in self.streams.items())
+                lines.append(f"note: the dims of sparse stream(s) {', '.join(sparse)} were "
+                             "read off the file (largest index + 1); if the vocabulary is "
+                             f"larger, give it: --streams {spec} with the full dims")
+        if self.sizes["test"] < 30:
+            lines.append(f"warning: the test set has {self.sizes['test']} sequences, too few "
+                         "for its figures to mean much; pass --test FILE or more data")
+        return lines
 
     def state(self):
         return {"classes": self.classes, "streams": {k: list(v) for k, v in self.streams.items()},

@@ -78,6 +78,9 @@ class NamesTask(SequenceClassification):
     def load(self, path):
         cfg = self.config
         names, labels, classes = read_names_dir(path)
+        if len(classes) < 2:
+            raise ValueError(f"{path}: one language ({classes[0]}) is nothing to tell apart; "
+                             "add a <Language>.txt file for at least one more language")
         self.classes = classes
         self.n_lines = len(names)
         if cfg["dedupe"]:
@@ -116,12 +119,31 @@ class NamesTask(SequenceClassification):
         top = ", ".join(f"{c} {n}" for c, n in sorted(zip(self.classes, counts),
                                                       key=lambda t: -t[1])[:4])
         dup = self.n_lines - sum(self.sizes.values())
+        held = np.bincount(self.labels["test"], minlength=len(self.classes))
+        missing = [c for c, n in zip(self.classes, held) if n == 0]
+        warn = ([f"warning: no test names for {', '.join(missing)} (too few names to hold "
+                 "any out); the test figures say nothing about them: add names"]
+                if missing else [])
         return [f"names: {sum(self.sizes.values())} names, {len(self.classes)} languages, "
                 f"{len(self.vocab) - 2} characters"
                 + (f" ({dup} repeated (name, language) lines dropped)" if dup else ""),
                 (f"split by distinct name: train {self.sizes['train']}, val "
                  f"{self.sizes['val']}, test {self.sizes['test']} (largest classes in train: "
-                 f"{top})")]
+                 f"{top})")] + warn
+
+    def predict(self, model, inputs, top=3):
+        """The base class's lines; a name with characters never seen in training adds a
+        warning to ``self.notes`` (the CLI prints them on stderr)."""
+        self.notes = []
+        for x in inputs:
+            name = str(x).strip()
+            unknown = sorted({ch for ch in name if ch not in self.vocab._index})
+            if unknown:
+                n = sum(ch in unknown for ch in name)
+                guess = "; the answer is a guess" if n == len(name) else ""
+                self.notes.append(f"warning: {name!r}: {n} of {len(name)} characters were "
+                                  f"never seen in training ({''.join(unknown)}){guess}")
+        return super().predict(model, inputs, top)
 
     def encode(self, name):
         """A name as (n,) symbol ids (characters not seen in training -> <unk>), or as

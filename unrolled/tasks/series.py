@@ -32,6 +32,7 @@ stateful training on one long series with TBPTT(k1, k2), use
 :class:`unrolled.streams.TBPTT` with :func:`unrolled.data.stream_batches` (docs/tasks.md).
 """
 import re
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -143,10 +144,14 @@ def prepare_series(cs, target, window, horizon, val_fraction, test_fraction, sta
         # statistics of the rows the training windows cover, NaNs ignored
         rows = slice(0, n_train - 1 + window + horizon)
         train = vals[rows]
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an empty column: named below
             mean = np.nanmean(train, axis=0)
             std = np.nanstd(train, axis=0)
         empty = np.isnan(mean) & ~onehot
+        if empty[j]:
+            raise ValueError(f"{cs.path}: the target column {target!r} has no value in the "
+                             "training part; fill it in, or forecast another --target")
         if empty.any():
             names = [c for c, e in zip(cs.columns, empty) if e]
             raise ValueError(f"{cs.path}: column(s) {names} have no value in the training "
@@ -177,6 +182,18 @@ def prepare_series(cs, target, window, horizon, val_fraction, test_fraction, sta
 
     origins = order + window - 1
     targets_at = origins + horizon
+    big = np.abs(vals[~np.isnan(vals)]).max(initial=0.0)
+    if not (np.isfinite(z[~np.isnan(z)]).all() and np.isfinite(big) and big < 1e150):
+        raise ValueError(f"{cs.path}: values up to {big:.3g} are too large to train on "
+                         "(their squares overflow); rescale the columns, e.g. to other units")
+    for name, idx in splits.items():
+        # every split needs a target to score, checked before training starts
+        if len(idx) and np.isnan(y[targets_at[idx]]).all():
+            rows = targets_at[idx]
+            raise ValueError(f"{cs.path}: every target of the {name} part (rows "
+                             f"{rows.min() + 2} to {rows.max() + 2} of the file) is missing, "
+                             f"so it cannot be scored; fill in {target!r} there or change "
+                             "--val-fraction / --test-fraction")
     y_filled = forward_fill(y[:, None], fill=np.nan)[:, 0]
     return {"X": X.astype(np.float32), "channels": channels, "y": y, "y_filled": y_filled,
             "yt": z[:, j], "base": filled[:, j], "origins": origins, "targets_at": targets_at,
@@ -479,6 +496,9 @@ class SeriesTask(Task):
 
         k = self.config["plot_points"]
         sl = slice(-k, None) if k else slice(None)
+        if k and len(f["at"]) > k:  # say that the picture is a part of the forecasts
+            title = (f"{title} (the last {k} of {len(f['at'])}; --plot-points 0 draws all)"
+                     if title else f"the last {k} of {len(f['at'])} forecasts")
         at = f["at"][sl]
         fig, ax = plt.subplots(figsize=(10, 4))
         ax.plot(at, f["true"][sl], color="black", lw=1.2, label="truth")

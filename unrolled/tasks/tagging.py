@@ -151,6 +151,7 @@ class TaggingTask(Task):
         "dropout": 0.3,         # after the embedding and before the output layer
         "val_fraction": 0.1,
         "test_fraction": 0.1,
+        "test": "",             # a column file of test sentences ("": held out of --data)
         "epochs": 30,
         "batch_size": 16,
         "lr": 3e-3,
@@ -166,7 +167,9 @@ class TaggingTask(Task):
         "hidden": "LSTM units per direction",
         "dropout": "dropout after the embedding and before the output layer",
         "val_fraction": "share of the sentences held out for validation",
-        "test_fraction": "share of the sentences held out for the test",
+        "test_fraction": "share of the sentences held out for the test (without --test)",
+        "test": "column file of test sentences; then --data is split into train and "
+                "validation only",
     }
     loss = "cross_entropy"
     monitor = "accuracy"
@@ -179,6 +182,9 @@ class TaggingTask(Task):
             self.words, self.tags = state["words"], state["tags"]
             self._index()
 
+    def output_names(self):
+        return getattr(self, "tags", None)
+
     def _index(self):
         self.w_id = {w: i for i, w in enumerate(self.words)}
         self.t_id = {t: i for i, t in enumerate(self.tags)}
@@ -187,6 +193,12 @@ class TaggingTask(Task):
             self.monitor = "span_f1"
 
     # -- data -------------------------------------------------------------------------
+    @classmethod
+    def resolve_data(cls, path):
+        if Path(path).name == "hironsancorpus" and not Path(path).expanduser().exists():
+            return hironsan_path()
+        return Path(path).expanduser().resolve()
+
     def _read(self, path):
         path = str(path)
         if Path(path).name == "hironsancorpus" and not Path(path).exists():
@@ -196,16 +208,22 @@ class TaggingTask(Task):
     def load(self, path):
         cfg = self.config
         sents = self._read(path)
+        test = self._read(cfg["test"]) if cfg["test"] else None
+        if test is None and not cfg["test_fraction"]:
+            raise ValueError("--test-fraction 0 leaves no test set; pass --test FILE with "
+                             "test sentences, or a fraction above 0")
         rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), 0]))
         order = rng.permutation(len(sents))
         n_val = round(cfg["val_fraction"] * len(sents))
-        n_test = round(cfg["test_fraction"] * len(sents))
-        if n_val < 1 or n_test < 1 or len(sents) - n_val - n_test < 1:
+        n_test = 0 if test else round(cfg["test_fraction"] * len(sents))
+        if n_val < 1 or (n_test < 1 and not test) or len(sents) - n_val - n_test < 1:
             raise ValueError(f"{path}: {len(sents)} sentences are too few to hold out "
                              "validation and test sentences")
         parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
                  "train": order[n_test + n_val:]}
         self.sents = {k: [sents[i] for i in v] for k, v in parts.items()}
+        if test:
+            self.sents["test"] = test
         counts = Counter(w for toks, _ in self.sents["train"] for w in toks)
         self.words = ([PAD] + [f"<unk:{c}>" for c in CLASSES]
                       + sorted(w for w, n in counts.items() if n >= cfg["min_count"]))
@@ -246,8 +264,11 @@ class TaggingTask(Task):
                  f"{len(self.words) - 1 - len(CLASSES)} known words, {len(self.tags) - 1} tags"
                  + (f" (BIO spans: {', '.join(kinds)})" if self.bio else ""))
         second = (f"split by sentence: train {n['train']} ({toks['train']} tokens), val "
-                  f"{n['val']}, test {n['test']} ({toks['test']} tokens)")
-        return [first, second]
+                  f"{n['val']}, test {n['test']} ({toks['test']} tokens)"
+                  + (f" from {self.config['test']}" if self.config.get("test") else ""))
+        warn = ([f"warning: the test set has {n['test']} sentences, too few for its figures "
+                 "to mean much; pass --test FILE or more data"] if n["test"] < 30 else [])
+        return [first, second] + warn
 
     def state(self):
         return {"words": self.words, "tags": self.tags}

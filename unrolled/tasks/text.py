@@ -167,7 +167,8 @@ def encode_prime(vocab, prime):
     return vocab.encode(prime)
 
 
-def sample(model, vocab, length=500, temperature=1.0, prime="", top_k=None, rng=None):
+def sample(model, vocab, length=500, temperature=1.0, prime="", top_k=None, rng=None,
+           progress=False):
     """Generate ``length`` characters after ``prime``, one at a time.
 
     Parameters
@@ -181,6 +182,8 @@ def sample(model, vocab, length=500, temperature=1.0, prime="", top_k=None, rng=
         starts from a newline (or the first symbol if the text has none).
     top_k : int or None, sample among the ``top_k`` most likely characters only.
     rng : numpy Generator or int seed.
+    progress : show a progress bar on stderr (when it is a terminal) for 1000 characters
+        or more.
 
     Returns
     -------
@@ -198,7 +201,15 @@ def sample(model, vocab, length=500, temperature=1.0, prime="", top_k=None, rng=
     # read the prime in one call; its last logits give the first generated character
     logits, state = model(start[None, :], return_state=True)
     out = []
-    for _ in range(length):
+    steps = range(length)
+    if progress and length >= 1000:
+        import sys
+
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="generating", unit="char", file=sys.stderr, leave=False,
+                     mininterval=0.5, disable=None)
+    for _ in steps:
         z = logits[0, -1].astype(np.float64)
         if temperature == 0:
             nxt = int(z.argmax())
@@ -294,9 +305,15 @@ class TextTask(Task):
         a, b = split_text(len(text), cfg["val_fraction"], cfg["test_fraction"])
         need = 2 * cfg["batch_size"] + 1
         if b - a < need:
+            # a smaller --batch-size helps only while one stream would still fit
+            fix = ("use a longer text or a smaller --batch-size" if b - a >= 3
+                   else "use a longer text (a few hundred characters at least)")
             raise ValueError(f"{path}: {len(text)} characters leave {b - a} for training, too few "
-                             f"for {cfg['batch_size']} streams; use a longer text or a "
-                             "smaller --batch-size")
+                             f"for {cfg['batch_size']} streams; {fix}")
+        if a < 2 or len(text) - b < 2:
+            raise ValueError(f"{path}: {len(text)} characters leave {a} for validation and "
+                             f"{len(text) - b} for the test, and each needs 2 to score a "
+                             "prediction; use a longer text")
         self.vocab = Vocab.from_text(text)
         ids = self.vocab.encode(text)
         self.splits = {"train": ids[a:b], "val": ids[:a], "test": ids[b:]}
@@ -375,13 +392,21 @@ class TextTask(Task):
                             "text": "sample (temperature 0.8):\n" + text.strip("\n")}
         return {"generated sample": str(path)}
 
-    def generate(self, model, length=500, temperature=1.0, prime="", top_k=None, seed=None):
-        return sample(model, self.vocab, length, temperature, prime, top_k, seed)
+    def generate(self, model, length=500, temperature=1.0, prime="", top_k=None, seed=None,
+                 progress=False):
+        return sample(model, self.vocab, length, temperature, prime, top_k, seed,
+                      progress=progress)
+
+    def output_names(self):
+        return None if self.vocab is None else self.vocab.symbols
 
     def predict(self, model, inputs, top=3):
         """The ``top`` most likely next characters after each input text."""
         lines = []
         for text in inputs:
+            if not text:
+                raise ValueError("an empty text has nothing to continue; pass at least one "
+                                 "character, e.g. `unrolled predict MODEL 'ROMEO:'`")
             ids = encode_prime(self.vocab, text)
             logits = model(ids[None, :])[0, -1].astype(np.float64)
             p = np.exp(log_softmax(logits))

@@ -1,0 +1,259 @@
+"""The compiled loop of a cell, generated from the cell's one definition.
+
+A cell with a per-unit definition (``forward``/``backward``, see
+:class:`unrolled.cells.Cell`) is traced once (:mod:`.trace`) and printed, with the
+loop written once below (``_TEMPLATE``), as the source of a small Python module that
+numba compiles: the recurrent product of each step through NumPy's own BLAS, the
+cell's arithmetic fused over each row in one vectorised pass, masks and truncation
+windows inside the loop. The module is written to a cache folder under a name made
+from a hash of its source, so numba caches its machine code on disk and a changed
+cell never meets stale code (``UNROLLED_CACHE_DIR``, default ``~/.cache/unrolled``).
+"""
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import trace
+
+_LOADED = {}  # (source hash) -> module
+
+
+def cache_dir():
+    d = os.environ.get("UNROLLED_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "unrolled", "kernels")
+    try:
+        os.makedirs(d, exist_ok=True)
+        probe = os.path.join(d, f".probe{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+        return d
+    except OSError:
+        d = os.path.join(tempfile.gettempdir(), f"unrolled-kernels-{os.getuid()}")
+        os.makedirs(d, exist_ok=True)
+        return d
+
+
+def traced(cell):
+    """The cell's per-unit programs: (forward lines, outputs), (backward lines, outputs)."""
+    G, S, C, U = len(cell.gate_names), len(cell.state), len(cell.cache), len(cell.units)
+    x, r = trace.inputs("X", G), trace.inputs("R", G)
+    s, u = trace.inputs("S", S), trace.inputs("U", U)
+    new, cache = cell.forward(x, r, s, u)
+    _check_arity(cell, "forward", (("new states", new, S), ("cache", cache, C)))
+    fwd = trace.program(list(new) + list(cache))
+    d, n, c = trace.inputs("D", S), trace.inputs("N", S), trace.inputs("C", C)
+    dx, dr, dp, du = cell.backward(d, s, n, c, u)
+    _check_arity(cell, "backward", (("dx", dx, G), ("dr", dr, G), ("dprev", dp, S),
+                                    ("du", du, U)))
+    bwd = trace.program(list(dx) + list(dr) + list(dp) + list(du))
+    return fwd, bwd
+
+
+def _check_arity(cell, what, parts):
+    for name, got, n in parts:
+        if len(tuple(got)) != n:
+            raise TypeError(f"{type(cell).__name__}.{what} returned {len(tuple(got))} "
+                            f"{name}, the cell declares {n}")
+
+
+def source(cell, dtype):
+    """The compiled module's source for ``cell`` and ``dtype`` (float32 or float64)."""
+    bits = 32 if np.dtype(dtype) == np.float32 else 64
+    G, S, C, U = len(cell.gate_names), len(cell.state), len(cell.cache), len(cell.units)
+    consts = {}
+
+    def const(v):
+        if v not in consts:
+            consts[v] = f"K{len(consts)}"
+        return consts[v]
+
+    const(0.0), const(1.0)
+    (fo, fouts), (bo, bouts) = traced(cell)
+    flines, fexpr = trace.print_python(fo, fouts, const)
+    blines, bexpr = trace.print_python(bo, bouts, const)
+    tied = bool(cell.tied)
+    ind = " " * 12
+    L = []
+    # -- forward: one row at a time, each gate block a separate view (vectorises)
+    sa = ", ".join([f"s{k}" for k in range(S)] + [f"n{k}" for k in range(S)]
+                   + [f"c{k}" for k in range(C)])
+    L.append("@jit\ndef pw_forward(z, xw, br, " + sa + (", " if sa else "") + "U):")
+    L.append("    B, H = s0.shape")
+    L.append("    for b in range(B):")
+    L.append("        zr, xr = z[b], xw[b]")
+    for k in range(G):
+        L.append(f"        x{k}, r{k} = xr[{k} * H:{k + 1} * H], zr[{k} * H:{k + 1} * H]")
+        if not tied:
+            L.append(f"        br{k} = br[{k} * H:{k + 1} * H]")
+    for k in range(S):
+        L.append(f"        s{k}r, n{k}r = s{k}[b], n{k}[b]")
+    for k in range(C):
+        L.append(f"        c{k}r = c{k}[b]")
+    for k in range(U):
+        L.append(f"        u{k} = U[{k}]")
+    L.append("        for j in range(H):")
+    for k in range(G):
+        L.append(f"{ind}X{k} = x{k}[j]")
+        L.append(f"{ind}R{k} = r{k}[j]" + ("" if tied else f" + br{k}[j]"))
+    L += [f"{ind}S{k} = s{k}r[j]" for k in range(S)] + [f"{ind}U{k} = u{k}[j]" for k in range(U)]
+    L += [ind + ln for ln in flines]
+    L += [f"{ind}n{k}r[j] = {fexpr[k]}" for k in range(S)]
+    L += [f"{ind}c{k}r[j] = {fexpr[S + k]}" for k in range(C)]
+    # -- backward: the same walk; every gradient it writes is flushed below ``th``
+    ba = ", ".join([f"d{k}" for k in range(S)] + [f"s{k}" for k in range(S)]
+                   + [f"n{k}" for k in range(S)] + [f"c{k}" for k in range(C)])
+    L.append("\n\n@jit\ndef pw_backward(" + ba + ", U, dx, dr, "
+             + "".join(f"p{k}, " for k in range(S)) + "DU, thr):")
+    L.append("    B, H = s0.shape")
+    L.append("    th = cast(thr)")
+    L.append("    for b in range(B):")
+    L.append("        dxr, drr = dx[b], dr[b]")
+    for k in range(G):
+        L.append(f"        dx{k}, dr{k} = dxr[{k} * H:{k + 1} * H], drr[{k} * H:{k + 1} * H]")
+    for k in range(S):
+        L.append(f"        d{k}r, s{k}r, n{k}r, p{k}r = d{k}[b], s{k}[b], n{k}[b], p{k}[b]")
+    for k in range(C):
+        L.append(f"        c{k}r = c{k}[b]")
+    for k in range(U):
+        L.append(f"        u{k}, du{k} = U[{k}], DU[{k}]")
+    L.append("        for j in range(H):")
+    L += [f"{ind}D{k} = d{k}r[j]" for k in range(S)] + [f"{ind}S{k} = s{k}r[j]" for k in range(S)]
+    L += [f"{ind}N{k} = n{k}r[j]" for k in range(S)] + [f"{ind}C{k} = c{k}r[j]" for k in range(C)]
+    L += [f"{ind}U{k} = u{k}[j]" for k in range(U)]
+    L += [ind + ln for ln in blines]
+    fl = "{i}q = {e}\n{i}{dst} = K0 if abs(q) < th else q"
+    for k in range(G):
+        L.append(fl.format(i=ind, e=bexpr[k], dst=f"dx{k}[j]"))
+    if not tied:
+        for k in range(G):
+            L.append(fl.format(i=ind, e=bexpr[G + k], dst=f"dr{k}[j]"))
+    for k in range(S):
+        L.append(fl.format(i=ind, e=bexpr[2 * G + k], dst=f"p{k}r[j]"))
+    for k in range(U):
+        L.append(f"{ind}du{k}[j] += {bexpr[2 * G + S + k]}")
+    # -- one step forward and back, in the shapes the loop calls them with
+    st = lambda t: ", ".join(f"S[{k}][{t}]" for k in range(S))
+    L.append("\n\n@jit\ndef step(t, j, z, xw, br, S, C, U, W):")
+    L.append("    gemm(S[0][t], W, z, K0)")
+    L.append(f"    pw_forward(z, xw, br, {st('t')}, {st('t + 1')}, "
+             + "".join(f"C[{k}][j], " for k in range(C)) + "U)")
+    rows = "dXW[i]" if tied else "SV[0][i]"
+    L.append("\n\n@jit\ndef back(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr):")
+    L.append("    pw_backward(" + "".join(f"dS[{k}], " for k in range(S)) + st("t") + ", "
+             + st("t + 1") + ", " + "".join(f"C[{k}][t], " for k in range(C))
+             + f"U, dXW[i], {rows}, " + "".join(f"dN[{k}], " for k in range(S)) + "DU, thr)")
+    L.append(f"    gemm({rows}, W, dN[0], K1)  # dh_(t-1) += rows W_hh")
+    body = "\n".join(L)
+    head = [f'"""Generated from {type(cell).__module__}.{type(cell).__qualname__} '
+            f'({cell!r}), float{bits}. Do not edit."""',
+            "import numpy as np",
+            "from unrolled.kernels.loop_numba import (JIT, gemm{b} as gemm, tanh{b} as _tanh,"
+            " exp{b} as _exp, cast{b} as cast)".format(b=bits),
+            f"jit = JIT[{bits}]"]
+    head += [f"{name} = np.float{bits}({v!r})" for v, name in consts.items()]
+    return "\n".join(head) + "\n\n\n" + body + "\n\n\n" + _TEMPLATE
+
+
+_TEMPLATE = '''
+@jit
+def forward(t0, n, XW, S, C, U, W, z, br, keep, keep_tape):
+    """Steps [t0, t0+n); XW[i] is step t0+i's input projection; ``keep`` (T, B) marks
+    padded steps (empty: none), which carry the state through."""
+    for i in range(n):
+        t = t0 + i
+        j = t if keep_tape else 0
+        step(t, j, z, XW[i], br, S, C, U, W)
+        if keep.shape[0] > 0:
+            for b in range(keep.shape[1]):
+                if keep[t, b]:
+                    for s in S:
+                        s[t + 1, b, :] = s[t, b, :]
+
+
+@jit
+def backward(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, DU):
+    """BPTT over steps [t0+n-1 .. t0]; ``dS`` holds the gradient w.r.t. the state after
+    the block and ``dN`` is a second buffer (they swap roles every step). ``d_out``
+    (T, B, S0), ``win`` (T, B) and ``mask`` (T, B) are empty where they do not apply."""
+    one = K1
+    B = dS[0].shape[0]
+    for i in range(n - 1, -1, -1):
+        t = t0 + i
+        if d_out.shape[0] > 0:
+            g, o = dS[0], d_out[t]
+            for b in range(B):
+                for k in range(g.shape[1]):
+                    g[b, k] += o[b, k]
+        if win.shape[0] > 0:
+            for d in dS:
+                for b in range(B):
+                    w = win[t, b]
+                    for k in range(d.shape[1]):
+                        d[b, k] *= w
+        if mask.shape[0] > 0:
+            for q in range(len(dS)):
+                d, a = dS[q], dcell[q]
+                for b in range(B):
+                    m = mask[t, b]
+                    for k in range(d.shape[1]):
+                        a[b, k] = d[b, k] * m
+            back(t, i, dcell, dXW, dN, SV, S, C, U, W, DU, thr)
+            for q in range(len(dS)):  # a padded step passes the gradient on
+                d, a = dS[q], dN[q]
+                for b in range(B):
+                    m = one - mask[t, b]
+                    for k in range(d.shape[1]):
+                        a[b, k] += d[b, k] * m
+        else:
+            back(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr)
+        dS, dN = dN, dS
+    return dS
+'''
+
+
+_BY_CELL = {}  # (cell class, cell, dtype) -> module: no tracing after the first call
+
+
+def loops(cell, dtype):
+    """The compiled module of ``cell`` for ``dtype``: ``forward``, ``backward``, ``step``."""
+    ck = (type(cell), cell, np.dtype(dtype))
+    mod = _BY_CELL.get(ck)
+    if mod is None:
+        mod = _BY_CELL[ck] = _load(cell, dtype)
+    return mod
+
+
+def _load(cell, dtype):
+    src = source(cell, dtype)
+    key = hashlib.sha256(src.encode()).hexdigest()[:20]
+    mod = _LOADED.get(key)
+    if mod is None:
+        name = f"unrolled_loop_{cell.name}_{key}"
+        path = os.path.join(cache_dir(), name + ".py")
+        if not os.path.exists(path):
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(src)
+            os.replace(tmp, path)  # atomic: a second process reads a whole file
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        _LOADED[key] = mod
+    return mod
+
+
+def units_array(cell, p, H, dtype, xp):
+    """(U, H) contiguous: the cell's per-unit parameter vectors, stacked."""
+    if not cell.units:
+        return xp.zeros((0, H), dtype)
+    return xp.ascontiguousarray(xp.stack([p[k] for k in cell.units]).astype(dtype, copy=False))
+
+
+__all__ = ["loops", "source", "traced", "units_array", "SimpleNamespace"]
