@@ -305,6 +305,13 @@ def _new_run_dir(task_name):
 
 
 def _run_train(args, extra):
+    from .distributed import command
+
+    with command("train") as mpi:  # under mpiexec: data-parallel, rank 0 writes
+        return _train(args, extra, mpi)
+
+
+def _train(args, extra, mpi=None):
     from . import io
     from .config import format_config, resolve_config
     from .data import bundled_path
@@ -340,11 +347,12 @@ def _run_train(args, extra):
     if args.out:
         out = Path(args.out)
         if not args.resume:
-            _check_out(out, args.force)
+            if mpi is None or mpi.root:  # under mpiexec, rank 0 alone looks and writes
+                _check_out(out, args.force)
 
     task = task_cls(cfg)
     task.load(data)  # bad data fails here, before anything is printed or written
-    trainer = Trainer(task, cfg, log=_out)  # so does a bad model option
+    trainer = Trainer(task, cfg, log=_out, distributed=mpi is not None)  # so does a bad option
     data_sha = fingerprint(data)
     if args.resume and saved_sha is not None and data_sha != saved_sha:
         raise ValueError(f"{data}: the data changed since the run started; restore it to "
@@ -352,12 +360,16 @@ def _run_train(args, extra):
     _out(f"unrolled train {task_cls.name}: resolved config", format_config(cfg), "")
     _out(*task.describe())
     if not args.out:
-        out = _new_run_dir(task_cls.name)
+        out = _new_run_dir(task_cls.name) if mpi is None or mpi.root else None
+        if mpi is not None:  # the directory rank 0 made
+            out = mpi.comm.bcast(out, root=0)
     out.mkdir(parents=True, exist_ok=True)
-    io.remove_stale_temps(out, RUN_FILES + ("confusion.txt", "confusion.png"))
+    root = mpi is None or mpi.root  # under mpiexec, rank 0 alone writes
+    if root:
+        io.remove_stale_temps(out, RUN_FILES + ("confusion.txt", "confusion.png"))
     trainer.out_dir = out
     trainer.extra_meta["data_sha256"] = data_sha
-    if not args.resume:
+    if not args.resume and root:
         io.atomic_write_text(out / "config.json", json.dumps({"config": cfg}, indent=2) + "\n")
     _out(f"model: {trainer.model.num_params()} parameters; {trainer.steps_per_epoch} batches "
          f"per epoch")
@@ -365,8 +377,9 @@ def _run_train(args, extra):
     try:
         history = trainer.fit(resume=args.resume)
     except KeyboardInterrupt:
-        _err(f"interrupted: checkpoint saved in {out / 'checkpoint.npz'}; continue with "
-             f"`unrolled train {task_cls.name} --out {out} --resume`")
+        if mpi is None or mpi.root:
+            _err(f"interrupted: checkpoint saved in {out / 'checkpoint.npz'}; continue with "
+                 f"`unrolled train {task_cls.name} --out {out} --resume`")
         return 130
     seconds = time.perf_counter() - t0
 
@@ -376,15 +389,22 @@ def _run_train(args, extra):
              "data_files": _file_hashes(data), "sizes": _split_sizes(task)}
     seen = {"train_records": record_hashes(task, "train")}
     model_path = io.save_model(trainer.model, out, config=cfg, task_state=task.state(),
-                               extra=extra, arrays=seen)
+                               extra=extra, arrays=seen) if root else None
     try:
-        files = task.report(trainer.model, out)
+        if mpi is not None:  # the test split over the ranks; rank 0 writes
+            from .distributed import report as split_report
+
+            files = split_report(task, trainer.model, out, mpi)
+        else:
+            files = task.report(trainer.model, out)
         test = (getattr(task, "last_report", {}).get("metrics")
                 or task.evaluate(trainer.model, "test"))
         _check_finite(test, "test")
     except ValueError as e:
         raise ValueError(f"the model is saved in {model_path}, but its test evaluation "
                          f"failed: {e}") from None
+    if not root:
+        return 0
     extra["test"] = test
     model_path = io.save_model(trainer.model, out, config=cfg, task_state=task.state(),
                                extra=extra, arrays=seen)

@@ -139,6 +139,8 @@ class Trainer:
     model : a model to train; default ``task.build_model()``.
     callbacks : list of :class:`Callback`.
     log : function for one-line messages (default ``print`` to stderr).
+    distributed : bool, train data-parallel over the ranks of an MPI job (a
+        :class:`unrolled.distributed.DistributedTrainer`; see ``docs/distributed.md``).
 
     Attributes
     ----------
@@ -147,7 +149,15 @@ class Trainer:
 
     _warm = False  # has an update run in this process (kernels compiled)?
 
-    def __init__(self, task, config=None, out_dir=None, model=None, callbacks=(), log=None):
+    def __new__(cls, *args, distributed=False, **kwargs):
+        if distributed:  # data-parallel over the ranks of an MPI job
+            from .distributed import distributed_class
+
+            cls = distributed_class(cls)
+        return super().__new__(cls)
+
+    def __init__(self, task, config=None, out_dir=None, model=None, callbacks=(), log=None,
+                 distributed=False):
         self.task = task
         self.config = dict(config or task.config)
         self.out_dir = None if out_dir is None else Path(out_dir)
@@ -296,7 +306,27 @@ class Trainer:
     # -------------------------------------------------------------------- one batch
     def train_step(self, batch):
         """Forward, loss, BPTT, clipping and one update on ``batch``; returns the loss."""
-        model, cfg = self.model, self.config
+        value, grads, correct, count = self._gradients(batch)
+        norm = float("nan")
+        if self.config["clip"]:
+            grads, norm = clip_grad_norm(grads, self.config["clip"])
+        self.optimizer.step(self.model.params, grads)
+        if count:  # running accuracy for classification
+            self.sums["correct"] += int(correct)
+            self.sums["count"] += int(count)
+        return float(value), norm
+
+    def _gradients(self, batch):
+        """``(loss, gradients, correct, count)`` of ``batch``; see :meth:`_forward_backward`."""
+        return self._forward_backward(batch, self.loss)
+
+    def _forward_backward(self, batch, loss):
+        """Forward, ``loss`` and BPTT on ``batch``; carries the state of a stateful task.
+
+        Returns ``(loss value, gradient tree, correct, count)``: ``correct`` of ``count``
+        valid predictions are right (argmax of the logits; 0 of 0 unless cross-entropy).
+        """
+        model = self.model
         init = self.carry if self.task.stateful else None
         if init is not None and next(iter(init.values())).shape[1] != batch.size:
             init = None  # a batch of another size starts from the zero state
@@ -307,27 +337,25 @@ class Trainer:
         else:
             out, state, cache = _forward_split(model, batch, init, int(split))
         lmask = loss_mask_for(out, batch.mask, batch.loss_mask)
-        value, d_out = self.loss.value_and_grad(out, batch.Y, lmask)
+        value, d_out = loss.value_and_grad(out, batch.Y, lmask)
         if split is None:
             grads, _, _ = backward_params(model, cache, d_out)
         else:
             grads = _backward_split(model, cache, d_out)
-        norm = float("nan")
-        if cfg["clip"]:
-            grads, norm = clip_grad_norm(grads, cfg["clip"])
-        self.optimizer.step(model.params, grads)
         if self.task.stateful and (state is not None or split is not None):
             # with carry_at, the state at that step (None: the zero state) is carried
             self.carry = None if state is None else {k: np.array(v) for k, v in state.items()}
-        # running accuracy for classification (argmax of the logits at valid steps)
+        correct = count = 0
         if getattr(self.loss, "name", "") == "cross_entropy":
-            pred = out.argmax(-1)
-            ok = pred == batch.Y
+            ok = out.argmax(-1) == batch.Y
             if out.ndim == 3 and lmask is not None:
                 ok = ok[lmask]
-            self.sums["correct"] += int(np.sum(ok))
-            self.sums["count"] += int(np.size(ok))
-        return float(value), norm
+            correct, count = int(np.sum(ok)), int(np.size(ok))
+        return value, grads, correct, count
+
+    def evaluate(self, split):
+        """The task's metrics of the model on ``split`` (``"val"`` after each epoch)."""
+        return self.task.evaluate(self.model, split)
 
     # -------------------------------------------------------------------- the loop
     def fit(self, resume=False):
@@ -452,7 +480,7 @@ class Trainer:
         row = {"epoch": self.epoch + 1, "loss": self.sums["loss"] / max(self.sums["n"], 1)}
         if self.sums["count"]:
             row["accuracy"] = self.sums["correct"] / self.sums["count"]
-        val = task.evaluate(self.model, "val")
+        val = self.evaluate("val")
         row.update({f"val_{k}": float(v) for k, v in val.items()})
         row["lr"] = float(self.optimizer.lr)
         row["seconds"] = round(elapsed, 3)
