@@ -64,6 +64,10 @@ class Recurrent(Module):
         rounding, peak memory O(√T) for about one extra forward), or a byte budget (int):
         full BPTT when it fits, else checkpoints as far apart as the budget allows. See
         :mod:`unrolled.memory`; a full unrolling that would not fit in memory is refused.
+    weight_drop : float, DropConnect on the recurrent weight W_hh (Merity et al. 2018): in
+        training, each entry of W_hh is zeroed with this probability (the rest scaled by
+        1/(1-p)), one mask per forward, drawn from the layer's seed; the backward uses
+        the same mask. Evaluation uses W_hh itself.
     dtype : "float32" (default) or "float64".
     seed : int or None, for the initialisation and for dropout.
     input_init : "uniform" (PyTorch's U(-1/sqrt(H), 1/sqrt(H)), the default) or "glorot".
@@ -75,13 +79,15 @@ class Recurrent(Module):
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bidirectional=False,
                  dropout=0.0, return_sequences=True, bias=True, initial_state="zeros",
                  truncate=None, dtype="float32", seed=None, input_init="uniform",
-                 recurrent_init="uniform", memory="full"):
+                 recurrent_init="uniform", memory="full", weight_drop=0.0):
         for what, v in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{what} must be a positive integer, got {v!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0 <= weight_drop < 1:
+            raise ValueError(f"weight_drop must be in [0, 1), got {weight_drop}")
         if truncate is not None and (not isinstance(truncate, (int, np.integer)) or truncate < 1):
             raise ValueError(f"truncate must be a positive number of steps or None, got {truncate!r}")
         if not (initial_state in ("zeros", "learned") or isinstance(initial_state, (int, float))):
@@ -98,6 +104,11 @@ class Recurrent(Module):
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
         self.num_layers, self.bidirectional = int(num_layers), bool(bidirectional)
         self.dropout, self.return_sequences, self.bias = float(dropout), return_sequences, bias
+        self.weight_drop = float(weight_drop)
+        if self.weight_drop and not getattr(cell, "recurrent", True):
+            raise ValueError(f"weight_drop needs a recurrent weight; the {cell.name} cell has "
+                             "none")
+        self.fixed_weight_masks = None  # {name: mask}: reuse these masks (gradient checks)
         self.initial_state, self.truncate = initial_state, truncate
         self.memory = _memory.check_memory_option(memory)
         self.dtype = check_dtype_name(dtype)
@@ -143,8 +154,10 @@ class Recurrent(Module):
             params[name] = p
         return params
 
-    def _prepared(self, name, xp):
+    def _prepared(self, name, xp, weight_mask=None):
         p = self._params[name]
+        if weight_mask is not None:  # DropConnect: the forward and backward see W_hh * mask
+            p = {**p, "weight_hh": p["weight_hh"] * weight_mask}
         if not self.bias:
             G = p["weight_ih"].shape[0]
             p = {**p, "bias_ih": xp.zeros(G, self.dtype), "bias_hh": xp.zeros(G, self.dtype)}
@@ -202,7 +215,7 @@ class Recurrent(Module):
         prev = self._teacher_states(teacher, s0, mT, T, B, xp) if teacher is not None else None
         tapes, drops, finals = {}, [], {}
         inp = Xt
-        loops, prepared = {}, {}
+        loops, prepared, weight_masks = {}, {}, {}
         for k in range(self.num_layers):
             outs = []
             # the full loop, or a checkpointed policy of it (see unrolled.memory)
@@ -211,7 +224,15 @@ class Recurrent(Module):
             for d, suffix in enumerate(("", "_reverse")[: 1 + self.bidirectional]):
                 name = f"l{k}{suffix}"
                 x_in = inp if d == 0 else _gather_time(inp, ridx, xp)
-                prepared[name] = self._prepared(name, xp)
+                wm = None
+                if training and self.weight_drop > 0:
+                    wm = (self.fixed_weight_masks or {}).get(name)
+                    if wm is None:
+                        shape = self._params[name]["weight_hh"].shape
+                        keep = self.rng.random(shape) >= self.weight_drop
+                        wm = xp.asarray(keep.astype(self.dtype) / (1 - self.weight_drop))
+                    weight_masks[name] = wm
+                prepared[name] = self._prepared(name, xp, wm)
                 tp = loop.forward(self._cell, prepared[name], x_in, s0[name], xp,
                                   mT, keep_tape, prev)
                 tapes[name], loops[name] = tp, loop
@@ -243,7 +264,7 @@ class Recurrent(Module):
             out = xp.concatenate([finals[n][0] for n in last], axis=-1)
         cache = {"tapes": tapes, "drops": drops, "ridx": ridx, "mask": mT, "B": B, "T": T,
                  "given_state": initial_state is not None, "xp": xp,
-                 "keep_tape": keep_tape, "loops": loops,
+                 "keep_tape": keep_tape, "loops": loops, "weight_masks": weight_masks,
                  # the weights as the forward used them (the backward differentiates those)
                  "prepared": prepared if keep_tape else {}}
         return out, state, cache
@@ -316,6 +337,9 @@ class Recurrent(Module):
                     for j, key in enumerate(self._state_keys()):
                         g[key + "0"] = (xp.zeros_like(ds0[j][0]) if cache["given_state"]
                                         else ds0[j].sum(0))
+                wm = cache.get("weight_masks", {}).get(name)
+                if wm is not None:  # d/dW of (W * mask) is the mask times d/d(W * mask)
+                    g["weight_hh"] = g["weight_hh"] * wm
                 grads[name] = {key: g[key] for key in self._params[name]}
                 d_s0[name] = ds0
             d_seq = d_in
@@ -346,12 +370,17 @@ class LSTM(Recurrent):
 
     ``forget_bias=1.0`` starts the forget gate open (bias_ih's forget block set to the
     value, bias_hh's to 0); the default keeps PyTorch's initialisation.
+    ``peepholes=True``: the input and forget gates also see c_(t-1) and the output gate
+    c_t, through the vectors ``peephole_i``, ``peephole_f``, ``peephole_o`` (Gers; ONNX's
+    ``P``), i.e. the ``peephole_lstm`` cell.
     """
 
     cell_class = LSTMCell
 
-    def __init__(self, input_size, hidden_size, forget_bias=None, **kw):
-        super().__init__(LSTMCell(), input_size, hidden_size, **kw)
+    def __init__(self, input_size, hidden_size, forget_bias=None, peepholes=False, **kw):
+        self.peepholes = bool(peepholes)
+        cell = PeepholeLSTMCell() if self.peepholes else LSTMCell()
+        super().__init__(cell, input_size, hidden_size, **kw)
         self.forget_bias = forget_bias
         if forget_bias is not None and self.bias:
             H = self.hidden_size

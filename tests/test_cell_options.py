@@ -1,0 +1,59 @@
+"""Options on the built-in cells: DropConnect on W_hh (weight_drop), peepholes."""
+import numpy as np
+import pytest
+from helpers import check_layer_grads, rel_err
+
+import unrolled as u
+
+
+def data(b=3, t=5, d=3, seed=0):
+    return np.random.default_rng(seed).standard_normal((b, t, d))
+
+
+@pytest.mark.parametrize("cls", [u.LSTM, u.GRU, u.Elman])
+def test_weight_drop_gradients_with_fixed_masks(cls):
+    m = cls(3, 4, dtype="float64", seed=0, weight_drop=0.4)
+    rng = np.random.default_rng(1)
+    shape = m.params["l0"]["weight_hh"].shape
+    m.fixed_weight_masks = {"l0": (rng.random(shape) >= 0.4) / 0.6}
+    check_layer_grads(m, data())
+
+    def wrong(grads):  # a gradient that forgot the mask is caught
+        grads["l0"]["weight_hh"] /= np.where(m.fixed_weight_masks["l0"] == 0, 1.0, 0.6)
+    with pytest.raises(AssertionError, match="weight_hh"):
+        check_layer_grads(m, data(), wrong=wrong, check_input=False)
+
+
+def test_weight_drop_masks_the_recurrent_weight_in_training_only():
+    X = data()
+    m = u.LSTM(3, 4, dtype="float64", seed=0, weight_drop=0.5)
+    plain = u.LSTM(3, 4, dtype="float64", seed=0)
+    ev = m.forward(X, training=False)[0]
+    assert np.array_equal(ev, plain.forward(X)[0])  # evaluation: W_hh itself
+    a = m.forward(X, training=True)[0]
+    b = m.forward(X, training=True)[0]
+    assert rel_err(a, ev) > 1e-3 and rel_err(a, b) > 1e-3  # a new mask per forward
+    # the same seed draws the same masks
+    m2 = u.LSTM(3, 4, dtype="float64", seed=0, weight_drop=0.5)
+    assert np.array_equal(m2.forward(X, training=True)[0], a)
+    _, _, cache = m.forward(X, training=True)
+    wm = cache["weight_masks"]["l0"]
+    assert set(np.unique(wm)) <= {0.0, 2.0} and 0.3 < (wm == 0).mean() < 0.7
+
+
+def test_weight_drop_refused_where_there_is_no_recurrent_weight():
+    with pytest.raises(ValueError, match="weight_drop needs a recurrent weight"):
+        u.MinGRU(3, 4, weight_drop=0.2)
+    with pytest.raises(ValueError, match="weight_drop must be in"):
+        u.LSTM(3, 4, weight_drop=1.0)
+
+
+def test_lstm_peepholes_option_is_the_peephole_cell(tmp_path):
+    m = u.LSTM(3, 4, peepholes=True, dtype="float64", seed=0)
+    assert m.cell == "peephole_lstm"
+    assert {"peephole_i", "peephole_f", "peephole_o"} <= set(m.params["l0"])
+    check_layer_grads(m, data())
+    u.save_model(m, tmp_path / "m.npz")
+    m2, _ = u.load_model(tmp_path / "m.npz")
+    assert m2.cell == "peephole_lstm"
+    assert np.array_equal(m2.forward(data())[0], m.forward(data())[0])
