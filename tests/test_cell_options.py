@@ -57,3 +57,59 @@ def test_lstm_peepholes_option_is_the_peephole_cell(tmp_path):
     m2, _ = u.load_model(tmp_path / "m.npz")
     assert m2.cell == "peephole_lstm"
     assert np.array_equal(m2.forward(data())[0], m.forward(data())[0])
+
+
+def _fix_masks(m, B, p_rec=0.0, p_in=0.0, seed=2):
+    rng = np.random.default_rng(seed)
+    if p_rec:
+        m.fixed_recurrent_masks = {n: (rng.random((B, m.hidden_size)) >= p_rec) / (1 - p_rec)
+                                   for n in m.names}
+    if p_in:
+        m.fixed_input_masks = {k: (rng.random((B, m._layer_input_size(k))) >= p_in) / (1 - p_in)
+                               for k in range(m.num_layers)}
+
+
+@pytest.mark.parametrize("cls", [u.LSTM, u.GRU, u.Elman, u.PeepholeLSTM])
+def test_recurrent_and_input_dropout_gradients_with_fixed_masks(cls):
+    m = cls(3, 4, dtype="float64", seed=0, recurrent_dropout=0.3, input_dropout=0.3,
+            num_layers=2, bidirectional=True)
+    _fix_masks(m, 3, 0.3, 0.3)
+    check_layer_grads(m, data())
+
+
+@pytest.mark.parametrize("cls", [u.LSTM, u.GRU, u.Elman])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_recurrent_dropout_compiled_equals_readable(cls, dtype):
+    X = data().astype(dtype)
+    res = {}
+    for be in ("reference", "numba"):
+        m = cls(3, 4, dtype=dtype, seed=0, recurrent_dropout=0.4)
+        with u.backend(be):
+            out, _, cache = m.forward(X, training=True)  # the same seed: the same mask
+            g, dX, _ = m.backward(cache, np.ones_like(out))
+        res[be] = [out, dX] + [g["l0"][k] for k in sorted(g["l0"])]
+    for a, b in zip(res["numba"], res["reference"]):
+        assert rel_err(a, b) < (1e-12 if dtype == "float64" else 1e-5)
+
+
+def test_dropout_masks_are_per_sequence_and_training_only():
+    X = data(b=2, t=6)
+    m = u.LSTM(3, 4, dtype="float64", seed=0, input_dropout=0.5, recurrent_dropout=0.5)
+    plain = u.LSTM(3, 4, dtype="float64", seed=0)
+    assert np.array_equal(m.forward(X)[0], plain.forward(X)[0])  # evaluation: no masks
+    out, _, cache = m.forward(X, training=True)
+    im = cache["input_masks"][0]
+    assert im.shape == (2, 3)  # one mask per record and feature, the same at every step
+    _, dX, _ = m.backward(cache, np.ones_like(out))
+    dropped = im == 0
+    assert dropped.any()
+    assert np.all(dX[:, :, :][np.broadcast_to(dropped[:, None, :], dX.shape)] == 0)
+    hm = cache["prepared"]["l0"]["h_mask"]
+    assert hm.shape == (2, 4) and set(np.unique(hm)) <= {0.0, 2.0}
+
+
+def test_recurrent_dropout_refused_where_the_step_does_not_read_the_mask():
+    with pytest.raises(ValueError, match="recurrent_dropout needs a cell"):
+        u.GRU(3, 4, reset_after=False, recurrent_dropout=0.2)
+    with pytest.raises(ValueError, match="recurrent_dropout needs a cell"):
+        u.MinGRU(3, 4, recurrent_dropout=0.2)

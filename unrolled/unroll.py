@@ -100,6 +100,17 @@ def _loops(path, cell, xp, dtype):
     return compiled.loops(cell, dtype)
 
 
+_EMPTY = {}  # dtype -> an empty (0, 0) array: "no mask" for the step-by-step generator
+
+
+def _mask_args(hm, B, H, dtype, xp):
+    """(mask, buffer) for the compiled loop's recurrent dropout; empty where there is none."""
+    if hm is None:
+        e = xp.zeros((0, 0), dtype)
+        return e, e
+    return _c(xp.asarray(hm, dtype=dtype), xp), xp.empty((B, H), dtype)
+
+
 def _units(cell, p, H, dtype, xp):
     from .kernels.compiled import units_array
 
@@ -120,7 +131,9 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
         return _forward_decoupled(cell, p, X, state0, xp, mask, keep_tape, prev_states)
     T, B, _ = X.shape
     dtype = X.dtype
-    path = kernels.plan(cell, xp, dtype, backend, masked=mask is not None)
+    hm = p.get("h_mask")
+    path = kernels.plan(cell, xp, dtype, backend, masked=mask is not None,
+                        recurrent_mask=hm is not None)
     K = time_chunk(T, B)
     XW = xp.empty((K, B, p["weight_ih"].shape[0]), dtype=dtype)
     states = tuple(xp.empty((T + 1,) + s.shape, dtype=dtype) for s in state0)
@@ -135,7 +148,7 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
         z = xp.empty(XW.shape[1:], dtype=dtype)  # a step's recurrent product
         br = p["bias_r"] if p.get("bias_r") is not None else xp.zeros(0, dtype)
         args = (tuple(tape.values()), _units(cell, p, H, dtype, xp), _c(p["W_hhT"], xp), z,
-                _c(br, xp), pad, keep_tape)
+                _c(br, xp), pad, keep_tape) + _mask_args(hm, B, H, dtype, xp)
         for t0 in range(0, T, K):
             n_ = min(K, T - t0)
             _project(X, p, t0, n_, XW, p["bias_x"], xp)
@@ -176,7 +189,7 @@ def backward(cell, p, tp, xp, d_out=None, d_final=None, truncate=None, backend=N
     T, B, D = X.shape
     dtype = X.dtype
     path = kernels.plan(cell, xp, dtype, backend, masked=mask is not None,
-                        truncated=truncate is not None)
+                        truncated=truncate is not None, recurrent_mask=p.get("h_mask") is not None)
     # a tape the compiled loop did not write (a general cell's) is read by the readable one
     if path.compiled and set(tp.tape) != set(cell.cache):
         path = kernels.Path("readable", "the tape was written by the readable loop")
@@ -249,16 +262,18 @@ def _backward_compiled(path, cell, p, tp, xp, d_out, win, dstate, K, dXW, dX):
     acc = _grad_gemm(xp, dtype)
     grads = {}
     thr = flush_threshold(dtype)
+    hm = p.get("h_mask")
+    margs = _mask_args(hm, B, H, dtype, xp)
     for t0 in range((T - 1) // K * K, -1, -K):
         n = min(K, T - t0)
-        loops.backward(t0, n, states, *args, dS, dN, dcell, d_out, win, m, thr, DU)
+        loops.backward(t0, n, states, *args, dS, dN, dcell, d_out, win, m, thr, DU, *margs)
         if n % 2:  # the two buffers swapped roles an odd number of times
             dS, dN = dN, dS
         _block_input_grads(p, tp, xp, t0, n, dXW, dX, grads, acc)
         if rec:  # the recurrent weight's gradient: the cell's rows against the previous states
             R = (dXW if cell.tied else SV[0])[:n].reshape(n * B, -1)
-            _add_product(grads, "weight_hh", R, states[0][t0:t0 + n].reshape(n * B, H), acc,
-                         xp)
+            hin = states[0][t0:t0 + n] if hm is None else states[0][t0:t0 + n] * hm
+            _add_product(grads, "weight_hh", R, hin.reshape(n * B, H), acc, xp)
             _accumulate(grads, "bias_hh", R.sum(0))
     for k, name in enumerate(cell.units):
         grads[name] = DU[k]
@@ -318,7 +333,10 @@ def step_once(cell, p, xw, S, C, xp, backend=None, z=None, units=None):
         if units is None:
             units = _units(cell, p, H, xw.dtype, xp)
         br = p["bias_r"] if p.get("bias_r") is not None else xp.zeros(0, xw.dtype)
-        loops.step(0, 0, z, xw, br, S, C, units, p["W_hhT"])
+        e = _EMPTY.get(xw.dtype)
+        if e is None:
+            e = _EMPTY[xw.dtype] = xp.zeros((0, 0), xw.dtype)
+        loops.step(0, 0, z, xw, br, S, C, units, p["W_hhT"], e, e)
         return
     # readable: the step takes x W_ihᵀ + b_ih; xw holds the folded biases
     x = xw - (p["bias_x"] - p["bias_ih"])

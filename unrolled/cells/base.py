@@ -131,7 +131,8 @@ class Cell:
 
     def step(self, p, xw, state, xp):
         """One step on whole arrays: ``xw`` (B, G*H) is ``x_t W_ihᵀ + b_ih``."""
-        r = self._split(state[0] @ p["W_hhT"] + p["bias_hh"]) if self.recurrent else ()
+        hin = state[0] if p.get("h_mask") is None else state[0] * p["h_mask"]
+        r = self._split(hin @ p["W_hhT"] + p["bias_hh"]) if self.recurrent else ()
         u = tuple(p[k] for k in self.units)
         new, cache = self.forward(self._split(xw), r, tuple(state), u)
         new = tuple(_full(v, state[0], xp) for v in new)
@@ -148,12 +149,19 @@ class Cell:
         saved = {}
         if self.recurrent:
             rows = dxw if self.tied else xp.concatenate([_full(v, like, xp) for v in dr], -1)
-            dprev[0] = dprev[0] + rows @ p["weight_hh"]
+            back = rows @ p["weight_hh"]
+            dprev[0] = dprev[0] + (back if p.get("h_mask") is None else back * p["h_mask"])
             if not self.tied:
                 saved["dR"] = rows
         for k, v in zip(self.units, du):
             saved["d_" + k] = _full(v, like, xp)
         return dxw, tuple(dprev), saved
+
+    def supports_recurrent_mask(self):
+        """Whether the step applies ``p["h_mask"]`` (recurrent dropout) to h_(t-1) in the
+        recurrent product: every cell that uses this class's step."""
+        return (self.recurrent and type(self).step is Cell.step
+                and type(self).step_back is Cell.step_back)
 
     def recurrent_grad_rows(self, dXW, saved):
         """The rows whose products with the previous states give dW_hh (sums: db_hh)."""
@@ -166,7 +174,8 @@ class Cell:
         if self.recurrent:
             R = self.recurrent_grad_rows(dXW, saved)
             R = R.reshape(-1, R.shape[-1])
-            g = {"weight_hh": R.T @ prev_states[0].reshape(-1, H), "bias_hh": R.sum(0)}
+            hin = prev_states[0] if p.get("h_mask") is None else prev_states[0] * p["h_mask"]
+            g = {"weight_hh": R.T @ hin.reshape(-1, H), "bias_hh": R.sum(0)}
         for k in self.units:
             g[k] = saved["d_" + k].reshape(-1, H).sum(0)
         return g

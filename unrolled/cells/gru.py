@@ -27,6 +27,9 @@ class GRUCell(Cell):
     def compiles(self):
         return self.reset_after
 
+    def supports_recurrent_mask(self):
+        return self.reset_after  # the reset-after step is the base class's
+
     def forward(self, x, r, s, u):
         rg = sigmoid(x[0] + r[0])
         z = sigmoid(x[1] + r[1])

@@ -89,7 +89,7 @@ _warned = set()
 
 
 def plan(cell, xp, dtype, backend=None, masked=False, truncated=False, teacher=False,
-         warn=True):
+         warn=True, recurrent_mask=False):
     """THE choice of loop for one call of :func:`unrolled.unroll.forward`/``backward``."""
     import numpy as np
 
@@ -113,9 +113,9 @@ def plan(cell, xp, dtype, backend=None, masked=False, truncated=False, teacher=F
     if np.dtype(dtype) not in (np.float32, np.float64):
         return Path("readable", f"the compiled loop covers float32 and float64, not {dtype}")
     if be == "cupy":
-        if masked or truncated:
-            return Path("readable", "the CUDA-graph loop covers plain batches; masks and "
-                        "truncation run on the readable loop")
+        if masked or truncated or recurrent_mask:
+            return Path("readable", "the CUDA-graph loop covers plain batches; masks, "
+                        "truncation and recurrent dropout run on the readable loop")
         if not settings.cuda_graphs:
             return Path("readable", "settings.cuda_graphs is off")
         return Path("graphs", f"cell {cname!r} on the GPU as recorded CUDA graphs")

@@ -161,18 +161,32 @@ def source(cell, dtype):
         L.append(f"{ind}du{k}[j] += {bexpr[G + Gr + S + k]}")
     # -- one step forward and back, in the shapes the loop calls them with
     st = lambda t: ", ".join(f"S[{k}][{t}]" for k in range(S))
-    L.append("\n\n@jit\ndef step(t, j, z, xw, br, S, C, U, W):")
-    if rec:
-        L.append("    gemm(S[0][t], W, z, K0)")
+    L.append("\n\n@jit\ndef step(t, j, z, xw, br, S, C, U, W, hm, tmp):")
+    if rec:  # recurrent dropout: the product reads h_(t-1) * hm (hm empty: no mask)
+        L.append("    if hm.shape[0] > 0:")
+        L.append("        h = S[0][t]")
+        L.append("        for b in range(h.shape[0]):")
+        L.append("            for k in range(h.shape[1]):")
+        L.append("                tmp[b, k] = h[b, k] * hm[b, k]")
+        L.append("        gemm(tmp, W, z, K0)")
+        L.append("    else:")
+        L.append("        gemm(S[0][t], W, z, K0)")
     L.append(f"    pw_forward(z, xw, br, {st('t')}, {st('t + 1')}, "
              + "".join(f"C[{k}][j], " for k in range(C)) + "U)")
     rows = "dXW[i]" if tied or not rec else "SV[0][i]"
-    L.append("\n\n@jit\ndef back(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr):")
+    L.append("\n\n@jit\ndef back(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr, hm, tmp):")
     L.append("    pw_backward(" + "".join(f"dS[{k}], " for k in range(S)) + st("t") + ", "
              + st("t + 1") + ", " + "".join(f"C[{k}][t], " for k in range(C))
              + f"U, dXW[i], {rows}, " + "".join(f"dN[{k}], " for k in range(S)) + "DU, thr)")
-    if rec:
-        L.append(f"    gemm({rows}, W, dN[0], K1)  # dh_(t-1) += rows W_hh")
+    if rec:  # dh_(t-1) += rows W_hh (times the recurrent dropout mask)
+        L.append("    if hm.shape[0] > 0:")
+        L.append(f"        gemm({rows}, W, tmp, K0)")
+        L.append("        d = dN[0]")
+        L.append("        for b in range(d.shape[0]):")
+        L.append("            for k in range(d.shape[1]):")
+        L.append("                d[b, k] += tmp[b, k] * hm[b, k]")
+        L.append("    else:")
+        L.append(f"        gemm({rows}, W, dN[0], K1)")
     body = "\n".join(L)
     head = [f'"""Generated from {type(cell).__module__}.{type(cell).__qualname__} '
             f'({cell!r}), float{bits}. Do not edit."""',
@@ -187,13 +201,14 @@ def source(cell, dtype):
 
 _TEMPLATE = '''
 @jit
-def forward(t0, n, XW, S, C, U, W, z, br, keep, keep_tape):
+def forward(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp):
     """Steps [t0, t0+n); XW[i] is step t0+i's input projection; ``keep`` (T, B) marks
-    padded steps (empty: none), which carry the state through."""
+    padded steps (empty: none), which carry the state through; ``hm`` (B, H) is the
+    recurrent dropout mask (empty: none) and ``tmp`` a (B, H) buffer for it."""
     for i in range(n):
         t = t0 + i
         j = t if keep_tape else 0
-        step(t, j, z, XW[i], br, S, C, U, W)
+        step(t, j, z, XW[i], br, S, C, U, W, hm, tmp)
         if keep.shape[0] > 0:
             for b in range(keep.shape[1]):
                 if keep[t, b]:
@@ -202,7 +217,7 @@ def forward(t0, n, XW, S, C, U, W, z, br, keep, keep_tape):
 
 
 @jit
-def backward(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, DU):
+def backward(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, DU, hm, tmp):
     """BPTT over steps [t0+n-1 .. t0]; ``dS`` holds the gradient w.r.t. the state after
     the block and ``dN`` is a second buffer (they swap roles every step). ``d_out``
     (T, B, S0), ``win`` (T, B) and ``mask`` (T, B) are empty where they do not apply."""
@@ -228,7 +243,7 @@ def backward(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, D
                     m = mask[t, b]
                     for k in range(d.shape[1]):
                         a[b, k] = d[b, k] * m
-            back(t, i, dcell, dXW, dN, SV, S, C, U, W, DU, thr)
+            back(t, i, dcell, dXW, dN, SV, S, C, U, W, DU, thr, hm, tmp)
             for q in range(len(dS)):  # a padded step passes the gradient on
                 d, a = dS[q], dN[q]
                 for b in range(B):
@@ -236,7 +251,7 @@ def backward(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, D
                     for k in range(d.shape[1]):
                         a[b, k] += d[b, k] * m
         else:
-            back(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr)
+            back(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr, hm, tmp)
         dS, dN = dN, dS
     return dS
 '''

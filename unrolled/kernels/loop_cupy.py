@@ -222,8 +222,8 @@ def loops(cell, dtype):
     signatures of the compiled CPU loop (:mod:`.compiled`)."""
     kind = (type(cell).__qualname__, cell)
 
-    def forward(t0, n, XW, S, C, U, W, z, br, keep, keep_tape):
-        if keep.shape[0] > 0:
+    def forward(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp):
+        if keep.shape[0] > 0 or hm.shape[0] > 0:
             raise ValueError("the CUDA-graph loop does not take masks")
         dev = _device()
         step, _ = _steps(cell, dev.gemm)
@@ -253,8 +253,9 @@ def loops(cell, dtype):
         _run(dev, _key(("f", kind), args, (t0, n, bool(keep_tape))), body, args, copy_in,
              copy_out)
 
-    def backward(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, DU):
-        if mask.shape[0] > 0 or win.shape[0] > 0:
+    def backward(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, DU, hm,
+                 tmp):
+        if mask.shape[0] > 0 or win.shape[0] > 0 or hm.shape[0] > 0:
             raise ValueError("the CUDA-graph loop does not take masks or truncation")
         dev = _device()
         _, back = _steps(cell, dev.gemm)

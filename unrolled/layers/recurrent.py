@@ -64,6 +64,11 @@ class Recurrent(Module):
         rounding, peak memory O(√T) for about one extra forward), or a byte budget (int):
         full BPTT when it fits, else checkpoints as far apart as the budget allows. See
         :mod:`unrolled.memory`; a full unrolling that would not fit in memory is refused.
+    recurrent_dropout : float, dropout on h_(t-1) where it enters the recurrent product
+        (Gal & Ghahramani 2016): one mask per sequence (the same at every step), drawn per
+        forward from the layer's seed, held for the backward; training only.
+    input_dropout : float, dropout on each layer's input x_t with one mask per sequence
+        (the same at every step; Keras's ``dropout``); training only.
     weight_drop : float, DropConnect on the recurrent weight W_hh (Merity et al. 2018): in
         training, each entry of W_hh is zeroed with this probability (the rest scaled by
         1/(1-p)), one mask per forward, drawn from the layer's seed; the backward uses
@@ -79,15 +84,18 @@ class Recurrent(Module):
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bidirectional=False,
                  dropout=0.0, return_sequences=True, bias=True, initial_state="zeros",
                  truncate=None, dtype="float32", seed=None, input_init="uniform",
-                 recurrent_init="uniform", memory="full", weight_drop=0.0):
+                 recurrent_init="uniform", memory="full", weight_drop=0.0,
+                 recurrent_dropout=0.0, input_dropout=0.0):
         for what, v in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{what} must be a positive integer, got {v!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if not 0 <= weight_drop < 1:
-            raise ValueError(f"weight_drop must be in [0, 1), got {weight_drop}")
+        for what, v in (("weight_drop", weight_drop), ("recurrent_dropout", recurrent_dropout),
+                        ("input_dropout", input_dropout)):
+            if not 0 <= v < 1:
+                raise ValueError(f"{what} must be in [0, 1), got {v}")
         if truncate is not None and (not isinstance(truncate, (int, np.integer)) or truncate < 1):
             raise ValueError(f"truncate must be a positive number of steps or None, got {truncate!r}")
         if not (initial_state in ("zeros", "learned") or isinstance(initial_state, (int, float))):
@@ -108,7 +116,16 @@ class Recurrent(Module):
         if self.weight_drop and not getattr(cell, "recurrent", True):
             raise ValueError(f"weight_drop needs a recurrent weight; the {cell.name} cell has "
                              "none")
-        self.fixed_weight_masks = None  # {name: mask}: reuse these masks (gradient checks)
+        self.recurrent_dropout, self.input_dropout = float(recurrent_dropout), float(input_dropout)
+        if self.recurrent_dropout and not (hasattr(cell, "supports_recurrent_mask")
+                                           and cell.supports_recurrent_mask()):
+            raise ValueError(f"recurrent_dropout needs a cell whose recurrent product reads "
+                             f"h_(t-1) directly; the {cell.name} cell "
+                             f"({type(cell).__name__}) does not")
+        # {name: mask} to reuse instead of drawing (gradient checks with fixed masks)
+        self.fixed_weight_masks = None
+        self.fixed_recurrent_masks = None
+        self.fixed_input_masks = None
         self.initial_state, self.truncate = initial_state, truncate
         self.memory = _memory.check_memory_option(memory)
         self.dtype = check_dtype_name(dtype)
@@ -216,8 +233,17 @@ class Recurrent(Module):
         tapes, drops, finals = {}, [], {}
         inp = Xt
         loops, prepared, weight_masks = {}, {}, {}
+        in_masks = []
         for k in range(self.num_layers):
             outs = []
+            im = None
+            if training and self.input_dropout > 0:  # one mask per sequence, every step
+                im = (self.fixed_input_masks or {}).get(k)
+                if im is None:
+                    keep = self.rng.random((B, inp.shape[-1])) >= self.input_dropout
+                    im = xp.asarray(keep.astype(self.dtype) / (1 - self.input_dropout))
+                inp = inp * im[None]
+            in_masks.append(im)
             # the full loop, or a checkpointed policy of it (see unrolled.memory)
             seq_needed = self.return_sequences or k < self.num_layers - 1
             loop = _memory.policy(self, B, T, keep_tape, teacher, seq_needed)
@@ -233,6 +259,12 @@ class Recurrent(Module):
                         wm = xp.asarray(keep.astype(self.dtype) / (1 - self.weight_drop))
                     weight_masks[name] = wm
                 prepared[name] = self._prepared(name, xp, wm)
+                if training and self.recurrent_dropout > 0:
+                    hm = (self.fixed_recurrent_masks or {}).get(name)
+                    if hm is None:
+                        keep = self.rng.random((B, self.hidden_size)) >= self.recurrent_dropout
+                        hm = xp.asarray(keep.astype(self.dtype) / (1 - self.recurrent_dropout))
+                    prepared[name] = {**prepared[name], "h_mask": hm}
                 tp = loop.forward(self._cell, prepared[name], x_in, s0[name], xp,
                                   mT, keep_tape, prev)
                 tapes[name], loops[name] = tp, loop
@@ -265,6 +297,7 @@ class Recurrent(Module):
         cache = {"tapes": tapes, "drops": drops, "ridx": ridx, "mask": mT, "B": B, "T": T,
                  "given_state": initial_state is not None, "xp": xp,
                  "keep_tape": keep_tape, "loops": loops, "weight_masks": weight_masks,
+                 "input_masks": in_masks,
                  # the weights as the forward used them (the backward differentiates those)
                  "prepared": prepared if keep_tape else {}}
         return out, state, cache
@@ -342,6 +375,9 @@ class Recurrent(Module):
                     g["weight_hh"] = g["weight_hh"] * wm
                 grads[name] = {key: g[key] for key in self._params[name]}
                 d_s0[name] = ds0
+            im = cache.get("input_masks", [None] * (k + 1))[k]
+            if im is not None and d_in is not None:
+                d_in = d_in * im[None]
             d_seq = d_in
         grads = {n: grads[n] for n in self.names}
         dX = None if d_seq is None else xp.ascontiguousarray(d_seq.transpose(1, 0, 2))
