@@ -136,6 +136,8 @@ def test_padding_invariance(name, kw):
 @pytest.mark.parametrize("name, kw", CASES, ids=IDS)
 def test_truncation(name, kw):
     """truncate=k equals full BPTT over the last k steps with the earlier states given."""
+    if getattr(cells.get(name), "window", 1) > 1:
+        pytest.skip("the input window reaches back one step before the cut")
     k = 3
     m = layer(name, kw, truncate=k)
     X = data()

@@ -12,7 +12,8 @@ from .jordan import JordanCell
 from .lstm import LSTMCell
 from .parallel import MinGRUCell, MinLSTMCell, SRUCell
 from .peephole import PeepholeLSTMCell
+from .qrnn import QRNNCell
 
 __all__ = ["Cell", "ElmanCell", "GRUCell", "JordanCell", "LSTMCell", "MinGRUCell",
-           "MinLSTMCell", "PeepholeLSTMCell", "SRUCell",
+           "MinLSTMCell", "PeepholeLSTMCell", "QRNNCell", "SRUCell",
            "REGISTRY", "get", "ops", "register"]

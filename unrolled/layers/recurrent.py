@@ -11,7 +11,7 @@ from .. import memory as _memory
 from .. import unroll
 from ..backend import get_xp
 from ..cells import (ElmanCell, GRUCell, JordanCell, LSTMCell, MinGRUCell, MinLSTMCell,
-                     PeepholeLSTMCell, SRUCell)
+                     PeepholeLSTMCell, QRNNCell, SRUCell)
 from ..cells import get as get_cell
 from ..checks import check_dtype_name, check_finite, check_float_input, check_mask
 from .base import Module, make_rng
@@ -144,7 +144,26 @@ class Recurrent(Module):
         return [f"l{k}{d}" for k in range(self.num_layers) for d in dirs]
 
     def _layer_input_size(self, k):
-        return self.input_size if k == 0 else self.output_size
+        D = self.input_size if k == 0 else self.output_size
+        return D * getattr(self._cell, "window", 1)
+
+    def _window(self, inp, mT, xp):
+        """Each step's input as the cell reads it: x_t, or for a cell with ``window = 2``
+        (QRNN) the pair [x_t, x_(t-1)] (zeros before a record's first valid step)."""
+        if getattr(self._cell, "window", 1) == 1:
+            return inp
+        prev = xp.zeros_like(inp)
+        prev[1:] = inp[:-1] if mT is None else inp[:-1] * mT[:-1, :, None]
+        return xp.concatenate([inp, prev], axis=-1)
+
+    def _window_back(self, d, mT, xp):
+        if getattr(self._cell, "window", 1) == 1 or d is None:
+            return d
+        D = d.shape[-1] // 2
+        out = d[..., :D].copy()
+        dp = d[1:, :, D:]
+        out[:-1] += dp if mT is None else dp * mT[:-1, :, None]
+        return out
 
     def _init_params(self, rng):
         H, G = self.hidden_size, self._cell.gates
@@ -244,6 +263,7 @@ class Recurrent(Module):
                     im = xp.asarray(keep.astype(self.dtype) / (1 - self.input_dropout))
                 inp = inp * im[None]
             in_masks.append(im)
+            inp = self._window(inp, mT, xp)
             # the full loop, or a checkpointed policy of it (see unrolled.memory)
             seq_needed = self.return_sequences or k < self.num_layers - 1
             loop = _memory.policy(self, B, T, keep_tape, teacher, seq_needed)
@@ -375,6 +395,7 @@ class Recurrent(Module):
                     g["weight_hh"] = g["weight_hh"] * wm
                 grads[name] = {key: g[key] for key in self._params[name]}
                 d_s0[name] = ds0
+            d_in = self._window_back(d_in, cache["mask"], xp)
             im = cache.get("input_masks", [None] * (k + 1))[k]
             if im is not None and d_in is not None:
                 d_in = d_in * im[None]
@@ -491,6 +512,17 @@ class SRU(Recurrent):
 
     def __init__(self, input_size, hidden_size, **kw):
         super().__init__(SRUCell(), input_size, hidden_size, **kw)
+
+
+class QRNN(Recurrent):
+    """QRNN with fo-pooling (Bradbury et al. 2016): gates from a width-2 convolution of
+    the input ([x_t, x_(t-1)] W_ihᵀ, so ``weight_ih`` is (3H, 2D)), an elementwise
+    recurrence c_t = f c_(t-1) + (1 - f) z, h_t = o c_t. No recurrent product."""
+
+    cell_class = QRNNCell
+
+    def __init__(self, input_size, hidden_size, **kw):
+        super().__init__(QRNNCell(), input_size, hidden_size, **kw)
 
 
 def layer_class(cell):
