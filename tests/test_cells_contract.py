@@ -7,6 +7,8 @@ checkpointing, stacked and bidirectional layers, blocks of steps, saving and loa
 and PyTorch as the oracle where it has the cell.
 """
 import dataclasses
+import importlib
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +17,11 @@ from helpers import check_layer_grads, rel_err
 import unrolled as u
 from unrolled import cells, kernels, unroll
 from unrolled.layers import Recurrent
+
+# cells defined outside the library join the generated tests by naming their modules:
+# UNROLLED_CELL_MODULES=my_cells python -m pytest tests/test_cells_contract.py
+for _mod in filter(None, os.environ.get("UNROLLED_CELL_MODULES", "").split(",")):
+    importlib.import_module(_mod.strip())
 
 D, H, B, T = 3, 4, 3, 6
 NAMES = sorted(cells.REGISTRY)
