@@ -113,3 +113,45 @@ def test_recurrent_dropout_refused_where_the_step_does_not_read_the_mask():
         u.GRU(3, 4, reset_after=False, recurrent_dropout=0.2)
     with pytest.raises(ValueError, match="recurrent_dropout needs a cell"):
         u.MinGRU(3, 4, recurrent_dropout=0.2)
+
+
+def test_proj_size_equals_torch_lstm_with_projection():
+    torch = pytest.importorskip("torch")
+    B, T, D, H, P = 3, 6, 4, 5, 3
+    m = u.LSTM(D, H, proj_size=P, dtype="float64", seed=3, num_layers=2, bidirectional=True)
+    tm = torch.nn.LSTM(D, H, proj_size=P, num_layers=2, bidirectional=True,
+                       batch_first=True).double()
+    with torch.no_grad():
+        for name, q in m.params.items():
+            for k, v in q.items():
+                getattr(tm, f"{k}_{name}").copy_(torch.from_numpy(v))
+    X = data(B, T, D, seed=4)
+    out, st, cache = m.forward(X, training=True)
+    R = np.random.default_rng(5).standard_normal(out.shape)
+    g, dX, _ = m.backward(cache, R)
+    tX = torch.from_numpy(X).requires_grad_()
+    tout, (th, tc) = tm(tX)
+    (tout * torch.from_numpy(R)).sum().backward()
+    assert out.shape == (B, T, 2 * P)
+    assert rel_err(out, tout.detach().numpy()) < 1e-12
+    assert rel_err(st["h"], th.detach().numpy()) < 1e-12
+    assert rel_err(st["c"], tc.detach().numpy()) < 1e-12
+    assert rel_err(dX, tX.grad.numpy()) < 1e-12
+    for name, q in g.items():
+        for k, v in q.items():
+            assert rel_err(v, getattr(tm, f"{k}_{name}").grad.numpy()) < 1e-12, (name, k)
+
+
+def test_proj_size_through_interop_both_ways():
+    torch = pytest.importorskip("torch")
+    from unrolled.interop.torch import from_torch, to_torch_state_dict
+
+    tm = torch.nn.LSTM(4, 5, proj_size=2, batch_first=True).double()
+    m = from_torch(tm)
+    assert m.cell == "proj_lstm" and m.params["l0"]["weight_hr"].shape == (2, 5)
+    X = data(2, 3, 4)
+    assert rel_err(m.forward(X)[0], tm(torch.from_numpy(X))[0].detach().numpy()) < 1e-12
+    sd = to_torch_state_dict(m)
+    tm2 = torch.nn.LSTM(4, 5, proj_size=2, batch_first=True).double()
+    tm2.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    assert rel_err(tm2(torch.from_numpy(X))[0].detach().numpy(), m.forward(X)[0]) < 1e-12

@@ -12,8 +12,9 @@ from .jordan import JordanCell
 from .lstm import LSTMCell
 from .parallel import MinGRUCell, MinLSTMCell, SRUCell
 from .peephole import PeepholeLSTMCell
+from .proj import ProjLSTMCell
 from .qrnn import QRNNCell
 
 __all__ = ["Cell", "ElmanCell", "GRUCell", "JordanCell", "LSTMCell", "MinGRUCell",
-           "MinLSTMCell", "PeepholeLSTMCell", "QRNNCell", "SRUCell",
+           "MinLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell", "QRNNCell", "SRUCell",
            "REGISTRY", "get", "ops", "register"]

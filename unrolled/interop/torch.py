@@ -23,8 +23,6 @@ def from_torch(module, **layer_options):
     from .. import layers
 
     kind = _kind(module)
-    if getattr(module, "proj_size", 0):
-        raise ValueError("LSTM with proj_size > 0 is not supported yet; use proj_size=0")
     sd = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
     dtype = next(iter(sd.values())).dtype.name
     kw = dict(num_layers=module.num_layers, bidirectional=module.bidirectional,
@@ -34,7 +32,8 @@ def from_torch(module, **layer_options):
         layer = layers.Elman(module.input_size, module.hidden_size,
                              nonlinearity=module.nonlinearity, **kw)
     elif kind == "LSTM":
-        layer = layers.LSTM(module.input_size, module.hidden_size, **kw)
+        layer = layers.LSTM(module.input_size, module.hidden_size,
+                            proj_size=getattr(module, "proj_size", 0), **kw)
     else:
         layer = layers.GRU(module.input_size, module.hidden_size, reset_after=True, **kw)
     tree = {name: {} for name in layer.names}
@@ -54,8 +53,9 @@ def from_torch(module, **layer_options):
 def to_torch_state_dict(layer, tree=None):
     """``{torch_name: array}`` for ``tree`` (default the layer's params; pass grads to map
     gradients). Load with ``module.load_state_dict({k: torch.from_numpy(v) ...})``."""
-    if getattr(layer, "cell", None) not in ("elman", "lstm", "gru"):
-        raise ValueError("to_torch_state_dict maps Elman, LSTM and GRU layers only")
+    if getattr(layer, "cell", None) not in ("elman", "lstm", "gru", "proj_lstm"):
+        raise ValueError("to_torch_state_dict maps Elman, LSTM (also with proj_size) and GRU "
+                         "layers only")
     if layer.cell == "gru" and not layer.reset_after:
         raise ValueError("PyTorch's GRU applies the reset gate after the hidden matmul; a GRU "
                          "with reset_after=False has no PyTorch equivalent")

@@ -11,7 +11,7 @@ from .. import memory as _memory
 from .. import unroll
 from ..backend import get_xp
 from ..cells import (ElmanCell, GRUCell, JordanCell, LSTMCell, MinGRUCell, MinLSTMCell,
-                     PeepholeLSTMCell, QRNNCell, SRUCell)
+                     PeepholeLSTMCell, ProjLSTMCell, QRNNCell, SRUCell)
 from ..cells import get as get_cell
 from ..checks import check_dtype_name, check_finite, check_float_input, check_mask
 from .base import Module, make_rng
@@ -430,13 +430,19 @@ class LSTM(Recurrent):
     ``peepholes=True``: the input and forget gates also see c_(t-1) and the output gate
     c_t, through the vectors ``peephole_i``, ``peephole_f``, ``peephole_o`` (Gers; ONNX's
     ``P``), i.e. the ``peephole_lstm`` cell.
+    ``proj_size=P``: h_t = W_hr (o ⊙ tanh c_t), P wide (PyTorch's ``proj_size``, the
+    ``proj_lstm`` cell, with PyTorch's ``weight_hr`` layout); runs on the readable loop.
     """
 
     cell_class = LSTMCell
 
-    def __init__(self, input_size, hidden_size, forget_bias=None, peepholes=False, **kw):
-        self.peepholes = bool(peepholes)
-        cell = PeepholeLSTMCell() if self.peepholes else LSTMCell()
+    def __init__(self, input_size, hidden_size, forget_bias=None, peepholes=False,
+                 proj_size=0, **kw):
+        self.peepholes, self.proj_size = bool(peepholes), int(proj_size or 0)
+        if self.peepholes and self.proj_size:
+            raise ValueError("peepholes and proj_size together are not built; choose one")
+        cell = (PeepholeLSTMCell() if self.peepholes else
+                ProjLSTMCell(self.proj_size) if self.proj_size else LSTMCell())
         super().__init__(cell, input_size, hidden_size, **kw)
         self.forget_bias = forget_bias
         if forget_bias is not None and self.bias:
