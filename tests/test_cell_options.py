@@ -155,3 +155,45 @@ def test_proj_size_through_interop_both_ways():
     tm2 = torch.nn.LSTM(4, 5, proj_size=2, batch_first=True).double()
     tm2.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
     assert rel_err(tm2(torch.from_numpy(X))[0].detach().numpy(), m.forward(X)[0]) < 1e-12
+
+
+@pytest.mark.parametrize("layers, bidi", [(1, False), (2, True)])
+def test_zoneout_gradients_with_fixed_masks(layers, bidi):
+    B, T = 3, 5
+    m = u.LSTM(3, 4, dtype="float64", seed=0, zoneout=0.3, num_layers=layers,
+               bidirectional=bidi)
+    rng = np.random.default_rng(7)
+    m.fixed_noise = {n: (rng.random((T, B, 8)) < 0.3).astype(float) for n in m.names}
+    check_layer_grads(m, data(B, T))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_zoneout_compiled_equals_readable_and_checkpointed(dtype):
+    X = data(3, 9).astype(dtype)
+    res = {}
+    for be, mem in (("reference", "full"), ("numba", "full"), ("numba", "checkpoint")):
+        m = u.LSTM(3, 4, dtype=dtype, seed=0, zoneout=0.4, memory=mem)
+        with u.backend(be):
+            out, _, cache = m.forward(X, training=True)
+            g, dX, _ = m.backward(cache, np.ones_like(out))
+        res[be, mem] = [out, dX] + [g["l0"][k] for k in sorted(g["l0"])]
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for key in (("numba", "full"), ("numba", "checkpoint")):
+        for a, b in zip(res[key], res["reference", "full"]):
+            assert rel_err(a, b) < tol
+
+
+def test_zoneout_keeps_units_in_training_and_averages_at_evaluation():
+    X = data(2, 6)
+    m = u.LSTM(3, 4, dtype="float64", seed=0, zoneout=0.5)
+    zh = np.zeros((6, 2, 8))
+    zh[:, :, :4] = 1.0  # every h unit keeps its value: h stays at h0 = 0
+    m.fixed_noise = {"l0": zh}
+    out = m.forward(X, training=True)[0]
+    assert np.all(out == 0)
+    plain = u.LSTM(3, 4, dtype="float64", seed=0)
+    plain.params = m.params
+    ev = m.forward(X)[0]
+    assert rel_err(ev, plain.forward(X)[0]) > 1e-3  # evaluation mixes with p = 0.5
+    with pytest.raises(ValueError, match="zoneout needs a cell"):
+        u.GRU(3, 4, zoneout=0.1)

@@ -331,12 +331,16 @@ def test_gpu_kernel_source_equals_readable_step(name, kw, tmp_path):
     p = m._prepared("l0", np)
     rng = np.random.default_rng(3)
     Bn, G = 5, cell.gates
-    xw = rng.standard_normal((Bn, G * H))
+    NX = G + len(cell.noise)  # the gates' blocks, then any noise blocks (masks in [0, 1])
+    xw = rng.standard_normal((Bn, NX * H))
+    xw[:, G * H:] = rng.random((Bn, (NX - G) * H)) < 0.5
     prev = tuple(rng.standard_normal((Bn, H)) for _ in cell.state)
     new, cache = cell.step(p, xw, prev, np)
     # the kernel's inputs: xw with the folded biases and the bare recurrent product
-    xk = np.ascontiguousarray(xw - p["bias_ih"] + p["bias_x"])
-    z = np.ascontiguousarray(prev[0] @ p["W_hhT"] if cell.recurrent else np.zeros_like(xw))
+    xk = xw.copy()
+    xk[:, :G * H] += p["bias_x"] - p["bias_ih"]
+    z = np.ascontiguousarray(prev[0] @ p["W_hhT"] if cell.recurrent
+                             else np.zeros((Bn, G * H)))
     br = np.ascontiguousarray(p["bias_r"] if p["bias_r"] is not None else np.zeros(0))
     U = np.ascontiguousarray(np.stack([p[k] for k in cell.units]) if cell.units
                              else np.zeros((0, H)))

@@ -244,7 +244,7 @@ def load_arrays(path, expect_format):
 _RECURRENT_ARGS = ("input_size", "hidden_size", "num_layers", "bidirectional", "dropout",
                    "return_sequences", "bias", "initial_state", "truncate", "dtype",
                    "input_init", "recurrent_init", "memory", "weight_drop",
-                   "recurrent_dropout", "input_dropout")
+                   "recurrent_dropout", "input_dropout", "zoneout")
 _EXTRA_ARGS = {"Elman": ("nonlinearity",), "LSTM": ("forget_bias", "peepholes", "proj_size"),
                "GRU": ("reset_after",),
                "Jordan": ("nonlinearity", "output_activation")}

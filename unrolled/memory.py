@@ -129,7 +129,7 @@ class Checkpointed:
         for a in starts:
             b = min(a + L, T)
             checkpoints.append(state)
-            tp = unroll.forward(cell, p, X[a:b], state, xp,
+            tp = unroll.forward(cell, unroll.segment_params(p, a, b), X[a:b], state, xp,
                                 None if mask is None else mask[a:b], keep_tape=False)
             if self.keep_outputs:
                 if outputs is None:
@@ -161,9 +161,10 @@ class Checkpointed:
         for i in reversed(range(len(tp.starts))):
             a, b = tp.starts[i], ends[i]
             m = None if mask is None else mask[a:b]
-            seg = unroll.forward(cell, p, X[a:b], tp.checkpoints[i], xp, m, keep_tape=True)
+            ps = unroll.segment_params(p, a, b)
+            seg = unroll.forward(cell, ps, X[a:b], tp.checkpoints[i], xp, m, keep_tape=True)
             g, dXs, dstate = unroll.backward(
-                cell, p, seg, xp, None if d_out is None else d_out[a:b], dstate,
+                cell, ps, seg, xp, None if d_out is None else d_out[a:b], dstate,
                 need_dx=need_dx)
             if need_dx:
                 dX[a:b] = dXs
@@ -183,9 +184,10 @@ class Checkpointed:
         first = int(np.argmax((rev_cum <= k).any(axis=1)))  # earliest step in any window
         i = max(j for j, a in enumerate(tp.starts) if a <= first)
         a = tp.starts[i]
-        seg = unroll.forward(cell, p, tp.X[a:], tp.checkpoints[i], xp,
+        ps = unroll.segment_params(p, a, tp.X.shape[0])
+        seg = unroll.forward(cell, ps, tp.X[a:], tp.checkpoints[i], xp,
                              None if mask is None else mask[a:], keep_tape=True)
-        g, dXs, dstate = unroll.backward(cell, p, seg, xp, None if d_out is None else d_out[a:],
+        g, dXs, dstate = unroll.backward(cell, ps, seg, xp, None if d_out is None else d_out[a:],
                                          d_final, k, need_dx=dX is not None)
         if dX is not None:
             dX[a:] = dXs

@@ -83,11 +83,33 @@ def _c(a, xp):
 
 
 def _project(X, p, a, n, out, bias, xp):
-    """out[:n] = X[a:a+n] W_ihᵀ + bias (the input projection of n steps)."""
+    """out[:n] = X[a:a+n] W_ihᵀ + bias (the input projection of n steps), followed by
+    the steps' noise blocks where the cell has them (``p["noise"]``, (T, B, N*H))."""
     _, B, D = X.shape
-    G = out.shape[-1]
-    xp.matmul(X[a:a + n].reshape(n * B, D), p["weight_ih"].T, out=out[:n].reshape(n * B, G))
-    out[:n] += bias
+    G = p["weight_ih"].shape[0]
+    noise = p.get("noise")
+    if noise is None:
+        xp.matmul(X[a:a + n].reshape(n * B, D), p["weight_ih"].T,
+                  out=out[:n].reshape(n * B, G))
+        out[:n] += bias
+        return
+    out[:n, :, :G] = (X[a:a + n].reshape(n * B, D) @ p["weight_ih"].T).reshape(n, B, G) + bias
+    out[:n, :, G:] = noise[a:a + n]
+
+
+def segment_params(p, a, b):
+    """The prepared parameters for steps [a, b) of a call (the noise blocks sliced)."""
+    if p.get("noise") is None:
+        return p
+    return {**p, "noise": p["noise"][a:b]}
+
+
+def _xw_width(cell, p, B, xp):
+    noise = p.get("noise")
+    if noise is None and getattr(cell, "noise", ()):
+        raise ValueError(f"the {cell.name} cell needs its noise inputs (p['noise']); run it "
+                         "through a layer, which draws them")
+    return p["weight_ih"].shape[0] + (0 if noise is None else noise.shape[-1])
 
 
 def _loops(path, cell, xp, dtype):
@@ -135,7 +157,7 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
     path = kernels.plan(cell, xp, dtype, backend, masked=mask is not None,
                         recurrent_mask=hm is not None)
     K = time_chunk(T, B)
-    XW = xp.empty((K, B, p["weight_ih"].shape[0]), dtype=dtype)
+    XW = xp.empty((K, B, _xw_width(cell, p, B, xp)), dtype=dtype)
     states = tuple(xp.empty((T + 1,) + s.shape, dtype=dtype) for s in state0)
     for s, s0 in zip(states, state0):
         s[0] = s0
@@ -145,7 +167,7 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
         tape = {k: xp.empty((n, B, H), dtype=dtype) for k in cell.cache}
         loops = _loops(path, cell, xp, dtype)
         pad = xp.logical_not(mask) if mask is not None else xp.zeros((0, 0), bool)
-        z = xp.empty(XW.shape[1:], dtype=dtype)  # a step's recurrent product
+        z = xp.empty((B, p["weight_ih"].shape[0]), dtype=dtype)  # a step's recurrent product
         br = p["bias_r"] if p.get("bias_r") is not None else xp.zeros(0, dtype)
         args = (tuple(tape.values()), _units(cell, p, H, dtype, xp), _c(p["W_hhT"], xp), z,
                 _c(br, xp), pad, keep_tape) + _mask_args(hm, B, H, dtype, xp)

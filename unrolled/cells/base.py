@@ -13,6 +13,9 @@ A cell file declares
                 (``x + r``): then both biases fold into the input projection and one
                 gradient serves both products (LSTM, Elman). False (GRU): the backward
                 also gives the gradient of the recurrent part on its own.
+``noise``       per-step inputs that are not learned (zoneout's masks), one block of H
+                each, handed to ``forward`` after the gates in ``x`` (``x[G + k]``); the
+                layer draws them (training) or sets their expectation (evaluation).
 ``recurrent``   False for a cell with no recurrent product at all (MinGRU, SRU, QRNN):
                 no ``weight_hh``/``bias_hh``, ``r`` and ``dr`` are empty tuples, and the
                 only link between steps is the cell's own per-unit arithmetic, so
@@ -80,6 +83,7 @@ class Cell:
     units = ()
     tied = True
     recurrent = True
+    noise = ()
     forward = None   # the per-unit step (see the module doc)
     backward = None  # its hand-derived backward
 
@@ -125,16 +129,27 @@ class Cell:
         return p
 
     # -- the readable step, derived from forward/backward ---------------------------------
-    def _split(self, a):
-        H = a.shape[-1] // self.gates
-        return tuple(a[..., k * H:(k + 1) * H] for k in range(self.gates))
+    def _split(self, a, n=None):
+        n = self.gates if n is None else n
+        H = a.shape[-1] // n
+        return tuple(a[..., k * H:(k + 1) * H] for k in range(n))
+
+    def noise_expectation(self, k):
+        """The value of noise input ``k`` at evaluation (its expectation): 0 by default."""
+        return 0.0
 
     def step(self, p, xw, state, xp):
         """One step on whole arrays: ``xw`` (B, G*H) is ``x_t W_ihᵀ + b_ih``."""
         hin = state[0] if p.get("h_mask") is None else state[0] * p["h_mask"]
         r = self._split(hin @ p["W_hhT"] + p["bias_hh"]) if self.recurrent else ()
         u = tuple(p[k] for k in self.units)
-        new, cache = self.forward(self._split(xw), r, tuple(state), u)
+        if self.noise and xw.shape[-1] == self.gates * state[0].shape[-1]:
+            # called without the noise blocks (a single step, the memory planner): their
+            # expectation
+            xw = xp.concatenate([xw] + [xp.full(state[0].shape, self.noise_expectation(k),
+                                                xw.dtype) for k in range(len(self.noise))], -1)
+        new, cache = self.forward(self._split(xw, self.gates + len(self.noise)), r,
+                                  tuple(state), u)
         new = tuple(_full(v, state[0], xp) for v in new)
         return new, {k: _full(v, state[0], xp) for k, v in zip(self.cache, cache)}
 

@@ -21,12 +21,13 @@ def kernel_sources(cell):
     G, S, C, U = len(cell.gate_names), len(cell.state), len(cell.cache), len(cell.units)
     tied = bool(cell.tied) or not cell.recurrent
     Gr = G if cell.recurrent else 0
-    head = ["int b = i / H, j = i % H, r = b * G * H;"]
+    NX = G + len(getattr(cell, "noise", ()))
+    head = [f"int b = i / H, j = i % H, r = b * G * H, rx = b * {NX} * H;"]
     fin = ["T z", "T xw", "T br"] + [f"T s{k}" for k in range(S)] + ["T U"]
     fout = [f"T n{k}" for k in range(S)] + [f"T c{k}" for k in range(C)]
     body = list(head)
-    for k in range(G):
-        body.append(f"T X{k} = xw[r + {k} * H + j];")
+    for k in range(NX):
+        body.append(f"T X{k} = xw[rx + {k} * H + j];")
     for k in range(Gr):
         body.append(f"T R{k} = z[r + {k} * H + j]" + ("" if tied else f" + br[{k} * H + j]")
                     + ";")

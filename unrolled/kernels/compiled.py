@@ -59,7 +59,8 @@ def cache_dir():
 def traced(cell):
     """The cell's per-unit programs: (forward lines, outputs), (backward lines, outputs)."""
     G, S, C, U = len(cell.gate_names), len(cell.state), len(cell.cache), len(cell.units)
-    x, r = trace.inputs("X", G), trace.inputs("R", G if cell.recurrent else 0)
+    NX = G + len(getattr(cell, "noise", ()))  # input blocks: the gates, then the noise
+    x, r = trace.inputs("X", NX), trace.inputs("R", G if cell.recurrent else 0)
     s, u = trace.inputs("S", S), trace.inputs("U", U)
     new, cache = cell.forward(x, r, s, u)
     _check_arity(cell, "forward", (("new states", new, S), ("cache", cache, C)))
@@ -83,6 +84,7 @@ def source(cell, dtype):
     """The compiled module's source for ``cell`` and ``dtype`` (float32 or float64)."""
     bits = 32 if np.dtype(dtype) == np.float32 else 64
     G, S, C, U = len(cell.gate_names), len(cell.state), len(cell.cache), len(cell.units)
+    NX = G + len(getattr(cell, "noise", ()))
     consts = {}
 
     def const(v):
@@ -106,7 +108,7 @@ def source(cell, dtype):
     L.append("    B, H = s0.shape")
     L.append("    for b in range(B):")
     L.append("        zr, xr = z[b], xw[b]")
-    for k in range(G):
+    for k in range(NX):
         L.append(f"        x{k} = xr[{k} * H:{k + 1} * H]")
     for k in range(Gr):
         L.append(f"        r{k} = zr[{k} * H:{k + 1} * H]")
@@ -119,7 +121,7 @@ def source(cell, dtype):
     for k in range(U):
         L.append(f"        u{k} = U[{k}]")
     L.append("        for j in range(H):")
-    for k in range(G):
+    for k in range(NX):
         L.append(f"{ind}X{k} = x{k}[j]")
     for k in range(Gr):
         L.append(f"{ind}R{k} = r{k}[j]" + ("" if tied else f" + br{k}[j]"))

@@ -11,7 +11,7 @@ from .. import memory as _memory
 from .. import unroll
 from ..backend import get_xp
 from ..cells import (ElmanCell, GRUCell, JordanCell, LSTMCell, MinGRUCell, MinLSTMCell,
-                     PeepholeLSTMCell, ProjLSTMCell, QRNNCell, SRUCell)
+                     PeepholeLSTMCell, ProjLSTMCell, QRNNCell, SRUCell, ZoneoutLSTMCell)
 from ..cells import get as get_cell
 from ..checks import check_dtype_name, check_finite, check_float_input, check_mask
 from .base import Module, make_rng
@@ -69,6 +69,9 @@ class Recurrent(Module):
         forward from the layer's seed, held for the backward; training only.
     input_dropout : float, dropout on each layer's input x_t with one mask per sequence
         (the same at every step; Keras's ``dropout``); training only.
+    zoneout : float, for a cell with noise inputs (``LSTM(zoneout=p)``): each unit of each
+        state keeps its previous value with this probability in training, and the
+        expectation (p of the old value, 1 - p of the new) at evaluation.
     weight_drop : float, DropConnect on the recurrent weight W_hh (Merity et al. 2018): in
         training, each entry of W_hh is zeroed with this probability (the rest scaled by
         1/(1-p)), one mask per forward, drawn from the layer's seed; the backward uses
@@ -85,7 +88,7 @@ class Recurrent(Module):
                  dropout=0.0, return_sequences=True, bias=True, initial_state="zeros",
                  truncate=None, dtype="float32", seed=None, input_init="uniform",
                  recurrent_init="uniform", memory="full", weight_drop=0.0,
-                 recurrent_dropout=0.0, input_dropout=0.0):
+                 recurrent_dropout=0.0, input_dropout=0.0, zoneout=0.0):
         for what, v in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
             if not isinstance(v, (int, np.integer)) or v < 1:
@@ -93,7 +96,7 @@ class Recurrent(Module):
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         for what, v in (("weight_drop", weight_drop), ("recurrent_dropout", recurrent_dropout),
-                        ("input_dropout", input_dropout)):
+                        ("input_dropout", input_dropout), ("zoneout", zoneout)):
             if not 0 <= v < 1:
                 raise ValueError(f"{what} must be in [0, 1), got {v}")
         if truncate is not None and (not isinstance(truncate, (int, np.integer)) or truncate < 1):
@@ -126,6 +129,11 @@ class Recurrent(Module):
         self.fixed_weight_masks = None
         self.fixed_recurrent_masks = None
         self.fixed_input_masks = None
+        self.zoneout = float(zoneout)
+        if self.zoneout and not getattr(cell, "noise", ()):
+            raise ValueError(f"zoneout needs a cell with zoneout masks (LSTM(zoneout=p)); the "
+                             f"{cell.name} cell has none")
+        self.fixed_noise = None
         self.initial_state, self.truncate = initial_state, truncate
         self.memory = _memory.check_memory_option(memory)
         self.dtype = check_dtype_name(dtype)
@@ -285,6 +293,15 @@ class Recurrent(Module):
                         keep = self.rng.random((B, self.hidden_size)) >= self.recurrent_dropout
                         hm = xp.asarray(keep.astype(self.dtype) / (1 - self.recurrent_dropout))
                     prepared[name] = {**prepared[name], "h_mask": hm}
+                nz = getattr(self._cell, "noise", ())
+                if nz:  # the cell's per-step masks: drawn in training, expected at evaluation
+                    arr = (self.fixed_noise or {}).get(name) if training else None
+                    if arr is None:
+                        shape = (T, B, len(nz) * self.hidden_size)
+                        arr = (xp.asarray((self.rng.random(shape) < self.zoneout)
+                                          .astype(self.dtype)) if training
+                               else xp.full(shape, self.zoneout, self.dtype))
+                    prepared[name] = {**prepared[name], "noise": arr}
                 tp = loop.forward(self._cell, prepared[name], x_in, s0[name], xp,
                                   mT, keep_tape, prev)
                 tapes[name], loops[name] = tp, loop
@@ -430,6 +447,7 @@ class LSTM(Recurrent):
     ``peepholes=True``: the input and forget gates also see c_(t-1) and the output gate
     c_t, through the vectors ``peephole_i``, ``peephole_f``, ``peephole_o`` (Gers; ONNX's
     ``P``), i.e. the ``peephole_lstm`` cell.
+    ``zoneout=p``: zoneout on h and c (the ``zoneout_lstm`` cell), compiled.
     ``proj_size=P``: h_t = W_hr (o ⊙ tanh c_t), P wide (PyTorch's ``proj_size``, the
     ``proj_lstm`` cell, with PyTorch's ``weight_hr`` layout); runs on the readable loop.
     """
@@ -439,10 +457,12 @@ class LSTM(Recurrent):
     def __init__(self, input_size, hidden_size, forget_bias=None, peepholes=False,
                  proj_size=0, **kw):
         self.peepholes, self.proj_size = bool(peepholes), int(proj_size or 0)
-        if self.peepholes and self.proj_size:
-            raise ValueError("peepholes and proj_size together are not built; choose one")
+        if sum((self.peepholes, bool(self.proj_size), bool(kw.get("zoneout")))) > 1:
+            raise ValueError("peepholes, proj_size and zoneout combined are not built; "
+                             "choose one")
         cell = (PeepholeLSTMCell() if self.peepholes else
-                ProjLSTMCell(self.proj_size) if self.proj_size else LSTMCell())
+                ProjLSTMCell(self.proj_size) if self.proj_size else
+                ZoneoutLSTMCell() if kw.get("zoneout") else LSTMCell())
         super().__init__(cell, input_size, hidden_size, **kw)
         self.forget_bias = forget_bias
         if forget_bias is not None and self.bias:
