@@ -197,3 +197,16 @@ def test_zoneout_keeps_units_in_training_and_averages_at_evaluation():
     assert rel_err(ev, plain.forward(X)[0]) > 1e-3  # evaluation mixes with p = 0.5
     with pytest.raises(ValueError, match="zoneout needs a cell"):
         u.GRU(3, 4, zoneout=0.1)
+
+
+def test_lstm_layer_norm_option(tmp_path):
+    m = u.LSTM(3, 4, layer_norm=True, dtype="float64", seed=0)
+    assert m.cell == "layernorm_lstm"
+    assert np.all(m.params["l0"]["ln_ih_weight"] == 1) and np.all(m.params["l0"]["ln_c_bias"] == 0)
+    check_layer_grads(m, data())
+    u.save_model(m, tmp_path / "m.npz")
+    m2, _ = u.load_model(tmp_path / "m.npz")
+    assert m2.cell == "layernorm_lstm"
+    assert np.array_equal(m2.forward(data())[0], m.forward(data())[0])
+    with pytest.raises(ValueError, match="combined are not built"):
+        u.LSTM(3, 4, layer_norm=True, peepholes=True)

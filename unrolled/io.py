@@ -245,7 +245,8 @@ _RECURRENT_ARGS = ("input_size", "hidden_size", "num_layers", "bidirectional", "
                    "return_sequences", "bias", "initial_state", "truncate", "dtype",
                    "input_init", "recurrent_init", "memory", "weight_drop",
                    "recurrent_dropout", "input_dropout", "zoneout")
-_EXTRA_ARGS = {"Elman": ("nonlinearity",), "LSTM": ("forget_bias", "peepholes", "proj_size"),
+_EXTRA_ARGS = {"Elman": ("nonlinearity",), "LSTM": ("forget_bias", "peepholes", "proj_size",
+                                                   "layer_norm"),
                "GRU": ("reset_after",),
                "Jordan": ("nonlinearity", "output_activation")}
 

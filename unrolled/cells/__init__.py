@@ -9,12 +9,13 @@ from .base import REGISTRY, Cell, get, register
 from .elman import ElmanCell
 from .gru import GRUCell
 from .jordan import JordanCell
+from .layernorm import LayerNormLSTMCell
 from .lstm import LSTMCell, ZoneoutLSTMCell
 from .parallel import MinGRUCell, MinLSTMCell, SRUCell
 from .peephole import PeepholeLSTMCell
 from .proj import ProjLSTMCell
 from .qrnn import QRNNCell
 
-__all__ = ["Cell", "ElmanCell", "GRUCell", "JordanCell", "LSTMCell", "MinGRUCell",
+__all__ = ["Cell", "ElmanCell", "GRUCell", "JordanCell", "LSTMCell", "LayerNormLSTMCell", "MinGRUCell",
            "MinLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell", "QRNNCell", "SRUCell", "ZoneoutLSTMCell",
            "REGISTRY", "get", "ops", "register"]

@@ -10,8 +10,9 @@ import numpy as np
 from .. import memory as _memory
 from .. import unroll
 from ..backend import get_xp
-from ..cells import (ElmanCell, GRUCell, JordanCell, LSTMCell, MinGRUCell, MinLSTMCell,
-                     PeepholeLSTMCell, ProjLSTMCell, QRNNCell, SRUCell, ZoneoutLSTMCell)
+from ..cells import (ElmanCell, GRUCell, JordanCell, LayerNormLSTMCell, LSTMCell,
+                     MinGRUCell, MinLSTMCell, PeepholeLSTMCell, ProjLSTMCell, QRNNCell,
+                     SRUCell, ZoneoutLSTMCell)
 from ..cells import get as get_cell
 from ..checks import check_dtype_name, check_finite, check_float_input, check_mask
 from .base import Module, make_rng
@@ -448,6 +449,9 @@ class LSTM(Recurrent):
     c_t, through the vectors ``peephole_i``, ``peephole_f``, ``peephole_o`` (Gers; ONNX's
     ``P``), i.e. the ``peephole_lstm`` cell.
     ``zoneout=p``: zoneout on h and c (the ``zoneout_lstm`` cell), compiled.
+    ``layer_norm=True``: layer normalisation of both pre-activations and of c_t (Ba et al.
+    2016; the ``layernorm_lstm`` cell, gains ``ln_*_weight`` and biases ``ln_*_bias``);
+    runs on the readable loop.
     ``proj_size=P``: h_t = W_hr (o ⊙ tanh c_t), P wide (PyTorch's ``proj_size``, the
     ``proj_lstm`` cell, with PyTorch's ``weight_hr`` layout); runs on the readable loop.
     """
@@ -455,12 +459,15 @@ class LSTM(Recurrent):
     cell_class = LSTMCell
 
     def __init__(self, input_size, hidden_size, forget_bias=None, peepholes=False,
-                 proj_size=0, **kw):
+                 proj_size=0, layer_norm=False, **kw):
         self.peepholes, self.proj_size = bool(peepholes), int(proj_size or 0)
-        if sum((self.peepholes, bool(self.proj_size), bool(kw.get("zoneout")))) > 1:
-            raise ValueError("peepholes, proj_size and zoneout combined are not built; "
-                             "choose one")
+        self.layer_norm = bool(layer_norm)
+        if sum((self.peepholes, bool(self.proj_size), bool(kw.get("zoneout")),
+                self.layer_norm)) > 1:
+            raise ValueError("peepholes, proj_size, zoneout and layer_norm combined are not "
+                             "built; choose one")
         cell = (PeepholeLSTMCell() if self.peepholes else
+                LayerNormLSTMCell() if self.layer_norm else
                 ProjLSTMCell(self.proj_size) if self.proj_size else
                 ZoneoutLSTMCell() if kw.get("zoneout") else LSTMCell())
         super().__init__(cell, input_size, hidden_size, **kw)
