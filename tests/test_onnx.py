@@ -10,8 +10,8 @@ import pytest
 from unrolled import layers as L
 
 CELLS = [(L.Elman, {}), (L.Elman, {"nonlinearity": "relu"}), (L.LSTM, {}), (L.GRU, {}),
-         (L.GRU, {"reset_after": False})]
-IDS = ["elman-tanh", "elman-relu", "lstm", "gru", "gru-reset-before"]
+         (L.GRU, {"reset_after": False}), (L.LSTM, {"peepholes": True})]
+IDS = ["elman-tanh", "elman-relu", "lstm", "gru", "gru-reset-before", "lstm-peepholes"]
 LENGTHS = np.array([6, 3, 1, 5])
 MASK = np.arange(6)[None, :] < LENGTHS[:, None]                              # (4, 6)
 
@@ -88,8 +88,11 @@ def test_unsupported_layers_are_refused():
     pytest.importorskip("onnx")
     from unrolled.interop.onnx import to_onnx
 
-    with pytest.raises(TypeError, match="Jordan has no ONNX operator"):
+    with pytest.raises(TypeError, match="Jordan .cell 'jordan'. has no ONNX operator"):
         to_onnx(L.Jordan(3, 4))
+    for opt in ({"zoneout": 0.1}, {"layer_norm": True}, {"proj_size": 2}):
+        with pytest.raises(TypeError, match="has no ONNX operator"):
+            to_onnx(L.LSTM(3, 4, **opt))
     for model, msg in [(L.GRU(3, 4, initial_state="learned"), "zero initial states only"),
                        (L.Sequential(L.GRU(3, 4, return_sequences=False), L.GRU(4, 4)),
                         "after a folded one")]:

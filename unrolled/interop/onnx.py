@@ -63,6 +63,8 @@ def _recurrent(g, layer, x, lengths):
     """Nodes of a recurrent layer; ``x`` is (T, B, D) time-major. Returns (name, is_seq):
     (T, B, dirs*H) time-major if the layer returns sequences, else (B, dirs*H)."""
     cell, H = layer.cell, layer.hidden_size
+    peep = cell == "peephole_lstm"  # ONNX's LSTM with its P input
+    cell = "lstm" if peep else cell
     nd = 2 if layer.bidirectional else 1
     attrs = {"hidden_size": H, "direction": "bidirectional" if nd == 2 else "forward"}
     if cell == "elman":
@@ -83,6 +85,10 @@ def _recurrent(g, layer, x, lengths):
         else:
             ins.append("")
         ins.append(seq_len)
+        if peep:  # P (dirs, 3H) in ONNX's order i, o, f; no initial states given
+            P = np.stack([np.concatenate([q["peephole_i"], q["peephole_o"], q["peephole_f"]])
+                          for q in p])
+            ins += ["", "", g.const(f"P_{cell}{k}", P.astype(np.float32))]
         n_out = 3 if cell == "lstm" else 2
         Y, Y_h = g.node(_OP[cell], ins, n_out=n_out, stem=f"{cell}{k}", **attrs)[:2]
         last = k == layer.num_layers - 1
@@ -147,16 +153,16 @@ def to_onnx(model, path=None, *, lengths=False, opset=17, name="unrolled"):
     except ImportError:
         raise ImportError("ONNX export needs the onnx package: pip install onnx "
                           "(and onnxruntime to run the exported model)") from None
-    from ..layers import GRU, LSTM, Dense, Dropout, Elman, Embedding, Recurrent
+    from ..layers import Dense, Dropout, Embedding, Recurrent
 
     if opset < 14:
         raise ValueError(f"opset must be 14 or later, got {opset}")
     layers = _layers(model)
     for ly in layers:
         if isinstance(ly, Recurrent):
-            if not isinstance(ly, (Elman, LSTM, GRU)):
-                raise TypeError(f"{type(ly).__name__} has no ONNX operator; export Elman, "
-                                 "LSTM or GRU layers")
+            if ly.cell not in ("elman", "lstm", "gru", "peephole_lstm"):
+                raise TypeError(f"{type(ly).__name__} (cell {ly.cell!r}) has no ONNX operator; "
+                                "export Elman, LSTM (also with peepholes) or GRU layers")
             if ly.initial_state != "zeros":
                 raise ValueError(f"{type(ly).__name__} has initial_state="
                                  f"{ly.initial_state!r}; ONNX export supports zero initial "
