@@ -46,6 +46,9 @@ def set_max_bytes(n):
     settings.max_bytes = None if n is None else int(n)
 
 
+_meminfo = []  # [time read, bytes]: /proc/meminfo read at most every 2 s
+
+
 def available_bytes():
     """Bytes an update may use: the user's ceiling, else a fraction of available RAM.
 
@@ -55,14 +58,22 @@ def available_bytes():
 
     if settings.max_bytes is not None:
         return settings.max_bytes
+    import time
+
+    now = time.monotonic()
+    if _meminfo and now - _meminfo[0] < 2.0:  # read at most every 2 s, not every forward
+        return _meminfo[1]
+    avail = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(RAM_FRACTION * int(line.split()[1]) * 1024)
+                    avail = int(RAM_FRACTION * int(line.split()[1]) * 1024)
+                    break
     except OSError:
         pass
-    return None
+    _meminfo[:] = [now, avail]
+    return avail
 
 
 def check_memory_option(memory):
