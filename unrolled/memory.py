@@ -248,12 +248,15 @@ def _bytes_per_row(cell, layer, name):
     return (sum(v.nbytes for v in cache.values()), sum(v.nbytes for v in saved.values()))
 
 
-def _layer_from_config(cfg):
-    from .layers.recurrent import layer_class
+# the layer for a cell name, given by unrolled.layers when it loads (importing the package
+# loads them): the planner sits below the layers and reads them through their attributes
+LAYER_FOR_CELL = []
 
+
+def _layer_from_config(cfg):
     cfg = dict(cfg)
     cell = str(cfg.pop("cell", "lstm")).lower()
-    make = layer_class(cell)  # an unknown name: one error naming the registered cells
+    make = LAYER_FOR_CELL[0](cell)  # an unknown name: one error naming the registered cells
     for key in ("input_size", "hidden_size"):
         if key not in cfg:
             raise ValueError(f"a layer config needs '{key}', got keys {sorted(cfg)}")
@@ -288,12 +291,13 @@ def plan_memory(layer_or_config, B, T, memory=None, return_sequences=None, segme
     a checkpointed run keeps one state per segment and holds one segment's worth of the
     rest at a time.
     """
-    from .layers import Recurrent, Sequential
+    def recurrent(ly):  # a recurrent layer: it runs a cell through the time loop
+        return hasattr(ly, "_cell") and hasattr(ly, "state_sizes")
 
     if isinstance(layer_or_config, dict):
         layer = _layer_from_config(layer_or_config)
-    elif isinstance(layer_or_config, Sequential):
-        rec = [ly for ly in layer_or_config.layers if isinstance(ly, Recurrent)]
+    elif not recurrent(layer_or_config) and hasattr(layer_or_config, "layers"):
+        rec = [ly for ly in layer_or_config.layers if recurrent(ly)]
         if not rec:
             raise ValueError("plan_memory: this Sequential has no recurrent layer")
         plans = [plan_memory(ly, B, T, memory, None, segment) for ly in rec]
@@ -303,7 +307,7 @@ def plan_memory(layer_or_config, B, T, memory=None, return_sequences=None, segme
             for k, v in q.parts.items():
                 total.parts[k] = total.parts.get(k, 0) + v
         return total
-    elif isinstance(layer_or_config, Recurrent):
+    elif recurrent(layer_or_config):
         layer = layer_or_config
     else:
         raise TypeError("plan_memory needs a recurrent layer, a Sequential or a config dict, "

@@ -572,3 +572,6 @@ def layer_class(cell):
         if getattr(sub, "cell_class", None) is cls:
             return sub
     return functools.partial(Recurrent, cls())
+
+
+_memory.LAYER_FOR_CELL[:] = [layer_class]  # the planner builds layers from configs with it
