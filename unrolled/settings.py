@@ -22,6 +22,9 @@ Fields (the environment variable that sets each, read once when unrolled is impo
     refuse a full BPTT planned above this many bytes (None: 80 % of available RAM).
 ``threads`` (``UNROLLED_THREADS``, default 1)
     BLAS threads for the command line and :func:`unrolled.backend.limit_blas_threads`.
+``scan`` (``UNROLLED_SCAN``, default "sequential")
+    "parallel": cells whose state is a linear recurrence of their input (MinGRU, MinLSTM)
+    run over all steps at once (:mod:`unrolled.scan`) instead of step by step.
 ``debug`` (``UNROLLED_DEBUG``)
     the command line shows the traceback behind an error message.
 
@@ -75,6 +78,13 @@ def _max_bytes(v):
     return n
 
 
+def _scan(v):
+    v = str(v).strip().lower()
+    if v not in ("sequential", "parallel"):
+        raise ValueError(f"scan must be 'sequential' or 'parallel', got {v!r}")
+    return v
+
+
 def _threads(v):
     n = int(v)
     if n < 1:
@@ -84,7 +94,7 @@ def _threads(v):
 
 _CHECK = {"backend": _backend, "compiled_loop": _bool, "block_steps": _block,
           "cuda_graphs": _bool, "max_bytes": _max_bytes, "threads": _threads,
-          "debug": _bool}
+          "debug": _bool, "scan": _scan}
 
 
 @dataclass
@@ -96,6 +106,7 @@ class Settings:
     max_bytes: object = None
     threads: int = 1
     debug: bool = False
+    scan: str = "sequential"
 
     def __setattr__(self, key, value):
         if key not in _CHECK:

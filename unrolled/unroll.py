@@ -156,6 +156,8 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
     hm = p.get("h_mask")
     path = kernels.plan(cell, xp, dtype, backend, masked=mask is not None,
                         recurrent_mask=hm is not None)
+    if path.name == "scan":
+        return _forward_scan(cell, p, X, state0, xp, mask)
     K = time_chunk(T, B)
     XW = xp.empty((K, B, _xw_width(cell, p, B, xp)), dtype=dtype)
     states = tuple(xp.empty((T + 1,) + s.shape, dtype=dtype) for s in state0)
@@ -212,6 +214,8 @@ def backward(cell, p, tp, xp, d_out=None, d_final=None, truncate=None, backend=N
     dtype = X.dtype
     path = kernels.plan(cell, xp, dtype, backend, masked=mask is not None,
                         truncated=truncate is not None, recurrent_mask=p.get("h_mask") is not None)
+    if "_scan_xw" in tp.tape:  # written by the parallel scan: its own backward
+        return _backward_scan(cell, p, tp, xp, d_out, d_final, truncate, need_dx)
     # a tape the compiled loop did not write (a general cell's) is read by the readable one
     if path.compiled and set(tp.tape) != set(cell.cache):
         path = kernels.Path("readable", "the tape was written by the readable loop")
@@ -340,6 +344,57 @@ def _accumulate(grads, k, v):
         grads[k] += v
     else:
         grads[k] = v
+
+
+def _scan_coefficients(cell, XW, mask, xp):
+    """a, b (T, B, H) of the cell's linear recurrence; padded steps carry (a = 1, b = 0)."""
+    a, b = cell.linear(cell._split(XW))
+    if mask is not None:
+        m = mask[:, :, None]
+        a, b = xp.where(m, a, 1), xp.where(m, b, 0)
+    return a, b
+
+
+def _forward_scan(cell, p, X, state0, xp, mask):
+    """All steps at once for a cell whose state is a linear recurrence of its input."""
+    from .scan import linear_scan
+
+    T, B, D = X.shape
+    XW = (X.reshape(T * B, D) @ p["weight_ih"].T + p["bias_ih"]).reshape(T, B, -1)
+    a, b = _scan_coefficients(cell, XW, mask, xp)
+    h = linear_scan(a.astype(X.dtype), b.astype(X.dtype), state0[0], xp)
+    return Tape(X, (h,), {"_scan_xw": XW}, mask)
+
+
+def _backward_scan(cell, p, tp, xp, d_out, d_final, truncate, need_dx):
+    from .scan import linear_scan_back
+
+    X, (h,), mask = tp.X, tp.states, tp.mask
+    T, B, D = X.shape
+    XW = tp.tape["_scan_xw"]
+    a, _ = _scan_coefficients(cell, XW, mask, xp)
+    d = None if d_out is None else (d_out if mask is None else d_out * mask[:, :, None])
+    df = None if d_final is None else d_final[0]
+    if truncate is not None:  # the carried gradient is cut where the window is 0
+        win = truncation_window(mask, T, B, truncate, xp, X.dtype)
+        d = win * (xp.zeros_like(h[1:]) if d is None else d)
+        if df is not None:
+            d = d.copy()
+            d[-1] += win[-1] * df
+            df = None
+        a_next = xp.ones_like(a)
+        a_next[:-1] = a[1:]
+        da, db, dh0 = linear_scan_back(a, h, d, None, xp, coef=a_next * win[..., 0:1])
+    else:
+        da, db, dh0 = linear_scan_back(a, h, d, df, xp)
+    if mask is not None:  # padded steps' a, b are constants
+        m = mask[:, :, None]
+        da, db = da * m, db * m
+    dXW = xp.concatenate(cell.linear_back(cell._split(XW), da, db), axis=-1)
+    dX = xp.empty((T, B, D), dtype=X.dtype) if need_dx else None
+    grads = {}
+    _block_input_grads(p, tp, xp, 0, T, dXW, dX, grads, None)
+    return grads, dX, (dh0,)
 
 
 def step_once(cell, p, xw, S, C, xp, backend=None, z=None, units=None):

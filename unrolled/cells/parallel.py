@@ -42,6 +42,15 @@ class MinGRUCell(Cell):
         dz = dh * (new[0] - s[0]) * (1 - z)  # = dh (h̃ − h_(t−1)) z (1 − z)
         return (dz, dh * z), (), (dh * (1 - z),), ()
 
+    # h_t = a_t h_(t-1) + b_t with a, b from the input alone: trains in parallel over time
+    def linear(self, x):
+        z = sigmoid(x[0])
+        return 1 - z, z * x[1]
+
+    def linear_back(self, x, da, db):
+        z = sigmoid(x[0])
+        return ((db * x[1] - da) * (z * (1 - z)), db * z)
+
 
 @register
 @dataclass(frozen=True)
@@ -61,6 +70,17 @@ class MinLSTMCell(Cell):
         q = dh / ((f + i) * (f + i))
         return ((q * i * (a - ht) * (f * (1 - f)), q * f * (ht - a) * (i * (1 - i)),
                  dh * i / (f + i)), (), (dh * f / (f + i),), ())
+
+    def linear(self, x):
+        f, i = sigmoid(x[0]), sigmoid(x[1])
+        return f / (f + i), i / (f + i) * x[2]
+
+    def linear_back(self, x, da, db):
+        f, i = sigmoid(x[0]), sigmoid(x[1])
+        q = 1 / ((f + i) * (f + i))
+        df = (da - db * x[2]) * i * q
+        di = (db * x[2] - da) * f * q
+        return (df * (f * (1 - f)), di * (i * (1 - i)), db * i / (f + i))
 
 
 @register

@@ -98,6 +98,10 @@ def plan(cell, xp, dtype, backend=None, masked=False, truncated=False, teacher=F
                     "independent, so all of them run as one batched step")
     be = resolve(backend, xp)
     cname = getattr(cell, "name", type(cell).__name__)
+    if settings.scan == "parallel" and callable(getattr(cell, "linear", None)) \
+            and not recurrent_mask:
+        return Path("scan", f"cell {cname!r} is a linear recurrence of its input: all steps "
+                    "at once (settings.scan = 'parallel', unrolled.scan)")
     if be == "reference":
         return Path("readable", f"backend {settings.backend if backend is None else backend!r}"
                     " runs the readable loop")
