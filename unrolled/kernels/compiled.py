@@ -157,7 +157,12 @@ def source(cell, dtype):
     if not tied:
         for k in range(Gr):
             L.append(fl.format(i=ind, e=bexpr[G + k], dst=f"dr{k}[j]"))
+    # a state whose own path back is exactly 0 (h of an LSTM or Elman: all of dh_(t-1)
+    # comes through the product) is written by the product alone (beta = 0)
+    h_direct = not (rec and bexpr[G + Gr] == "K0")
     for k in range(S):
+        if k == 0 and not h_direct:
+            continue
         L.append(fl.format(i=ind, e=bexpr[G + Gr + k], dst=f"p{k}r[j]"))
     for k in range(U):
         L.append(f"{ind}du{k}[j] += {bexpr[G + Gr + S + k]}")
@@ -186,9 +191,10 @@ def source(cell, dtype):
         L.append("        d = dN[0]")
         L.append("        for b in range(d.shape[0]):")
         L.append("            for k in range(d.shape[1]):")
-        L.append("                d[b, k] += tmp[b, k] * hm[b, k]")
+        L.append("                d[b, k] = " + ("d[b, k] + " if h_direct else "")
+                 + "tmp[b, k] * hm[b, k]")
         L.append("    else:")
-        L.append(f"        gemm({rows}, W, dN[0], K1)")
+        L.append(f"        gemm({rows}, W, dN[0], {'K1' if h_direct else 'K0'})")
     body = "\n".join(L)
     head = [f'"""Generated from {type(cell).__module__}.{type(cell).__qualname__} '
             f'({cell!r}), float{bits}. Do not edit."""',
