@@ -44,7 +44,8 @@ recurrent state into the next one (truncated BPTT over streams; reset at each ep
 the batches of an epoch must then keep the same batch size and order of streams. A batch
 may overlap the previous one (TBPTT with k2 > k1): it then sets ``Batch.carry_at`` to the
 step where the next batch starts and masks the repeated steps out of the loss with
-``loss_mask``.
+``loss_mask``. The trainer runs one loop for every task; how it unrolls a batch is the
+task's :meth:`Task.policy`.
 
 Errors
 ------
@@ -171,6 +172,19 @@ class Task:
         return {}
 
     # -- optional ---------------------------------------------------------------------
+    def policy(self):
+        """How the trainer unrolls each training batch (a
+        :class:`unrolled.train.BatchPolicy`): by default from the zero state, or, for a
+        ``stateful`` task, from the state the previous batch carried
+        (:class:`unrolled.streams.CarryState`: truncated BPTT over streams)."""
+        if self.stateful:
+            from ..streams import CarryState
+
+            return CarryState()
+        from ..train import BatchPolicy
+
+        return BatchPolicy()
+
     def output_names(self):
         """What each output unit of the model stands for (classes, tags, symbols), from
         the saved state; None when it is not a list. Checked against the model file."""
