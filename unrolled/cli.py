@@ -314,7 +314,6 @@ def _run_train(args, extra):
 def _train(args, extra, mpi=None):
     from . import io
     from .config import format_config, resolve_config
-    from .data import bundled_path
     from .tasks import get_task
     from .train import Trainer
 
@@ -336,7 +335,7 @@ def _train(args, extra, mpi=None):
         elif cfg.get("data"):
             data = cfg["data"]
         elif task_cls.default_data:
-            data = str(bundled_path(task_cls.default_data))
+            data = str(task_cls.default_data_path())
         else:
             raise ValueError(f"task {task_cls.name!r} has no bundled data; pass --data PATH")
         # absolute paths, so the run resumes from any directory

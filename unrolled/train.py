@@ -241,7 +241,7 @@ class Trainer:
         key = self.config.get("monitor") or self.task.monitor
         if key == self.task.monitor:
             return key, self.task.monitor_mode
-        lower = any(w in key for w in ("loss", "rmse", "mae", "bits", "perplexity"))
+        lower = any(w in key for w in ("loss", "rmse", "mae", "bits", "perplexity", "error"))
         return key, "min" if lower else "max"
 
     def _better(self, value):

@@ -103,7 +103,7 @@ class Task:
         trainer's defaults (see :data:`unrolled.config.TRAIN_DEFAULTS`).
     help : dict, optional one-line help per option in ``defaults``.
     default_data : str or None, a bundled data set name (``unrolled.data.bundled_path``)
-        used when no ``--data`` is given.
+        used when no ``--data`` is given (see :meth:`default_data_path`).
     loss : str or loss object, given to :func:`unrolled.losses.get_loss`.
     monitor : str, the validation metric for early stopping and the best model
         (a key of ``evaluate``'s result, e.g. ``"loss"`` or ``"accuracy"``).
@@ -126,6 +126,14 @@ class Task:
         task's vocabulary / classes / normalisation statistics without reading data."""
         self.config = dict(config)
         self.saved_state = state
+
+    @classmethod
+    def default_data_path(cls):
+        """The path of the data used when none is given: the bundled data set
+        ``default_data`` (``unrolled.data.bundled_path``)."""
+        from ..data import bundled_path
+
+        return bundled_path(cls.default_data)
 
     @classmethod
     def resolve_data(cls, path):
