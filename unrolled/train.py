@@ -17,10 +17,18 @@ resumed run ends with the same weights as an uninterrupted one, bit for bit.
 The loop, in labelled sections (see :meth:`Trainer.fit`)::
 
     for each epoch:
-        plan = task.epoch_batches(shuffle_rng)
-        for each batch:   lr -> forward -> loss -> BPTT -> clip -> step -> log
-                          checkpoint every N batches
+        plan = task.epoch_batches(shuffle_rng);  policy.start_epoch()
+        for each batch:   lr -> policy.forward -> loss -> policy.backward -> clip -> step
+                          -> log; checkpoint every N batches
         validate -> early stopping -> log -> checkpoint
+
+It is the one training loop of the library. What differs between tasks is how a batch
+is unrolled, a :class:`BatchPolicy` the task chooses (:meth:`unrolled.tasks.base.Task.
+policy`): from the zero state; from the state the previous batch carried
+(:class:`unrolled.streams.CarryState`, truncated BPTT over streams, whose carried state
+the checkpoint holds); through an encoder and a teacher-forced decoder
+(:class:`unrolled.seq2seq.TeacherForcing`). :class:`unrolled.streams.TBPTT` makes its
+updates with :meth:`Trainer.train_step`.
 """
 import json
 import math
