@@ -72,7 +72,8 @@ def _task_options_help():
         lines.append("")
         lines.append(f"task {name}: {cls.summary}")
         if cls.default_data:
-            lines.append(f"  data default: bundled {cls.default_data!r}")
+            where = getattr(cls, "default_data_note", None) or f"bundled {cls.default_data!r}"
+            lines.append(f"  data default: {where}")
         elif cls.defaults.get("data"):
             lines.append(f"  data default: {cls.defaults['data']!r}")
         else:

