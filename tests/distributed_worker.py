@@ -1,7 +1,7 @@
 """One training run for tests/test_distributed.py, in one process or on every rank of
 ``mpiexec -n N``: ``python distributed_worker.py SPEC.json``.
 
-SPEC keys: ``task`` ("names" or "text"), ``data``, ``out`` (npz of the final parameters
+SPEC keys: ``task`` ("names", "text", or another task, whose own model is trained), ``data``, ``out`` (npz of the final parameters
 and the history, written by rank 0), ``options`` (config overrides), ``dtype``,
 ``distributed`` (bool), ``run_dir`` (checkpoints), ``resume``, ``stop_at`` (interrupt at
 that step, as Ctrl-C does), ``fail_at`` / ``kill_at`` / ``perturb_at`` with ``fail_rank``
@@ -79,9 +79,9 @@ def main(spec):
     cfg = resolve_config(T, overrides={k: str(v) for k, v in spec["options"].items()})
     task = T(cfg)
     task.load(spec["data"])
-    build = names_model if spec["task"] == "names" else text_model
-    trainer = Trainer(task, cfg, out_dir=spec.get("run_dir"), log=lambda m: None,
-                      model=build(task, spec.get("dtype", "float64")),
+    build = {"names": names_model, "text": text_model}.get(spec["task"])
+    model = build(task, spec.get("dtype", "float64")) if build else None  # the task's own
+    trainer = Trainer(task, cfg, out_dir=spec.get("run_dir"), log=lambda m: None, model=model,
                       callbacks=[Events(spec, rank)], distributed=spec.get("distributed"))
     if "check_every" in spec:
         trainer.check_every = spec["check_every"]

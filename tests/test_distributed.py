@@ -43,6 +43,10 @@ NAMES = {"epochs": 2, "hidden": 16, "embed": 8, "batch_size": 16, "max_batches":
 TEXT = {"epochs": 1, "hidden": 24, "embed": 8, "layers": 2, "dropout": 0.2, "chunk": 12,
         "k2": 18, "batch_size": 6, "max_batches": 20, "lr": 0.01, "progress": False,
         "checkpoint_every": 0, "patience": 0, "eval_streams": 4, "seed": 1}
+# an encoder-decoder with attention and scheduled sampling (the g2p task's policy)
+G2P = {"epochs": 1, "hidden": 12, "embed": 6, "batch_size": 16, "val_words": 40,
+       "test_words": 40, "ss_k": 20.0, "max_batches": 10, "lr": 0.01, "progress": False,
+       "checkpoint_every": 0, "patience": 0, "seed": 2}
 
 
 # ------------------------------------------------------------------------- one process
@@ -122,7 +126,10 @@ def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     text = d / "text.txt"
     text.write_text(bundled_path("tinyshakespeare").read_text("utf-8")[:12000], "utf-8")
-    return {"names": str(tiny_names(d)), "text": str(text)}
+    from test_task_g2p import fake_dictionary
+
+    return {"names": str(tiny_names(d)), "text": str(text),
+            "g2p": str(fake_dictionary(d / "words.dict"))}
 
 
 def run(tmp_path, spec, ranks=None, timeout=120, threads="1"):
@@ -204,6 +211,17 @@ def checkpoint_meta(run_dir):
     from unrolled import io
 
     return io.load_arrays(Path(run_dir) / "checkpoint.npz", io.CHECKPOINT_FORMAT)[1]
+
+
+@needs_mpi
+def test_two_ranks_equal_one_process_seq2seq(tmp_path, data):
+    """The g2p task's batches through its teacher-forcing policy, the coin flips of
+    scheduled sampling drawn for the whole batch: two ranks make the updates of one."""
+    one = train(tmp_path, "g2p", data, G2P)
+    two = train(tmp_path, "g2p", data, G2P, ranks=2)
+    assert rel_diff(one["params"], one["init"]) > 1e-3
+    assert rel_diff(one["params"], two["params"]) < 1e-5
+    assert_same_history(one["history"], two["history"], 1e-5)
 
 
 @needs_mpi

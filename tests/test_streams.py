@@ -133,3 +133,28 @@ def test_bad_settings_are_rejected():
     tb = TBPTT(m, "mse", u.SGD(0.1), 2)
     with pytest.raises(ValueError, match="chunk=2"):
         tb.step(np.zeros((1, 3, 2), np.float32), np.zeros((1, 3, 3), np.float32))
+
+
+def test_tbptt_windows_are_the_text_tasks_windows():
+    """TBPTT builds from pushed chunks the batches the text task reads from its text:
+    the same inputs, loss mask, scored targets and carry step, so both are one trainer
+    step on the same window."""
+    from unrolled.tasks.text import tbptt_window
+    from unrolled.train import Trainer
+
+    streams = stream_batches(np.arange(103) % 7, batch_size=3, chunk=4)
+    model = u.Sequential(u.Embedding(7, 3, seed=0), u.LSTM(3, 4, seed=0),
+                         u.Dense(4, 7, seed=0))
+    tb = TBPTT(model, "cross_entropy", u.SGD(0.0), 4, 10)
+    assert isinstance(tb.trainer, Trainer) and tb.trainer.policy.require_sequences
+    n = 0
+    for i, (X, Y) in enumerate(streams):
+        b = tb.window(X, Y)
+        Xr, Yr, lm, at = tbptt_window(streams, i, 10)
+        assert np.array_equal(b.X, Xr) and b.carry_at == at, i
+        if lm is None:
+            assert b.loss_mask is None and np.array_equal(b.Y, Yr)
+        else:
+            assert np.array_equal(b.loss_mask, lm) and np.array_equal(b.Y[lm], Yr[lm])
+            n += 1
+    assert n == len(streams) - 1  # every window but the first repeats earlier steps

@@ -72,7 +72,8 @@ def _task_options_help():
         lines.append("")
         lines.append(f"task {name}: {cls.summary}")
         if cls.default_data:
-            lines.append(f"  data default: bundled {cls.default_data!r}")
+            where = getattr(cls, "default_data_note", None) or f"bundled {cls.default_data!r}"
+            lines.append(f"  data default: {where}")
         elif cls.defaults.get("data"):
             lines.append(f"  data default: {cls.defaults['data']!r}")
         else:
@@ -314,7 +315,6 @@ def _run_train(args, extra):
 def _train(args, extra, mpi=None):
     from . import io
     from .config import format_config, resolve_config
-    from .data import bundled_path
     from .tasks import get_task
     from .train import Trainer
 
@@ -336,7 +336,7 @@ def _train(args, extra, mpi=None):
         elif cfg.get("data"):
             data = cfg["data"]
         elif task_cls.default_data:
-            data = str(bundled_path(task_cls.default_data))
+            data = str(task_cls.default_data_path())
         else:
             raise ValueError(f"task {task_cls.name!r} has no bundled data; pass --data PATH")
         # absolute paths, so the run resumes from any directory

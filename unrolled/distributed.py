@@ -433,14 +433,15 @@ class DistributedTrainer(Trainer):
     check_every = 100
 
     def __init__(self, task, config=None, out_dir=None, model=None, callbacks=(), log=None,
-                 distributed=True):
+                 distributed=True, optimizer=None, policy=None):
         self.ctx = init()
         self._stop_request = False
         self._stop_agreed = False
         self._carry_size = None
         self._checkpoint_due = False
         self.comm_seconds = 0.0
-        super().__init__(task, config, out_dir, model, callbacks, log)
+        super().__init__(task, config, out_dir, model, callbacks, log, optimizer=optimizer,
+                         policy=policy)
         if not self.ctx.root:
             self.log = lambda msg: None
             self.config["progress"] = False

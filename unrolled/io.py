@@ -251,15 +251,27 @@ _EXTRA_ARGS = {"Elman": ("nonlinearity",), "LSTM": ("forget_bias", "peepholes", 
                "Jordan": ("nonlinearity", "output_activation")}
 
 
+_SEQ2SEQ_ARGS = ("src_vocab", "tgt_vocab", "embed_size", "hidden_size", "cell", "num_layers",
+                 "attention", "attn_size", "bos", "eos", "dtype")
+
+
 def model_spec(model):
     """A JSON-able description of a model's architecture (no weights).
 
-    Supports ``Sequential``, ``Dense``, ``Embedding``, ``Dropout`` and the recurrent layers
-    ``Elman``, ``LSTM``, ``GRU``, ``Jordan``; :func:`build_model` inverts it.
+    Supports ``Sequential``, ``Dense``, ``Embedding``, ``Dropout``, the recurrent layers
+    ``Elman``, ``LSTM``, ``GRU``, ``Jordan`` (and any registered cell) and ``Seq2Seq``;
+    :func:`build_model` inverts it.
     """
     from . import layers as L
+    from .seq2seq import Seq2Seq
 
     kind = type(model).__name__
+    if isinstance(model, Seq2Seq):
+        spec = {"layer": "Seq2Seq"}
+        for k in _SEQ2SEQ_ARGS:
+            spec[k] = getattr(model, k)
+        spec["dropout"] = model.encoder.dropout
+        return spec
     if isinstance(model, L.Sequential):
         return {"layer": "Sequential", "layers": [model_spec(ly) for ly in model.layers]}
     if isinstance(model, L.Dense):
@@ -303,6 +315,14 @@ def build_model(spec, seed=0):
     kind = spec.pop("layer")
     if kind == "Sequential":
         return L.Sequential([build_model(s, seed) for s in spec["layers"]])
+    if kind == "Seq2Seq":
+        from .seq2seq import Seq2Seq
+
+        try:
+            return Seq2Seq(**spec, seed=seed)
+        except TypeError as e:
+            raise ValueError(f"the architecture of the Seq2Seq model in the file does not "
+                             f"match this unrolled ({e}); upgrade unrolled") from None
     if kind == "Recurrent":
         from .cells import get
 

@@ -65,6 +65,55 @@ def shift_targets(tgt, tgt_mask, bos, eos):
     return tgt_in, tgt_out, mask
 
 
+def decoder_inputs(tgt_out, mask, bos):
+    """The decoder inputs ``<bos> y_1 .. y_n`` from the outputs ``y_1 .. y_n <eos>`` and
+    their (B, T+1) mask, as :func:`shift_targets` makes them (pads 0)."""
+    tgt_in = np.zeros(tgt_out.shape, dtype=np.int64)
+    tgt_in[:, 0] = bos
+    tgt_in[:, 1:] = np.where(mask[:, 1:], tgt_out[:, :-1], 0)
+    return tgt_in
+
+
+class TeacherForcing:
+    """The trainer's batch policy for a :class:`Seq2Seq` (see
+    :class:`unrolled.train.BatchPolicy`).
+
+    A batch holds the source symbols ``X`` (B, Ts) with their mask, the decoder's outputs
+    ``Y = y_1 .. y_n <eos>`` (B, Tt) and their mask as ``loss_mask`` (see
+    :func:`shift_targets`). The decoder is fed ``<bos> y_1 .. y_n`` (teacher forcing) or,
+    with probability ``sampling``, its own previous prediction (scheduled sampling).
+
+    Parameters
+    ----------
+    sampling : float, or a function of the trainer's step (updates done) giving the
+        probability, e.g. ``lambda step: 1 - inverse_sigmoid_decay(step, 500)``.
+    sample : "argmax" or "sample", what the model feeds back (see :meth:`Seq2Seq.forward`).
+
+    The coin flips draw from the model's own generator, which checkpoints save.
+    """
+
+    carry = None
+
+    def __init__(self, sampling=0.0, sample="argmax"):
+        self.sampling, self.sample = sampling, sample
+
+    def start_epoch(self):
+        pass
+
+    def forward(self, trainer, batch):
+        model = trainer.model
+        if batch.loss_mask is None:
+            raise ValueError("a sequence-to-sequence batch needs the targets' mask as "
+                             "its loss_mask")
+        p = self.sampling(trainer.step) if callable(self.sampling) else self.sampling
+        tgt_in = decoder_inputs(batch.Y, batch.loss_mask, model.bos)
+        return model.forward(batch.X, batch.mask, tgt_in, batch.loss_mask, sampling=float(p),
+                             sample=self.sample, training=True)
+
+    def backward(self, trainer, cache, d_out):
+        return trainer.model.backward(cache, d_out)
+
+
 def inverse_sigmoid_decay(step, k=1000.0):
     """Bengio et al.'s schedule: the probability of feeding the TRUE symbol,
     k / (k + exp(step / k)), from ~1 down to 0. ``sampling = 1 - this``."""

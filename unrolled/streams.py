@@ -20,27 +20,147 @@ Exactly, update ``n`` (chunk ``[n k1, (n+1) k1)``) does::
     grads   dL_n/dθ by BPTT over W from the stored state at W's start, with weights θ_n
     θ_{n+1} = optimizer(θ_n, grads)
     the state at the next window's start is taken from this forward (weights θ_n)
+
+There is one training loop, :class:`unrolled.train.Trainer`; the carry of the state
+across chunks is a policy it runs, :class:`CarryState` (the ``text`` task's). A window
+is a batch whose ``carry_at`` says at which step the next window starts and whose
+``loss_mask`` leaves the repeated steps out of the loss. :class:`TBPTT` is the same
+trainer step fed one chunk at a time: it keeps the inputs of the last ``k2 - k1``
+steps and builds each window from them and the new chunk.
 """
 import numpy as np
 
 from .backend import get_xp
 from .grad import backward_params
 from .losses import get_loss
-from .optim import clip_grad_norm
+from .tree import tree_map
+
+__all__ = ["CarryState", "TBPTT", "evaluate_stream"]
 
 
-def _cat(a, b, axis=1):
-    if a is None:
-        return b
-    return get_xp(b).concatenate([a, b], axis=axis)
-
-
-def _slice_state(state, xp):
+def _copy_state(state, xp=np):
     return None if state is None else {k: xp.array(v, copy=True) for k, v in state.items()}
 
 
+class CarryState:
+    """The trainer's batch policy for stateful streams: each batch starts from the state
+    the previous one carried (truncated BPTT; see the module docstring).
+
+    A batch whose ``carry_at`` is set is a TBPTT(k1, k2 > k1) window: it is run in two
+    parts, ``[:carry_at]`` then ``[carry_at:]``, so that the state at ``carry_at`` (where
+    the next window starts) is seen; the outputs and gradients are those of one forward
+    over the whole window. Otherwise the state after the last step is carried. A batch of
+    another size than the carried state starts from the zero state.
+
+    Parameters
+    ----------
+    require_sequences : raise a ValueError unless the model's outputs have a time axis
+        (B, T, ...) (a loss per step is what the windows mask).
+
+    Attributes
+    ----------
+    carry : the state carried into the next batch, or None (the zero state).
+    final : the state after the last step of the last batch, or None.
+    """
+
+    def __init__(self, require_sequences=False):
+        self.require_sequences = require_sequences
+        self.carry = None
+        self.final = None
+
+    def start_epoch(self):
+        """Every epoch cuts the streams anew: start from the zero state."""
+        self.carry = None
+
+    def forward(self, trainer, batch):
+        model = trainer.model
+        init = self.carry
+        if init is not None and next(iter(init.values())).shape[1] != batch.size:
+            init = None  # a batch of another size starts from the zero state
+        split = getattr(batch, "carry_at", None)
+        if split is None:
+            out, state, cache = model.forward(batch.X, mask=batch.mask, initial_state=init,
+                                              training=True)
+            final = state
+        else:
+            out, state, final, cache = _forward_split(model, batch, init, int(split))
+        if self.require_sequences and out.ndim < 3:
+            raise ValueError("TBPTT needs outputs at every step (B, T, ...); build the "
+                             "recurrent layer with return_sequences=True")
+        return out, (cache, split, state, final, get_xp(out))
+
+    def backward(self, trainer, cache, d_out):
+        cache, split, state, final, xp = cache
+        if split is None:
+            grads, _, _ = backward_params(trainer.model, cache, d_out)
+        else:
+            grads = _backward_split(trainer.model, cache, d_out)
+        if state is not None or split is not None:
+            # with carry_at, the state at that step (None: the zero state) is carried
+            self.carry = _copy_state(state, xp)
+            self.final = _copy_state(final, xp)
+        return grads
+
+
+def _forward_split(model, batch, init, split):
+    """Forward ``batch.X`` as two parts, ``[:split]`` then ``[split:]``, the first part's
+    final state starting the second. The outputs and the gradients are those of one
+    forward over the whole batch; only the state at ``split`` is extra.
+
+    Returns ``(out (B, T, ...), state at split, state at the end, [(cache, (a, b)) per
+    non-empty part])``.
+    """
+    T = batch.X.shape[1]
+    if not 0 <= split <= T:
+        raise ValueError(f"Batch.carry_at={split} is outside the batch's {T} steps")
+    outs, parts, state, carried = [], [], init, init
+    for a, b in ((0, split), (split, T)):
+        if b == a:
+            continue
+        m = None if batch.mask is None else batch.mask[:, a:b]
+        o, state, c = model.forward(batch.X[:, a:b], mask=m, initial_state=state,
+                                    training=True)
+        outs.append(o)
+        parts.append((c, (a, b)))
+        if a == 0 and b < T:
+            carried = state
+    if split == T:
+        carried = state
+    out = outs[0] if len(outs) == 1 else get_xp(outs[0]).concatenate(outs, axis=1)
+    return out, carried, state, parts
+
+
+def _backward_split(model, parts, d_out):
+    """BPTT through the parts of :func:`_forward_split`: the last part first, its
+    initial-state gradient flowing into the end of the part before it."""
+    grads, d_state = None, None
+    for cache, (a, b) in reversed(parts):
+        g, _, d_state = backward_params(model, cache, d_out[:, a:b], d_state)
+        grads = g if grads is None else tree_map(
+            lambda x, y: None if x is None else x + y, grads, g)
+    return grads
+
+
+class _Chunks:
+    """The task a :class:`TBPTT` trains: chunks pushed one at a time, no epochs."""
+
+    name = "streams"
+    stateful = True
+    monitor, monitor_mode = "loss", "min"
+
+    def __init__(self, loss):
+        self.loss = loss
+
+    def epoch_batches(self, rng):
+        return []
+
+
 class TBPTT:
-    """Truncated BPTT(k1, k2) over stateful streams.
+    """Truncated BPTT(k1, k2) over stateful streams, one chunk at a time.
+
+    Each :meth:`step` is one update of :class:`unrolled.train.Trainer` with the
+    :class:`CarryState` policy: the window (the kept ``k2 - k1`` steps and the new chunk)
+    is a batch that carries the state at the next window's start.
 
     Parameters
     ----------
@@ -56,6 +176,7 @@ class TBPTT:
     ----------
     state : the carried state (``{"h": (L, B, H), ...}``) after the last chunk, or None.
     updates : int, updates done since construction.
+    trainer : the :class:`unrolled.train.Trainer` that makes the updates.
 
     Examples
     --------
@@ -70,6 +191,9 @@ class TBPTT:
     """
 
     def __init__(self, model, loss, optimizer, k1, k2=None, clip_norm=None):
+        from .config import TRAIN_DEFAULTS
+        from .train import Trainer
+
         k2 = k1 if k2 is None else k2
         for what, v in (("k1", k1), ("k2", k2)):
             if not isinstance(v, (int, np.integer)) or v < 1:
@@ -81,14 +205,44 @@ class TBPTT:
             raise TypeError("optimizer must have step(params, grads), e.g. unrolled.Adam(1e-3)")
         self.model, self.loss, self.optimizer = model, get_loss(loss), optimizer
         self.k1, self.k2, self.clip_norm = int(k1), int(k2), clip_norm
+        cfg = dict(TRAIN_DEFAULTS, clip=clip_norm or 0.0, progress=False)
+        self.trainer = Trainer(_Chunks(self.loss), cfg, model=model, optimizer=optimizer,
+                               policy=CarryState(require_sequences=True), log=lambda m: None)
         self.updates = 0
         self.reset()
 
     def reset(self):
         """Forget the carried state and history: the next chunk starts a new stream."""
-        self.state = None       # state after the last chunk
-        self._start = None      # state at the start of the kept history
+        self.trainer.policy.start_epoch()
+        self.trainer.policy.final = None
         self._hist = None       # (B, k2 - k1 or fewer, ...) inputs of the kept history
+
+    @property
+    def state(self):
+        """The state after the last chunk (None before the first)."""
+        return self.trainer.policy.final
+
+    def window(self, X, Y, mask=None):
+        """The batch of the next update: the kept history and the chunk ``X``, the loss
+        on the chunk's steps only, the state carried from where the next window starts."""
+        from .tasks.base import Batch
+
+        k = X.shape[1]
+        if k > self.k1:
+            raise ValueError(f"a chunk has {k} steps but k1={self.k1}; cut the stream with "
+                             f"stream_batches(..., chunk={self.k1})")
+        xp = get_xp(X)
+        h = 0 if self._hist is None else self._hist.shape[1]
+        Xw = X if h == 0 else xp.concatenate([self._hist, X], axis=1)
+        keep = min(self.k2 - self.k1, h + k)   # history kept for the next update
+        loss_mask = mask
+        if h:  # the history was scored by earlier updates: no loss, no target
+            Y = xp.concatenate([xp.zeros((Y.shape[0], h) + Y.shape[2:], Y.dtype), Y], 1)
+            loss_mask = xp.zeros((X.shape[0], h + k), dtype=bool)
+            loss_mask[:, h:] = True if mask is None else mask
+        self._hist = None if keep == 0 else xp.array(Xw[:, h + k - keep:], copy=True)
+        return Batch(X=Xw, Y=Y, size=X.shape[0], loss_mask=loss_mask,
+                     carry_at=None if keep == 0 else h + k - keep)
 
     def step(self, X, Y, mask=None):
         """One update from the next chunk of every stream.
@@ -103,55 +257,15 @@ class TBPTT:
         -------
         float, the loss of the chunk (before the update).
         """
-        k = X.shape[1]
-        if k > self.k1:
-            raise ValueError(f"a chunk has {k} steps but k1={self.k1}; cut the stream with "
-                             f"stream_batches(..., chunk={self.k1})")
-        xp = get_xp(X)
-        h = 0 if self._hist is None else self._hist.shape[1]
-        Xw = _cat(self._hist, X)                            # (B, h + k, ...) the window
-        keep = min(self.k2 - self.k1, h + k)                # history kept for the next update
-        split = h + k - keep                                # next window starts here
-        # forward in two parts so the state at the next window's start is seen
-        parts = [(0, split), (split, h + k)]
-        outs, caches, state = [], [], self._start
-        for a, b in parts:
-            if b == a:
-                outs.append(None)
-                caches.append(None)
-                continue
-            out, st, cache = self.model.forward(Xw[:, a:b], initial_state=state, training=True)
-            outs.append(out)
-            caches.append(cache)
-            if a == 0:
-                next_start = st
-            state = st
-        if split == 0:
-            next_start = self._start
-        out = outs[0] if outs[1] is None else _cat(outs[0], outs[1])
-        if out.ndim < 3:
-            raise ValueError("TBPTT needs outputs at every step (B, T, ...); build the "
-                             "recurrent layer with return_sequences=True")
-        # the loss of the new steps only; earlier steps were scored by earlier updates
-        value, d_new = self.loss.value_and_grad(out[:, h:], Y, mask)
-        d_out = xp.zeros_like(out)
-        d_out[:, h:] = d_new
-        # backward: second part first, its initial-state gradient into the first part
-        grads, d_state = None, None
-        for (a, b), cache in reversed(list(zip(parts, caches))):
-            if cache is None:
-                continue
-            g, _, d_state = backward_params(self.model, cache, d_out[:, a:b], d_state)
-            grads = g if grads is None else _tree_add(grads, g)
-        if self.clip_norm is not None:
-            grads, _ = clip_grad_norm(grads, self.clip_norm)
-        self.optimizer.step(self.model.params, grads)
+        hist = self._hist
+        batch = self.window(X, Y, mask)
+        try:
+            value, _ = self.trainer.train_step(batch)
+        except Exception:
+            self._hist = hist
+            raise
         self.updates += 1
-        # carry: the state after the chunk, and the history the next window needs
-        self.state = _slice_state(state, xp)
-        self._start = _slice_state(next_start, xp)
-        self._hist = None if keep == 0 else xp.array(Xw[:, split:], copy=True)
-        return float(value)
+        return value
 
     def fit_stream(self, batches, reset=True):
         """One pass over an iterable of ``(X_chunk, Y_chunk)`` (e.g. ``stream_batches``).
@@ -161,12 +275,6 @@ class TBPTT:
         if reset:
             self.reset()
         return [self.step(X, Y) for X, Y in batches]
-
-
-def _tree_add(a, b):
-    if isinstance(a, dict):
-        return {k: _tree_add(a[k], b[k]) for k in a}
-    return a + b
 
 
 def evaluate_stream(model, loss, batches, state=None):

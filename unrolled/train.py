@@ -17,10 +17,18 @@ resumed run ends with the same weights as an uninterrupted one, bit for bit.
 The loop, in labelled sections (see :meth:`Trainer.fit`)::
 
     for each epoch:
-        plan = task.epoch_batches(shuffle_rng)
-        for each batch:   lr -> forward -> loss -> BPTT -> clip -> step -> log
-                          checkpoint every N batches
+        plan = task.epoch_batches(shuffle_rng);  policy.start_epoch()
+        for each batch:   lr -> policy.forward -> loss -> policy.backward -> clip -> step
+                          -> log; checkpoint every N batches
         validate -> early stopping -> log -> checkpoint
+
+It is the one training loop of the library. What differs between tasks is how a batch
+is unrolled, a :class:`BatchPolicy` the task chooses (:meth:`unrolled.tasks.base.Task.
+policy`): from the zero state; from the state the previous batch carried
+(:class:`unrolled.streams.CarryState`, truncated BPTT over streams, whose carried state
+the checkpoint holds); through an encoder and a teacher-forced decoder
+(:class:`unrolled.seq2seq.TeacherForcing`). :class:`unrolled.streams.TBPTT` makes its
+updates with :meth:`Trainer.train_step`.
 """
 import json
 import math
@@ -35,9 +43,41 @@ from . import io
 from .grad import backward_params, loss_mask_for
 from .losses import get_loss
 from .optim import CosineLR, StepLR, WarmupLR, clip_grad_norm, get_optimizer
-from .tree import tree_flatten, tree_map, tree_unflatten
+from .tree import tree_flatten, tree_unflatten
 
-__all__ = ["Callback", "History", "Trainer"]
+__all__ = ["BatchPolicy", "Callback", "History", "Trainer"]
+
+
+class BatchPolicy:
+    """How the trainer turns one batch into outputs and gradients.
+
+    The trainer's loop is the same for every task; what differs between them is how a
+    batch is unrolled: from the zero state (this class), from the state the previous
+    batch left (:class:`unrolled.streams.CarryState`, truncated BPTT over streams), or
+    through an encoder and a teacher-forced decoder (:class:`unrolled.seq2seq.
+    TeacherForcing`). A task names its policy in :meth:`unrolled.tasks.base.Task.policy`.
+
+    ``forward(trainer, batch)`` returns ``(outputs, cache)``; the trainer scores the
+    outputs against ``batch.Y`` and hands ``d outputs`` to ``backward(trainer, cache,
+    d_out)``, which returns the gradient tree of ``trainer.model.params``.
+
+    A policy may keep state between batches in ``carry`` (a dict of arrays or None): the
+    checkpoint saves it and resuming restores it; ``start_epoch()`` is called at the
+    start of every epoch (not when resuming in the middle of one).
+    """
+
+    carry = None
+
+    def start_epoch(self):
+        """Called before the first batch of every epoch."""
+
+    def forward(self, trainer, batch):
+        out, _, cache = trainer.model.forward(batch.X, mask=batch.mask, training=True)
+        return out, cache
+
+    def backward(self, trainer, cache, d_out):
+        grads, _, _ = backward_params(trainer.model, cache, d_out)
+        return grads
 
 
 class Callback:
@@ -141,6 +181,9 @@ class Trainer:
     log : function for one-line messages (default ``print`` to stderr).
     distributed : bool, train data-parallel over the ranks of an MPI job (a
         :class:`unrolled.distributed.DistributedTrainer`; see ``docs/distributed.md``).
+    optimizer : a learner from :mod:`unrolled.optim` to use instead of the one the config
+        names (``optimizer``, ``lr``, ``schedule``, ...).
+    policy : the :class:`BatchPolicy` that unrolls each batch; default ``task.policy()``.
 
     Attributes
     ----------
@@ -157,7 +200,7 @@ class Trainer:
         return super().__new__(cls)
 
     def __init__(self, task, config=None, out_dir=None, model=None, callbacks=(), log=None,
-                 distributed=False):
+                 distributed=False, optimizer=None, policy=None):
         self.task = task
         self.config = dict(config or task.config)
         self.out_dir = None if out_dir is None else Path(out_dir)
@@ -169,7 +212,8 @@ class Trainer:
         # the shuffling generator is separate from those of the split and the weights
         self.rng = np.random.default_rng(np.random.SeedSequence([int(cfg["seed"]), 1]))
         self.steps_per_epoch = self._plan_length()
-        self.optimizer = make_optimizer(cfg, self.steps_per_epoch)
+        self.optimizer = optimizer or make_optimizer(cfg, self.steps_per_epoch)
+        self.policy = policy or task.policy()
         self.history = History()
         self.epoch = 0               # epochs completed
         self.batch_in_epoch = 0      # batches completed in the current epoch
@@ -177,13 +221,22 @@ class Trainer:
         self.epoch_rng_state = self.rng.bit_generator.state
         self.sums = {"loss": 0.0, "n": 0, "correct": 0, "count": 0}
         self.best = {"value": None, "epoch": 0, "wait": 0, "params": None}
-        self.carry = None            # recurrent state carried between batches (stateful)
         self.stop_training = False
         self._interrupted = False
         self.extra_meta = {}         # JSON-able facts saved with each checkpoint ("extra")
         self._last_checkpoint = time.monotonic()
 
     # -------------------------------------------------------------------- helpers
+    @property
+    def carry(self):
+        """The state the batch policy carries into the next batch (``{"h": (L, B, H),
+        ...}``), or None."""
+        return self.policy.carry
+
+    @carry.setter
+    def carry(self, value):
+        self.policy.carry = value
+
     def _plan_length(self):
         n = len(self.task.epoch_batches(np.random.default_rng(0)))
         if self.config["max_batches"]:
@@ -196,7 +249,7 @@ class Trainer:
         key = self.config.get("monitor") or self.task.monitor
         if key == self.task.monitor:
             return key, self.task.monitor_mode
-        lower = any(w in key for w in ("loss", "rmse", "mae", "bits", "perplexity"))
+        lower = any(w in key for w in ("loss", "rmse", "mae", "bits", "perplexity", "error"))
         return key, "min" if lower else "max"
 
     def _better(self, value):
@@ -321,30 +374,17 @@ class Trainer:
         return self._forward_backward(batch, self.loss)
 
     def _forward_backward(self, batch, loss):
-        """Forward, ``loss`` and BPTT on ``batch``; carries the state of a stateful task.
+        """Forward, ``loss`` and BPTT on ``batch``, as the batch policy runs them
+        (:class:`BatchPolicy`; a stateful task's :class:`unrolled.streams.CarryState`
+        carries the state from batch to batch).
 
         Returns ``(loss value, gradient tree, correct, count)``: ``correct`` of ``count``
         valid predictions are right (argmax of the logits; 0 of 0 unless cross-entropy).
         """
-        model = self.model
-        init = self.carry if self.task.stateful else None
-        if init is not None and next(iter(init.values())).shape[1] != batch.size:
-            init = None  # a batch of another size starts from the zero state
-        split = getattr(batch, "carry_at", None) if self.task.stateful else None
-        if split is None:
-            out, state, cache = model.forward(batch.X, mask=batch.mask, initial_state=init,
-                                              training=True)
-        else:
-            out, state, cache = _forward_split(model, batch, init, int(split))
+        out, cache = self.policy.forward(self, batch)
         lmask = loss_mask_for(out, batch.mask, batch.loss_mask)
         value, d_out = loss.value_and_grad(out, batch.Y, lmask)
-        if split is None:
-            grads, _, _ = backward_params(model, cache, d_out)
-        else:
-            grads = _backward_split(model, cache, d_out)
-        if self.task.stateful and (state is not None or split is not None):
-            # with carry_at, the state at that step (None: the zero state) is carried
-            self.carry = None if state is None else {k: np.array(v) for k, v in state.items()}
+        grads = self.policy.backward(self, cache, d_out)
         correct = count = 0
         if getattr(self.loss, "name", "") == "cross_entropy":
             ok = out.argmax(-1) == batch.Y
@@ -428,7 +468,7 @@ class Trainer:
             plan = plan[: cfg["max_batches"]]
         if self.batch_in_epoch == 0:
             self.sums = {"loss": 0.0, "n": 0, "correct": 0, "count": 0}
-            self.carry = None
+            self.policy.start_epoch()
         for cb in self.callbacks:
             cb.on_epoch_begin(self, self.epoch)
         bar = _progress(len(plan), self.batch_in_epoch, f"epoch {self.epoch + 1}/{E}",
@@ -516,45 +556,6 @@ class Trainer:
         last = self.epoch >= cfg["epochs"] or self.stop_training
         if not by_time or last or time.monotonic() - self._last_checkpoint >= secs:
             self.save_checkpoint()
-
-
-def _forward_split(model, batch, init, split):
-    """Forward ``batch.X`` as two parts, ``[:split]`` then ``[split:]``, the first part's
-    final state starting the second; the state returned is the one at ``split`` (what a
-    batch with ``carry_at=split`` carries). The outputs and the gradients are those of one
-    forward over the whole batch; only the state at ``split`` is extra.
-
-    Returns ``(out (B, T, ...), state at split, [(cache, (a, b)) per non-empty part])``.
-    """
-    T = batch.X.shape[1]
-    if not 0 <= split <= T:
-        raise ValueError(f"Batch.carry_at={split} is outside the batch's {T} steps")
-    outs, parts, state, carried = [], [], init, init
-    for a, b in ((0, split), (split, T)):
-        if b == a:
-            continue
-        m = None if batch.mask is None else batch.mask[:, a:b]
-        o, state, c = model.forward(batch.X[:, a:b], mask=m, initial_state=state,
-                                    training=True)
-        outs.append(o)
-        parts.append((c, (a, b)))
-        if a == 0 and b < T:
-            carried = state
-    if split == T:
-        carried = state
-    out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
-    return out, carried, parts
-
-
-def _backward_split(model, parts, d_out):
-    """BPTT through the parts of :func:`_forward_split`: the last part first, its
-    initial-state gradient flowing into the end of the part before it."""
-    grads, d_state = None, None
-    for cache, (a, b) in reversed(parts):
-        g, _, d_state = backward_params(model, cache, d_out[:, a:b], d_state)
-        grads = g if grads is None else tree_map(
-            lambda x, y: None if x is None else x + y, grads, g)
-    return grads
 
 
 def _fmt(v):

