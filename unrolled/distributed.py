@@ -89,6 +89,14 @@ class Context:
     def abort(self, code=1):
         """End the whole job now with exit status ``code`` (every rank, every machine)."""
         if self.comm is not None and self.size > 1:
+            # MPI_Abort kills the launcher's output forwarding with the job: give it a
+            # moment to pass on what this rank just wrote (the error message)
+            for f in (sys.stdout, sys.stderr):
+                try:
+                    f.flush()
+                except (OSError, ValueError):
+                    pass
+            time.sleep(0.5)
             self.comm.Abort(int(code))
         sys.exit(code)
 
