@@ -210,3 +210,46 @@ def test_lstm_layer_norm_option(tmp_path):
     assert np.array_equal(m2.forward(data())[0], m.forward(data())[0])
     with pytest.raises(ValueError, match="combined are not built"):
         u.LSTM(3, 4, layer_norm=True, peepholes=True)
+
+
+def test_pinned_masks_are_checked_and_cast():
+    X = data().astype("float32")
+    m = u.LSTM(3, 4, dtype="float32", seed=0, weight_drop=0.3, recurrent_dropout=0.3,
+               input_dropout=0.3)
+    rng = np.random.default_rng(0)
+    m.fixed_weight_masks = {"l0": (rng.random((16, 4)) > 0.3) / 0.7}        # float64
+    m.fixed_recurrent_masks = {"l0": (rng.random((3, 4)) > 0.3) / 0.7}
+    m.fixed_input_masks = {0: (rng.random((3, 3)) > 0.3) / 0.7}
+    res = {}
+    for be in ("reference", "numba"):
+        with u.backend(be):
+            out, _, cache = m.forward(X, training=True)
+            g, dX, _ = m.backward(cache, np.ones_like(out))
+        assert out.dtype == np.float32 and g["l0"]["weight_hh"].dtype == np.float32
+        res[be] = [out, dX, g["l0"]["weight_hh"]]
+    for a, b in zip(res["numba"], res["reference"]):
+        assert np.all(np.isfinite(a)) and rel_err(a, b) < 1e-5
+    m.fixed_recurrent_masks = {"l0": np.ones((1, 4))}
+    with pytest.raises(ValueError, match=r"fixed_recurrent_masks\['l0'\] must have shape"):
+        m.forward(X, training=True)
+    m.fixed_recurrent_masks = None
+    m.fixed_input_masks = {"l0": np.ones((3, 3))}
+    with pytest.raises(ValueError, match="fixed_input_masks has no mask for 0"):
+        m.forward(X, training=True)
+
+
+def test_teacher_forcing_with_recurrent_masks_is_refused():
+    with pytest.raises(ValueError, match="teacher forcing runs every step at once"):
+        u.Elman(3, 4, recurrent_dropout=0.3).forward(
+            np.zeros((2, 3, 3), "f4"), teacher=np.ones((2, 3, 4), "f4"), training=True)
+
+
+def test_generator_refuses_a_windowed_cell():
+    with pytest.raises(ValueError, match="input window"):
+        u.Generator(u.QRNN(3, 4))
+
+
+def test_reference_backend_wins_over_the_parallel_scan():
+    m = u.MinGRU(3, 4)
+    with u.settings.override(scan="parallel", backend="reference"):
+        assert "readable" in u.explain(m)

@@ -27,7 +27,8 @@ def explain(model, batch=32, steps=100, masked=False, truncate=None, xp=np):
         cell = layer._cell
         tr = truncate if truncate is not None else layer.truncate
         path = kernels.plan(cell, xp, np.dtype(layer.dtype), None, masked=masked,
-                            truncated=tr is not None, warn=False)
+                            truncated=tr is not None, warn=False,
+                            recurrent_mask=bool(getattr(layer, "recurrent_dropout", 0)))
         pol = memory.policy(layer, batch, steps, True, None, True)
         mem = ("full BPTT" if pol is unroll
                else f"checkpointed BPTT (segments of {pol.segment} steps)")

@@ -44,8 +44,9 @@ class Generator:
             raise ValueError(f"Generator supports layers whose cell has a per-unit step "
                              f"(LSTM, GRU with reset_after=True, Elman, ...), got {rnn!r}; use "
                              "the layer's forward one step at a time instead")
-        if getattr(cell, "noise", ()):
-            raise ValueError(f"Generator does not run cells with noise inputs ({cell.name}); "
+        if getattr(cell, "noise", ()) or getattr(cell, "window", 1) > 1:
+            raise ValueError(f"Generator does not run cells with noise inputs or an input "
+                             f"window ({cell.name}); "
                              "use the layer's forward one step at a time instead")
         if rnn.bidirectional:
             raise ValueError("a bidirectional layer cannot generate step by step; use "

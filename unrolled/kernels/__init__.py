@@ -99,7 +99,7 @@ def plan(cell, xp, dtype, backend=None, masked=False, truncated=False, teacher=F
     be = resolve(backend, xp)
     cname = getattr(cell, "name", type(cell).__name__)
     if settings.scan == "parallel" and callable(getattr(cell, "linear", None)) \
-            and not recurrent_mask:
+            and not recurrent_mask and be != "reference":
         return Path("scan", f"cell {cname!r} is a linear recurrence of its input: all steps "
                     "at once (settings.scan = 'parallel', unrolled.scan)")
     if be == "reference":

@@ -80,6 +80,25 @@ def _check_arity(cell, what, parts):
                             f"{name}, the cell declares {n}")
 
 
+def _helpers_hash():
+    """A hash of the modules whose compiled functions the generated loop inlines: a change
+    there gives the generated module a new name, so numba never loads stale code."""
+    if not _HELPERS:
+        import os.path
+
+        from . import cells_numba, loop_numba
+
+        h = hashlib.sha256()
+        for mod in (cells_numba, loop_numba):
+            with open(os.path.abspath(mod.__file__), "rb") as f:
+                h.update(f.read())
+        _HELPERS.append(h.hexdigest()[:16])
+    return _HELPERS[0]
+
+
+_HELPERS = []
+
+
 def source(cell, dtype):
     """The compiled module's source for ``cell`` and ``dtype`` (float32 or float64)."""
     bits = 32 if np.dtype(dtype) == np.float32 else 64
@@ -199,6 +218,7 @@ def source(cell, dtype):
     head = [f'"""Generated from {type(cell).__module__}.{type(cell).__qualname__} '
             f'({cell!r}), float{bits}. Do not edit."""',
             "# compiled with -runtime-memory-check-threshold=256 (see compiled.py)",
+            f"# helpers: {_helpers_hash()} (their machine code is inlined here)",
             "import numpy as np",
             "from unrolled.kernels.loop_numba import (JIT, gemm{b} as gemm, tanh{b} as _tanh,"
             " exp{b} as _exp, cast{b} as cast)".format(b=bits),
@@ -285,7 +305,9 @@ def _load(cell, dtype):
         name = f"unrolled_loop_{cell.name}_{key}"
         path = os.path.join(cache_dir(), name + ".py")
         if not os.path.exists(path):
-            tmp = f"{path}.{os.getpid()}.tmp"
+            import threading
+
+            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
             with open(tmp, "w") as f:
                 f.write(src)
             os.replace(tmp, path)  # atomic: a second process reads a whole file

@@ -257,6 +257,10 @@ class Recurrent(Module):
         mT = None if mask is None else xp.ascontiguousarray(mask.T)  # (T, B)
         s0 = self._initial_states(initial_state, B, xp)
         ridx = reverse_index(mT, T, B, xp) if self.bidirectional else None
+        if teacher is not None and training and (self.recurrent_dropout or self.zoneout):
+            raise ValueError("teacher forcing runs every step at once, without the state the "
+                             "recurrent dropout and zoneout masks act on; train without "
+                             "teacher= or without those options")
         prev = self._teacher_states(teacher, s0, mT, T, B, xp) if teacher is not None else None
         tapes, drops, finals = {}, [], {}
         inp = Xt
@@ -266,7 +270,7 @@ class Recurrent(Module):
             outs = []
             im = None
             if training and self.input_dropout > 0:  # one mask per sequence, every step
-                im = (self.fixed_input_masks or {}).get(k)
+                im = self._pinned("fixed_input_masks", k, (B, inp.shape[-1]), xp)
                 if im is None:
                     keep = self.rng.random((B, inp.shape[-1])) >= self.input_dropout
                     im = xp.asarray(keep.astype(self.dtype) / (1 - self.input_dropout))
@@ -281,7 +285,8 @@ class Recurrent(Module):
                 x_in = inp if d == 0 else _gather_time(inp, ridx, xp)
                 wm = None
                 if training and self.weight_drop > 0:
-                    wm = (self.fixed_weight_masks or {}).get(name)
+                    wm = self._pinned("fixed_weight_masks", name,
+                                      self._params[name]["weight_hh"].shape, xp)
                     if wm is None:
                         shape = self._params[name]["weight_hh"].shape
                         keep = self.rng.random(shape) >= self.weight_drop
@@ -289,14 +294,16 @@ class Recurrent(Module):
                     weight_masks[name] = wm
                 prepared[name] = self._prepared(name, xp, wm)
                 if training and self.recurrent_dropout > 0:
-                    hm = (self.fixed_recurrent_masks or {}).get(name)
+                    hm = self._pinned("fixed_recurrent_masks", name, (B, self.hidden_size), xp)
                     if hm is None:
                         keep = self.rng.random((B, self.hidden_size)) >= self.recurrent_dropout
                         hm = xp.asarray(keep.astype(self.dtype) / (1 - self.recurrent_dropout))
                     prepared[name] = {**prepared[name], "h_mask": hm}
                 nz = getattr(self._cell, "noise", ())
                 if nz:  # the cell's per-step masks: drawn in training, expected at evaluation
-                    arr = (self.fixed_noise or {}).get(name) if training else None
+                    arr = (self._pinned("fixed_noise", name,
+                                        (T, B, len(nz) * self.hidden_size), xp)
+                           if training else None)
                     if arr is None:
                         shape = (T, B, len(nz) * self.hidden_size)
                         arr = (xp.asarray((self.rng.random(shape) < self.zoneout)
@@ -339,6 +346,21 @@ class Recurrent(Module):
                  # the weights as the forward used them (the backward differentiates those)
                  "prepared": prepared if keep_tape else {}}
         return out, state, cache
+
+    def _pinned(self, attr, key, shape, xp):
+        """A mask pinned by the user (``layer.<attr>[key]``), checked and in the layer's
+        dtype; None where none is pinned."""
+        given = getattr(self, attr, None)
+        if not given:
+            return None
+        if key not in given:
+            raise ValueError(f"{attr} has no mask for {key!r}; its keys must be "
+                             f"{self.names if isinstance(key, str) else list(range(self.num_layers))}")
+        m = xp.asarray(given[key], dtype=self.dtype)
+        if tuple(m.shape) != tuple(shape):
+            raise ValueError(f"{attr}[{key!r}] must have shape {tuple(shape)}, got "
+                             f"{tuple(m.shape)}")
+        return m
 
     def _teacher_states(self, teacher, s0, mT, T, B, xp):
         """The state fed into each step under teacher forcing: the true previous output."""
