@@ -45,18 +45,11 @@ def _recurrent_layers(model):
 
 
 def _spec_for_drawing(model):
-    """The first recurrent layer's shape, with the output width of what follows it."""
-    from ..layers import Dense, Sequential
+    """The model as it was built: its pattern, its recurrent layers and the layers around
+    them (see :func:`unrolled.inspect.drawings.spec_of_model`)."""
+    from .drawings import spec_of_model
 
-    rnn = _recurrent_layers(model)[0]
-    spec = {"cell": rnn._cell if rnn.cell == "jordan" else rnn.cell,
-            "input_size": rnn.input_size, "hidden_size": rnn.hidden_size,
-            "num_layers": rnn.num_layers, "bidirectional": rnn.bidirectional}
-    if isinstance(model, Sequential):
-        dense = [ly for ly in model.layers if isinstance(ly, Dense)]
-        if dense:
-            spec["output_size"] = dense[-1].out_features
-    return spec
+    return spec_of_model(model)
 
 
 def _save(fig, out_dir, stem, files):
