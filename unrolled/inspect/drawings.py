@@ -503,7 +503,8 @@ def _new_figure(xlim, ylim, title, subtitle, legend, min_width=6.0):
         box = leg.get_window_extent(renderer)
         if box.width / fig.dpi + 0.3 <= w:
             break
-    w = max(w, box.width / fig.dpi + 0.3, head.get_window_extent(renderer).width / fig.dpi + 0.4)
+    w = max(w, box.width / fig.dpi + 0.3, head.get_window_extent(renderer).width / fig.dpi + 0.4,
+            sub.get_window_extent(renderer).width / fig.dpi + 0.4)
     pad = (w / _SCALE - (x1 - x0)) / 2         # widen the view, keep the scale
     x0, x1 = x0 - pad, x1 + pad
     h_draw, h_leg, h_top = (y1 - y0) * _SCALE, box.height / fig.dpi + 0.3, 0.8
