@@ -332,7 +332,10 @@ class CTFTask(SequenceClassification):
                  (f"sequences: train {self.sizes['train']}, val {self.sizes['val']}, test "
                   f"{self.sizes['test']}{test}; {min(lengths)} to {max(lengths)} steps")]
         if not self.config["streams"]:
-            sparse = [n for n, (d, k) in self.streams.items() if k == "sparse"]
+            named = {self.config["labels"]: self.config["label_names"],
+                     self.config["features"]: self.config["feature_names"]}
+            sparse = [n for n, (d, k) in self.streams.items()
+                      if k == "sparse" and not named.get(n)]   # a .wl file gave its size
             if sparse:
                 spec = ",".join(f"{n}:{d}:{k}" for n, (d, k) in self.streams.items())
                 lines.append(f"note: the dims of sparse stream(s) {', '.join(sparse)} were "
