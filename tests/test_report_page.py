@@ -79,6 +79,19 @@ def test_a_picture_of_part_of_the_data_says_which_part(tmp_path, monkeypatch):
     assert len(_embedded_data(page)["layers"]) == 2     # the step-by-step view has both
 
 
+def test_a_long_record_is_cut_in_the_view_and_the_page_says_so():
+    from unrolled.inspect.page import explorer_html
+
+    h = np.random.default_rng(0).standard_normal((1, 30, 2))
+    page = explorer_html({"l0": {"h": h, "h0": h[:, 0]}}, labels=list("abcdefghij") * 3,
+                         max_steps=12)
+    data = _embedded_data(page)
+    assert (data["T"], data["of"]) == (12, 30) and data["labels"] == list("abcdefghijab")
+    np.testing.assert_allclose(data["layers"]["l0"]["data"]["h"], h[0, :12], rtol=1e-4)
+    assert html.escape("the first 12 of the record's 30 steps") in page
+    assert "h0" not in data["layers"]["l0"]["names"]       # initial states: not per step
+
+
 def _browse(url, *args, timeout=60):
     cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
            "--enable-logging=stderr", "--v=0", *args, url]

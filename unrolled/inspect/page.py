@@ -34,25 +34,29 @@ def _round(a, digits=5):
     return out.tolist()
 
 
-def explorer_data(tr, flow=None, labels=None, record=0):
+def explorer_data(tr, flow=None, labels=None, record=0, max_steps=1000):
     """The JSON-able numbers of the explorer: per layer/direction key, every state and
-    tape entry of one record as (T, S) lists, and ‖∂L/∂h_t‖ (T,) where ``flow`` has it."""
-    layers, T = {}, None
+    tape entry of one record as (T, S) lists, and ‖∂L/∂h_t‖ (T,) where ``flow`` has it.
+    A record longer than ``max_steps`` is cut to its first ``max_steps`` steps
+    (``"of"`` then holds its full length)."""
+    layers, T, full = {}, None, None
     for key, d in tr.items():
         names = {}
         for name, v in d.items():
             v = np.asarray(v)
             if v.ndim == 3 and name != "mask":
-                names[name] = _round(v[record])
-                T = v.shape[1]
+                full = v.shape[1]
+                names[name] = _round(v[record, :max_steps])
+                T = min(full, max_steps)
         layers[key] = {"names": list(names), "data": names,
                        "range": {n: ([0, 1] if n in _UNIT_RANGE else [-1, 1]) for n in names}}
     grad = {}
     if flow is not None:
         for key, v in flow.norms.items():
-            grad[key] = _round(np.asarray(v)[record])
-    labels = [str(x) for x in labels] if labels is not None and len(labels) == T else None
-    return {"T": T, "labels": labels, "layers": layers, "grad": grad}
+            grad[key] = _round(np.asarray(v)[record, :max_steps])
+    labels = ([str(x) for x in labels[:T]] if labels is not None and len(labels) == full
+              else None)
+    return {"T": T, "of": full, "labels": labels, "layers": layers, "grad": grad}
 
 
 _CSS = """
@@ -212,13 +216,17 @@ ERROR_HOOK = ("<script>window.onerror=function(m,s,l){var b=document.body||"
               "'data-errors')||'')+m+' (line '+l+'); ');};</script>")
 
 
-def explorer_html(tr, flow=None, labels=None, note=None):
+def explorer_html(tr, flow=None, labels=None, note=None, max_steps=1000):
     """The interactive ``<section>`` (see the module doc) for the traces ``tr`` of one
-    record and its gradient flow ``flow``."""
-    data = explorer_data(tr, flow, labels)
+    record and its gradient flow ``flow`` (its first ``max_steps`` steps)."""
+    data = explorer_data(tr, flow, labels, max_steps=max_steps)
     if not data["layers"] or data["T"] is None:
         return ""
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    if data["of"] > data["T"]:
+        cut = (f"This view shows the first {data['T']} of the record's {data['of']} steps "
+               "(all of them are in arrays.npz).")
+        note = f"{note} {cut}" if note else cut
     extra = f"<p>{html.escape(note)}</p>" if note else ""
     return (
         f"<section id='explore'><style>{_CSS}</style>"
