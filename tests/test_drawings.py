@@ -334,3 +334,21 @@ def test_rolled_model_shows_the_layers_around_the_recurrence(tmp_path):
     assert ("V", "out-1", "o") in edges
     draw_rolled(_names_model(True), path=tmp_path / "r.png")
     open_png(tmp_path / "r.png")
+
+
+def test_one_to_many_generation_feeds_each_output_back_as_the_next_input(tmp_path):
+    u = pytest.importorskip("unrolled")
+    gen = u.UnfoldFrom("gru", u.Dense(4, 7), embed=u.Embedding(7, 3), start=1, until=2,
+                       input_size=3, hidden_size=4)
+    s = describe(gen)
+    assert (s.pattern, s.output_size, s.inputs) == ("one-to-many", 7, ("Embedding(7, 3)",))
+    T = 4
+    draw_unrolled(gen, T=T, path=tmp_path / "g.svg", backward=True)
+    edges = svg_edges(tmp_path / "g.svg")
+    feed = {(a, b) for r, a, b in edges if r == "feed"}
+    assert feed == {(f"o-{t - 1}", f"x-{t}") for t in range(2, T + 1)}
+    # teacher forcing: no gradient along the feedback, a loss at every step
+    assert not any(r == "grad" and a.startswith("x-") for r, a, b in edges)
+    assert len([1 for r, *_ in edges if r == "loss"]) == T
+    draw_rolled(gen, path=tmp_path / "r.svg")
+    assert ("feed", "o", "x") in svg_edges(tmp_path / "r.svg")

@@ -37,7 +37,7 @@ _SUFFIXES = (".png", ".svg")
 _TITLES = {"elman": "Elman RNN", "jordan": "Jordan RNN (output-to-hidden)",
            "lstm": "LSTM", "gru": "GRU"}
 _SIGMOID = {"i", "f", "o", "r", "z"}     # gates squashed by a sigmoid; the rest by tanh
-PATTERNS = ("many-to-many", "many-to-one")
+PATTERNS = ("many-to-many", "many-to-one", "one-to-many")
 
 
 def _title(cell):
@@ -66,6 +66,7 @@ _INK = "#222222"
 _FACES = {"x": "#e8eef7", "h": "#fff4d6", "o": "#e3f4e1", "L": "#fde2e2", "y": "#eeeeee",
           "layer": "#f1ecf7"}
 _LAYER = "#6c5b7b"      # the layers around the recurrence
+_FEED = "#555555"       # an output fed back as the next input (generation)
 _SCALE = 0.78           # inches per data unit: every drawing keeps the same scale
 
 
@@ -149,6 +150,14 @@ def spec_of_model(model):
     of the last Dense layer as the output (V)."""
     from ..layers import Dense
 
+    if hasattr(model, "rec") and hasattr(model, "readout"):   # UnfoldFrom: generation
+        rnn = model.layer
+        return describe({"cell": rnn._cell if rnn.cell == "jordan" else rnn.cell,
+                         "input_size": rnn.input_size, "hidden_size": rnn.hidden_size,
+                         "output_size": model.readout.out_features,
+                         "num_layers": rnn.num_layers, "bidirectional": rnn.bidirectional,
+                         "pattern": "one-to-many",
+                         "inputs": (repr(model.embed),) if model.embed is not None else ()})
     flat = _flat_layers(model)
     idx = [i for i, ly in enumerate(flat) if _recurrent(ly) is not None]
     if not idx:
@@ -203,7 +212,8 @@ def describe(obj):
     """
     names = [f.name for f in fields(NetSpec)]
     required = ("cell", "input_size", "hidden_size")
-    if hasattr(obj, "layers") or hasattr(obj, "_sequences"):   # a model: read it whole
+    if hasattr(obj, "layers") or hasattr(obj, "_sequences") or hasattr(obj, "readout"):
+        # a model: read it whole
         return spec_of_model(obj)
     if isinstance(obj, NetSpec):
         raw = {n: getattr(obj, n) for n in names}
@@ -618,6 +628,9 @@ def _layers_legend(spec, every):
 
 
 def _pattern_note(spec, T=None):
+    if spec.pattern == "one-to-many":
+        return ("generation: each output is the next input; trained with the true previous "
+                "output (teacher forcing), a loss at every step")
     if spec.pattern == "many-to-one":
         last = "the last step" if T is None else f"step {T}, the last"
         return f"one output and one loss, after {last}"
@@ -688,6 +701,9 @@ def draw_rolled(spec, path=None):
     if _has_c(spec.cell):
         legend.append((_CPATH, "C  cell state carried to the next step (no weight)", "-"))
     legend += _layers_legend(spec, "at every step")
+    if spec.pattern == "one-to-many" and not jordan:
+        legend.append((_FEED, "o → next x: generating, the output chosen at step t is "
+                              "the input of step t+1; training feeds the true y_t", ":"))
     title, sub = _title_of(spec, "rolled")
     sub += "; " + _pattern_note(spec)
     fig, ax = _new_figure((-xmax, xmax), (-0.8, y + 2.1), title, sub, legend)
@@ -751,7 +767,21 @@ def draw_rolled(spec, path=None):
     for key in top:
         _edge(ax, nodes[key], nodes["L"], allnodes, _INK, lw=1.3, gid=f"loss:{_kid(key)}>L")
     _edge(ax, nodes["y"], nodes["L"], allnodes, _INK, lw=1.3, gid="target:y>L")
+    if spec.pattern == "one-to-many" and not jordan:
+        _feedback(ax, nodes["o"], nodes["x"], xmax)
     return _save(fig, path)
+
+
+def _feedback(ax, o, x, reach):
+    """The output fed back as the next input, around the left of the rolled drawing."""
+    p0, p3 = np.array([o.x - o.w, o.y]), np.array([x.x - x.w, x.y])
+    left = -reach + 0.5
+    pts = _clip(_cubic(p0, [left, o.y], [left, x.y], p3), o, x, 0.04)
+    _arrow(ax, pts, _FEED, lw=1.3, ls=":", gid="feed:o>x")
+    mid = pts[len(pts) // 2]
+    ax.add_patch(Rectangle(mid - 0.07, 0.14, 0.14, color=_INK, zorder=4))   # one step late
+    ax.text(mid[0] - 0.16, mid[1], "next\ninput", color=_FEED, fontsize=9, ha="right",
+            va="center")
 
 
 def _jordan_loop(ax, o, h, side, colour, text, gid=None):
@@ -861,6 +891,9 @@ def draw_unrolled(spec, T=4, path=None, backward=False):
     if lstm:
         legend.append((_CPATH, "C  cell state path: f ⊙ C + i ⊙ g (no weight)", "-"))
     legend += _layers_legend(spec, "at every step")
+    if spec.pattern == "one-to-many" and not jordan:
+        legend.append((_FEED, "o → next x: generating, the output chosen at step t is "
+                              "the input of step t+1; training feeds the true y_t", ":"))
     if backward:
         legend.append((_GRAD, "gradient of L flowing back (BPTT)" + (", also along C"
                               if lstm else "") + ("; it enters at the last step only"
@@ -974,6 +1007,15 @@ def draw_unrolled(spec, T=4, path=None, backward=False):
                 link((top, spec.num_layers, d, src[d]), ("L", t), _INK, None, 1, grad=True,
                      role="loss")
         link(("y", t), ("L", t), _INK, None, 1, role="target")
+    if spec.pattern == "one-to-many" and not jordan:   # o_{t-1} is the next input x_t
+        for t in range(2, T + 1):
+            a, b = nodes[("o", t - 1)], nodes[("x", t)]
+            pts = _route(a, b, allnodes, rad=0.0)
+            _arrow(ax, pts, _FEED, lw=1.3, ls=":", gid=f"feed:{_kid(('o', t - 1))}>"
+                                                       f"{_kid(('x', t))}")
+            if t == 2:
+                _label(ax, pts, "next input", _FEED, side=-1, at=0.5, fontsize=9,
+                       bold=False)
     if backward:
         _sums(ax, spec, nodes, T, jordan)
     return _save(fig, path)
