@@ -63,7 +63,7 @@ def test_containers_print_their_layers_nested():
     model = u.Sequential(inner, u.Fold(u.GRU(4, 6), go_backwards=True), lstm)
     lines = repr(model).splitlines()
     assert lines[0] == "Sequential(" and lines[-1] == ")"
-    assert f"  (0): Sequential(" in lines
+    assert "  (0): Sequential(" in lines
     assert f"    (0): {inner.layers[0]!r}" in lines and f"    (1): {inner.layers[1]!r}" in lines
     assert f"  (2): {lstm!r}" in lines
     fold = lines.index("  (1): Fold(")

@@ -1045,7 +1045,8 @@ def _sums(ax, spec, nodes, T, jordan):
              rf"$\partial L/\partial W = \sum_t\, \delta_t\, {prev}^{{\top}}$",
              r"$\partial L/\partial V = \sum_t\, (\partial L/\partial o_t)\, h_t^{\top}$"]
     if spec.pattern == "many-to-one" and not jordan:   # one output: no sum for V
-        texts[2] = rf"$\partial L/\partial V = (\partial L/\partial o_{{{T}}})\, h_{{{T}}}^{{\top}}$"
+        texts[2] = (rf"$\partial L/\partial V = (\partial L/\partial o_{{{T}}})\, "
+                    rf"h_{{{T}}}^{{\top}}$")
     mid = boxes[1]
     for bx, txt in zip(boxes, texts):
         _arrow(ax, np.array([[bx, ybus], [bx, ybox + 0.3]]), _GRAD, lw=1.4)

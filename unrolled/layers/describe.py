@@ -67,8 +67,6 @@ def _differs(value, default):
 
 
 def _fmt(v):
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        return repr(v)
     if isinstance(v, np.dtype):
         return repr(v.name)
     return repr(v)
