@@ -352,3 +352,32 @@ def test_one_to_many_generation_feeds_each_output_back_as_the_next_input(tmp_pat
     assert len([1 for r, *_ in edges if r == "loss"]) == T
     draw_rolled(gen, path=tmp_path / "r.svg")
     assert ("feed", "o", "x") in svg_edges(tmp_path / "r.svg")
+
+
+@pytest.mark.parametrize("attention", [None, "dot"])
+def test_encoder_decoder_drawing_links_the_encoder_to_the_decoder(attention, tmp_path):
+    u = pytest.importorskip("unrolled")
+    model = u.Seq2Seq(10, 12, embed_size=4, hidden_size=5, attention=attention, seed=0)
+    S = T = 3
+    draw_unrolled(model, T=T, path=tmp_path / "s.svg", backward=True)
+    edges = svg_edges(tmp_path / "s.svg")
+    by = lambda role: {(a, b) for r, a, b in edges if r == role}   # noqa: E731
+    assert by("state") == {(f"h-{S}", "s-1")}                      # the final state
+    assert by("W") == {(f"h-{t - 1}", f"h-{t}") for t in range(1, S + 1)} | {
+        (f"s-{t - 1}", f"s-{t}") for t in range(2, T + 1)}
+    assert by("loss") == {(f"o-{t}", f"L-{t}") for t in range(1, T + 1)}
+    assert ("s-1", f"h-{S}") in by("grad")                         # into the encoder
+    attn = by("attn")
+    if attention:
+        assert {(f"h-{j}", f"c-{t}") for j in range(1, S + 1)
+                for t in range(1, T + 1)} <= attn
+        assert by("V") == {(f"c-{t}", f"o-{t}") for t in range(1, T + 1)}
+    else:
+        assert not attn and by("V") == {(f"s-{t}", f"o-{t}") for t in range(1, T + 1)}
+    from unrolled.inspect.drawings import draw_encoder_decoder
+
+    draw_encoder_decoder({"cell": "gru", "hidden_size": 8, "attention": "additive"}, T=2,
+                         T_source=4, path=tmp_path / "s.png")
+    open_png(tmp_path / "s.png")
+    with pytest.raises(ValueError, match="attention"):
+        draw_encoder_decoder({"cell": "gru", "hidden_size": 8, "attention": "luong"})

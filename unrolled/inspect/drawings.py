@@ -819,6 +819,8 @@ def draw_unrolled(spec, T=4, path=None, backward=False):
     row per layer and direction, o_t, L_t, y_t. A Jordan network has an h row and
     an o row per layer, and its recurrence runs from o_{t-1} into h_t.
     """
+    if hasattr(spec, "encoder") and hasattr(spec, "decoder"):   # an encoder–decoder
+        return draw_encoder_decoder(spec, T=T, path=path, backward=backward)
     spec = describe(spec)
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise ValueError(f"T must be an integer >= 1 (the number of time steps to draw), "
@@ -1060,3 +1062,128 @@ def _sums(ax, spec, nodes, T, jordan):
     if spec.inputs:
         note += r"; $e_t$: the input of the recurrence, from the layers under it"
     ax.text(mid, ybox - 0.62, note, ha="center", va="center", fontsize=9, color="#555555")
+
+
+# ------------------------------------------------------------- encoder–decoder
+def draw_encoder_decoder(model, T=3, path=None, backward=False, T_source=None):
+    """Draw an encoder–decoder (:class:`unrolled.seq2seq.Seq2Seq`) unrolled.
+
+    Args:
+        model: a ``Seq2Seq``, or a dict with ``cell``, ``hidden_size`` and optionally
+            ``attention`` (None, ``"dot"``, ``"general"``, ``"additive"``),
+            ``num_layers``.
+        T: decoder (target) steps to draw; ``T_source``: encoder steps (default T).
+        path: ``.png`` or ``.svg``; None to only return the figure.
+        backward: overlay the gradient: from every loss back along the decoder, into the
+            encoder through its final state (and, with attention, through every
+            encoder state the decoder attended to), and back along the encoder.
+
+    The encoder reads the source x_1..x_S (embedded); its final state starts the decoder,
+    which reads the target shifted by one (⟨bos⟩, y_1, ..., y_(T−1): teacher forcing)
+    and gives o_t and a loss L_t at every target step. With attention each decoder state
+    s_t scores every encoder state h_j, and the context they give (c_t) and s_t make the
+    output.
+    """
+    if isinstance(model, Mapping):
+        cfg = dict(model)
+    else:
+        cfg = {"cell": model.cell, "hidden_size": model.hidden_size,
+               "attention": model.attention, "num_layers": model.num_layers}
+    cell = _cell_name(cfg["cell"])
+    attention = cfg.get("attention")
+    if attention not in (None, "dot", "general", "additive"):
+        raise ValueError(f"attention must be None, 'dot', 'general' or 'additive', got "
+                         f"{attention!r}")
+    for name, v in (("T", T), ("T_source", T if T_source is None else T_source)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    S, T = int(T if T_source is None else T_source), int(T)
+    _check_path(path)
+    dx, r = 1.9, 0.36
+    hw, hh = 0.5, 0.4
+    x_enc = {t: t * dx for t in range(0, S + 1)}
+    x_dec = {t: (S + 1.5 + t) * dx for t in range(1, T + 1)}
+    y_in, y_emb, y_h = 0.0, 1.0, 2.6
+    y_c = 4.1
+    y_o = (5.5 if attention else 4.1)
+    y_L, y_y = y_o + 1.4, y_o + 2.8
+    nodes = {}
+
+    def node(key, x, y, label, kind, shape="circle", w=r, h=r, dashed=False):
+        nodes[key] = _Node(x, y, label, kind, shape, w, h, dashed)
+
+    for t in range(1, S + 1):
+        node(("x", t), x_enc[t], y_in, _sym("x", t=t), "x")
+        nodes[("xe", t)] = _layer_node(x_enc[t], y_emb, "Embedding")
+    node(("h", 0), x_enc[0], y_h, _sym("h", t=0), "h", "box", hw, hh, dashed=True)
+    for t in range(1, S + 1):
+        node(("h", t), x_enc[t], y_h, _sym("h", t=t), "h", "box", hw, hh)
+    for t in range(1, T + 1):
+        node(("yin", t), x_dec[t], y_in, "⟨bos⟩" if t == 1 else _sym("y", t=t - 1), "y")
+        nodes[("ye", t)] = _layer_node(x_dec[t], y_emb, "Embedding")
+        node(("s", t), x_dec[t], y_h, _sym("s", t=t), "h", "box", hw, hh)
+        if attention:
+            node(("c", t), x_dec[t], y_c, _sym("c", t=t), "o")
+        node(("o", t), x_dec[t], y_o, _sym("o", t=t), "o")
+        node(("L", t), x_dec[t], y_L, _sym("L", t=t), "L")
+        node(("y", t), x_dec[t], y_y, _sym("y", t=t), "y")
+    allnodes = list(nodes.values())
+    col = dict(zip(("Ue", "We", "Ud", "Wd", "V", "A"),
+                   ("#1f5fbf", "#d62728", "#8e44ad", "#8c564b", _V_COLOUR, "#17becf")))
+    legend = [(col["Ue"], "Uₑ  encoder input → hidden: shared by all source steps", "-"),
+              (col["We"], "Wₑ  encoder hidden → hidden: shared by all source steps", "-"),
+              (col["Ud"], "U_d  decoder input → hidden: shared by all target steps", "-"),
+              (col["Wd"], "W_d  decoder hidden → hidden; the encoder's final state starts "
+                          "the decoder", "-"),
+              (col["V"], "V  → output logits, at every target step", "-"),
+              (_LAYER, "emb  an embedding of the source / target symbols", "s")]
+    if attention:
+        legend.append((col["A"], f"{attention} attention: s_t scores every h_j; their "
+                                 "weighted sum c_t (with s_t) makes the output", "-"))
+    if backward:
+        legend.append((_GRAD, "gradient of the losses flowing back (BPTT), through the "
+                              "decoder into the encoder" + ("; through the attention into "
+                              "every h_j at every step (drawn for the last)" if attention
+                              else ""), "--"))
+    title = (f"Encoder–decoder ({_title(cell)}"
+             + (f", {cfg.get('num_layers', 1)} layers" if cfg.get("num_layers", 1) > 1
+                else "") + ")" + (f", {attention} attention" if attention else "")
+             + f", unrolled over {S} source and {T} target steps"
+             + (", with the backward pass" if backward else ""))
+    sub = (f"hidden_size={cfg['hidden_size']}; trained with the target shifted by one as "
+           "the decoder's input (teacher forcing), a loss at every target step")
+    fig, ax = _new_figure((x_enc[0] - hw - 0.9, x_dec[T] + hw + 0.9), (-0.9, y_y + 0.8),
+                          title, sub, legend, min_width=7.0)
+    for n in allnodes:
+        _draw_node(ax, n, fontsize=9 if n.kind == "layer" else 12)
+
+    def link(a, b, colour, text=None, role="U", grad=True, side=1, lw=1.7):
+        ids = f"{_kid(a)}>{_kid(b)}"
+        A, B = nodes[a], nodes[b]
+        sep = 0.09 if backward and grad else 0.0
+        _edge(ax, A, B, allnodes, colour, text, side=side, off=side * sep, lw=lw,
+              gid=f"{role}:{ids}")
+        if backward and grad:
+            _edge(ax, B, A, allnodes, _GRAD, None, side=side, off=side * sep,
+                  gid=f"grad:{_kid(b)}>{_kid(a)}", ls="--", lw=1.3)
+
+    for t in range(1, S + 1):
+        link(("x", t), ("xe", t), _LAYER, role="in", grad=False, lw=1.4)
+        link(("xe", t), ("h", t), col["Ue"], "Uₑ", role="U")
+        link(("h", t - 1), ("h", t), col["We"], "Wₑ", role="W")
+    link(("h", S), ("s", 1), col["Wd"], "initial state", role="state")
+    for t in range(1, T + 1):
+        link(("yin", t), ("ye", t), _LAYER, role="in", grad=False, lw=1.4)
+        link(("ye", t), ("s", t), col["Ud"], "U_d", role="U")
+        if t > 1:
+            link(("s", t - 1), ("s", t), col["Wd"], "W_d", role="W")
+        top = ("s", t)
+        if attention:
+            for j in range(1, S + 1):   # its gradient drawn for the last step only
+                link(("h", j), ("c", t), col["A"], role="attn", grad=t == T, lw=0.8)
+            link(("s", t), ("c", t), col["A"], role="attn", lw=1.2)
+            top = ("c", t)
+        link(top, ("o", t), col["V"], "V", role="V")
+        link(("o", t), ("L", t), _INK, role="loss", lw=1.3)
+        link(("y", t), ("L", t), _INK, role="target", grad=False, lw=1.3)
+    return _save(fig, path)
