@@ -381,3 +381,5 @@ def test_encoder_decoder_drawing_links_the_encoder_to_the_decoder(attention, tmp
     open_png(tmp_path / "s.png")
     with pytest.raises(ValueError, match="attention"):
         draw_encoder_decoder({"cell": "gru", "hidden_size": 8, "attention": "luong"})
+    with pytest.raises(ValueError, match="drawn unrolled only"):
+        draw_rolled(model)

@@ -158,6 +158,9 @@ def spec_of_model(model):
                          "num_layers": rnn.num_layers, "bidirectional": rnn.bidirectional,
                          "pattern": "one-to-many",
                          "inputs": (repr(model.embed),) if model.embed is not None else ()})
+    if hasattr(model, "encoder") and hasattr(model, "decoder"):
+        raise ValueError("an encoder–decoder is drawn unrolled only: use "
+                         "draw_unrolled(model, T) or draw_encoder_decoder(model, T)")
     flat = _flat_layers(model)
     idx = [i for i, ly in enumerate(flat) if _recurrent(ly) is not None]
     if not idx:
