@@ -383,3 +383,29 @@ def test_encoder_decoder_drawing_links_the_encoder_to_the_decoder(attention, tmp
         draw_encoder_decoder({"cell": "gru", "hidden_size": 8, "attention": "luong"})
     with pytest.raises(ValueError, match="drawn unrolled only"):
         draw_rolled(model)
+
+
+@pytest.mark.parametrize("all_nodes", [False, True])
+def test_tree_drawing_copies_one_composition_at_every_inner_node(all_nodes, tmp_path):
+    layers = pytest.importorskip("unrolled.layers")
+    from unrolled.inspect import draw_tree
+
+    net = layers.RecursiveNet(vocab=5, hidden_size=4, num_classes=2)
+    tree = (("the", "cat"), ("sat", ("on", "it")))
+    draw_tree(net, tree, path=tmp_path / "t.svg", backward=True, all_nodes=all_nodes)
+    edges = svg_edges(tmp_path / "t.svg")
+    by = lambda role: [(a, b) for r, a, b in edges if r == role]   # noqa: E731
+    # post-order: leaves h1 h2, inner h3; h4 leaf; h5 h6 leaves, h7, h8; the root h9
+    assert sorted(by("W")) == sorted([("n-1", "n-3"), ("n-2", "n-3"), ("n-5", "n-7"),
+                                      ("n-6", "n-7"), ("n-4", "n-8"), ("n-7", "n-8"),
+                                      ("n-3", "n-9"), ("n-8", "n-9")])
+    assert sorted(by("E")) == [(f"x-{j}", f"n-{k}") for j, k in
+                               zip(range(1, 6), (1, 2, 4, 5, 6))]
+    assert len(by("loss")) == (9 if all_nodes else 1)
+    grads = set(by("grad"))
+    assert {(b, a) for a, b in by("W")} <= grads                   # down every edge
+    assert not any(b.startswith("x-") for _, b in grads)           # not into the tokens
+    texts = svg_texts(tmp_path / "t.svg")
+    assert texts.count("W") == 8 and {"the", "cat", "sat", "on", "it"} <= set(texts)
+    draw_unrolled(net, path=tmp_path / "t.png")                    # the default tree
+    open_png(tmp_path / "t.png")

@@ -824,6 +824,8 @@ def draw_unrolled(spec, T=4, path=None, backward=False):
     """
     if hasattr(spec, "encoder") and hasattr(spec, "decoder"):   # an encoder–decoder
         return draw_encoder_decoder(spec, T=T, path=path, backward=backward)
+    if hasattr(spec, "max_arity") and hasattr(spec, "vocab_size"):   # over a tree
+        return draw_tree(spec, path=path, backward=backward)
     spec = describe(spec)
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise ValueError(f"T must be an integer >= 1 (the number of time steps to draw), "
@@ -1189,4 +1191,122 @@ def draw_encoder_decoder(model, T=3, path=None, backward=False, T_source=None):
         link(top, ("o", t), col["V"], "V", role="V")
         link(("o", t), ("L", t), _INK, role="loss", lw=1.3)
         link(("y", t), ("L", t), _INK, role="target", grad=False, lw=1.3)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------- recursive nets
+def draw_tree(net, tree=None, path=None, backward=False, all_nodes=False):
+    """Draw a recursive network (:class:`unrolled.layers.RecursiveNet`) unrolled over a
+    tree: the one composition W copied at every inner node, as a recurrent network's W
+    is copied at every step ("unrolled in space").
+
+    Args:
+        net: a ``RecursiveNet``, or a dict with ``hidden_size`` and optionally
+            ``num_classes``, ``activation``.
+        tree: nested tuples whose leaves are tokens, e.g. ``(("the", "cat"), "sat")``;
+            default ``((0, 1), (2, 3))``.
+        path: ``.png`` or ``.svg``; None to only return the figure.
+        backward: overlay backpropagation through structure: from the loss down every
+            edge to the leaves' embeddings.
+        all_nodes: a classifier and a loss at every node (else at the root only).
+    """
+    cfg = dict(net) if isinstance(net, Mapping) else {
+        "hidden_size": net.hidden_size, "num_classes": net.num_classes,
+        "activation": net.activation}
+    tree = ((0, 1), (2, 3)) if tree is None else tree
+    _check_path(path)
+    if not isinstance(tree, (tuple, list)) or not tree:
+        raise ValueError("tree must be nested tuples with tokens at the leaves, e.g. "
+                         "(('the', 'cat'), 'sat')")
+    nodes, kids, leaves, order = {}, {}, [], []
+
+    def walk(t):
+        """Returns the node's key; keys are ("n", i) in post-order, leaves ("x", j)."""
+        if isinstance(t, (tuple, list)):
+            ch = [walk(c) for c in t]
+            key = ("n", len(order) + 1)
+            order.append(key)
+            kids[key] = ch
+            return key
+        j = len(leaves) + 1
+        leaves.append((j, str(t)))
+        key = ("n", len(order) + 1)
+        order.append(key)
+        kids[key] = [("x", j)]
+        return key
+
+    root = walk(tree)
+    r, dx, dy = 0.36, 1.6, 1.5
+    height = {}
+
+    def h_of(k):
+        if k[0] == "x":
+            return -1
+        if k not in height:
+            height[k] = 1 + max(h_of(c) for c in kids[k])
+        return height[k]
+
+    xs = {}
+    for j, tok in leaves:
+        xs[("x", j)] = j * dx
+    for k in order:   # post-order: children first
+        xs[k] = float(np.mean([xs[c] for c in kids[k]]))
+    top = h_of(root)
+    for j, tok in leaves:
+        nodes[("x", j)] = _Node(xs[("x", j)], 0.0, tok[:6], "x", "circle", r, r)
+    for k in order:
+        nodes[k] = _Node(xs[k], (h_of(k) + 1) * dy, _sym("h", t=k[1]), "h", "circle", r, r)
+    heads = order if all_nodes else [root]
+    y_top = (top + 1) * dy
+    C = cfg.get("num_classes")
+    for k in heads:
+        nodes[("o",) + k[1:]] = _Node(xs[k] + (0.55 if all_nodes and k != root else 0),
+                                      (y_top + 1.4) if k == root else nodes[k].y + 0.95,
+                                      _sym("o", t=k[1]), "o", "circle", 0.3, 0.3)
+    allnodes = list(nodes.values())
+    colE, colW, colV = "#1f5fbf", "#d62728", _V_COLOUR
+    legend = [(colE, "E  the leaf embedding: one table for every leaf", "-"),
+              (colW, f"W  the composition {cfg.get('activation', 'tanh')}(W[h_c1; h_c2] + b): "
+                     "one matrix at every inner node", "-")]
+    if C:
+        legend.append((colV, "U  the classifier" + (" at every node" if all_nodes
+                                                    else " at the root"), "-"))
+    if backward:
+        legend.append((_GRAD, "gradient (backpropagation through structure): from the "
+                              "loss down every edge to the leaves, whose tokens' rows of E "
+                              "it updates; dW sums every inner node's share", "--"))
+    title = ("Recursive network over a tree, unrolled" + (", with the backward pass"
+                                                          if backward else ""))
+    sub = (f"hidden_size={cfg['hidden_size']}, classes={C if C else '-'}; "
+           f"{len(leaves)} leaves, {len(order) - len(leaves)} inner nodes, height {top}")
+    x0 = min(n.x for n in allnodes) - 1.2
+    x1 = max(n.x for n in allnodes) + 1.2
+    y1 = max(n.y for n in allnodes) + (2.0 if C else 0.8)
+    fig, ax = _new_figure((x0, x1), (-0.8, y1), title, sub, legend, min_width=6.0)
+    for n in allnodes:
+        _draw_node(ax, n, fontsize=11)
+
+    def link(a, b, colour, text=None, role="W", grad=True):
+        A, B = nodes[a], nodes[b]
+        sep = 0.08 if backward and grad else 0.0
+        _edge(ax, A, B, allnodes, colour, text, off=sep, gid=f"{role}:{_kid(a)}>{_kid(b)}")
+        if backward and grad:
+            _edge(ax, B, A, allnodes, _GRAD, None, off=sep, ls="--", lw=1.3,
+                  gid=f"grad:{_kid(b)}>{_kid(a)}")
+
+    for k in order:
+        for c in kids[k]:
+            if c[0] == "x":   # the token is data: its gradient is the row dE[token]
+                link(c, k, colE, "E", role="E", grad=False)
+            else:
+                link(c, k, colW, "W", role="W")
+    if C:
+        for k in heads:
+            o = ("o",) + k[1:]
+            link(k, o, colV, "U", role="V")
+            L = _Node(nodes[o].x, nodes[o].y + 1.1, _sym("L", t=k[1]), "L", "circle",
+                      0.28, 0.28)
+            _draw_node(ax, L, fontsize=10)
+            nodes[("L",) + k[1:]] = L
+            link(o, ("L",) + k[1:], _INK, role="loss")
     return _save(fig, path)
