@@ -89,7 +89,12 @@ def test_info_describes_the_model(trained, capsys):
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "task: names" in text and "classes (3): Italian, Japanese, Russian" in text
-    assert "GRU(" in text and "hidden_size=16" in text and "input_size=8" in text
+    from unrolled import load_model
+
+    model, _ = load_model(out)
+    assert "GRU(8, 16" in text and all(f"({i}): {ly!r}" in text
+                                       for i, ly in enumerate(model.layers))
+    assert "Tape bytes/step" in text and f"Total params: {model.num_params():,}" in text
 
 
 def test_generate_on_a_classifier_is_a_clear_error(trained, capsys):

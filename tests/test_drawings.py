@@ -14,11 +14,17 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 import matplotlib.image as mpimg
 
+from unrolled.cells import REGISTRY
 from unrolled.inspect import CELLS, NetSpec, describe, draw_rolled, draw_unrolled
 
 BASE = dict(input_size=3, hidden_size=8, output_size=5)
 GRAD_RGB = np.array([0xd4, 0x00, 0x6a]) / 255     # drawings._GRAD
 CPATH_RGB = np.array([0xb8, 0x86, 0x0b]) / 255    # drawings._CPATH
+
+
+def has_c(cell):
+    """The cell carries a cell state beside h (LSTM, peephole LSTM)."""
+    return "c" in REGISTRY[cell].state
 
 
 def spec(cell, **kw):
@@ -69,7 +75,7 @@ def test_unrolled_png_is_a_real_picture_and_grows_with_T(cell, T, tmp_path):
     rgb = open_png(tmp_path / "u.png")
     assert fig.get_size_inches()[0] * fig.dpi == pytest.approx(rgb.shape[1], abs=2)
     # the LSTM's cell-state path is drawn, and only for the LSTM
-    assert has_colour(rgb, CPATH_RGB) == (cell == "lstm")
+    assert has_colour(rgb, CPATH_RGB) == has_c(cell)
     assert not has_colour(rgb, GRAD_RGB)          # no gradient without backward=True
     if T == 8:
         w4 = draw_unrolled(spec(cell), T=4).get_size_inches()[0]
@@ -134,8 +140,8 @@ def test_svg_shows_shared_weights_once_per_step(cell, T, tmp_path):
     state = "o" if cell == "jordan" else "h"          # Jordan: o_{t-1} -> h_t
     assert sorted(w_edges) == sorted((f"{state}-1-0-{t - 1}", f"h-1-0-{t}")
                                      for t in range(1, T + 1))
-    assert ("C" in texts) == (cell == "lstm")
-    assert len([1 for r, *_ in edges if r == "C"]) == (T if cell == "lstm" else 0)
+    assert ("C" in texts) == has_c(cell)
+    assert len([1 for r, *_ in edges if r == "C"]) == (T if has_c(cell) else 0)
 
 
 def test_bidirectional_rows_run_right_to_left(tmp_path):
@@ -158,7 +164,8 @@ def test_rolled_svg_has_one_loop_and_the_gates(cell, tmp_path):
     assert fig.axes
     texts = svg_texts(tmp_path / "r.svg")
     assert texts.count("W") == 1 and texts.count("U") == 1 and texts.count("V") == 1
-    gates = {"lstm": ["i", "f", "g", "o"], "gru": ["r", "z", "n"]}.get(cell, [])
+    names = REGISTRY[cell].gate_names
+    gates = names if len(names) > 1 and cell != "jordan" else []   # a gated cell's box
     for g in gates:
         assert g in texts, g
     w = [(s, t) for r, s, t in svg_edges(tmp_path / "r.svg") if r == "W"]
@@ -206,7 +213,7 @@ def test_describe_reads_the_recurrent_layers():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(cell="transformer"), "elman, jordan, lstm, gru"),
+    (dict(cell="transformer"), ", ".join(CELLS)),
     (dict(cell="elman", hidden_size=0), "hidden_size"),
     (dict(cell="elman", num_layers=1.5), "num_layers"),
     (dict(cell="elman", bidirectional="yes"), "bidirectional"),
@@ -240,3 +247,165 @@ def test_drawing_is_deterministic(tmp_path):
     for name in ("a.svg", "b.svg"):
         draw_unrolled(spec("lstm"), T=2, path=tmp_path / name, backward=True)
     assert (tmp_path / "a.svg").read_bytes() == (tmp_path / "b.svg").read_bytes()
+
+
+# ------------------------------------------------------------- the model as it was built
+def _names_model(bidirectional=False):
+    u = pytest.importorskip("unrolled")
+    return u.Sequential(u.Embedding(30, 4, seed=0), u.Dropout(0.2, seed=1),
+                        u.LSTM(4, 5, return_sequences=False, bidirectional=bidirectional,
+                               seed=2),
+                        u.Dropout(0.5, seed=3), u.Dense(5 * (1 + bidirectional), 3, seed=4))
+
+
+def test_spec_of_a_model_reads_its_pattern_and_the_layers_around_it():
+    u = pytest.importorskip("unrolled")
+    model = _names_model()
+    s = describe(model)
+    assert (s.cell, s.input_size, s.hidden_size, s.output_size) == ("lstm", 4, 5, 3)
+    assert s.pattern == "many-to-one"
+    assert s.inputs == tuple(repr(ly) for ly in model.layers[:2])
+    assert s.outputs == (repr(model.layers[3]),)       # the Dense is V, not a box
+    tagger = u.Sequential(u.Embedding(9, 3), u.GRU(3, 4), u.GRU(4, 4, bidirectional=False),
+                          u.Dense(4, 2))
+    t = describe(tagger)
+    assert (t.pattern, t.num_layers, t.cell, t.outputs) == ("many-to-many", 2, "gru", ())
+    # a GRU after an LSTM is not drawn as a second layer of the LSTM: it is a box after it
+    mixed = describe(u.Sequential(u.LSTM(3, 4), u.Fold(u.GRU(4, 6))))
+    assert mixed.num_layers == 1 and mixed.pattern == "many-to-many"
+    assert mixed.outputs and mixed.outputs[0].startswith("Fold(")
+    assert describe(u.Fold(u.GRU(3, 4))).pattern == "many-to-one"
+    assert describe(u.GRU(3, 4, return_sequences=False)).pattern == "many-to-one"
+    with pytest.raises(ValueError, match="pattern"):
+        describe(spec("gru", pattern="one-to-one"))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_many_to_one_draws_one_output_one_loss_and_the_gradient_entering_there(
+        bidirectional, tmp_path):
+    T = 4
+    draw_unrolled(_names_model(bidirectional), T=T, path=tmp_path / "b.svg", backward=True)
+    edges = svg_edges(tmp_path / "b.svg")
+    by = lambda role: {(s, t) for r, s, t in edges if r == role}   # noqa: E731
+    assert by("loss") == {(f"o-{T}", f"L-{T}")} and by("target") == {(f"y-{T}", f"L-{T}")}
+    assert by("V") == {(f"out-1-{T}", f"o-{T}")}
+    # the final states feed the layer after the recurrence: ->h_T, and <-h_1
+    finals = {("h-1-0-%d" % T, f"out-1-{T}")} if not bidirectional else {
+        ("h-1-1-%d" % T, f"out-1-{T}"), ("h-1-r-1", f"out-1-{T}")}
+    assert by("out") == finals
+    # the embedding and the dropout at every step; the gradient reaches the embedding's
+    # output but not the symbols x (data)
+    assert by("in") == {(f"x-{t}", f"in-1-{t}") for t in range(1, T + 1)} | {
+        (f"in-1-{t}", f"in-2-{t}") for t in range(1, T + 1)}
+    grads = by("grad")
+    assert {(f"in-2-{t}", f"in-1-{t}") for t in range(1, T + 1)} <= grads
+    assert not any(t.startswith("x-") for _, t in grads)
+    assert (f"o-{T}", f"out-1-{T}") in grads and (f"L-{T}", f"o-{T}") in grads
+    texts = svg_texts(tmp_path / "b.svg")
+    assert texts.count("emb") == T and texts.count("drop") == T + 1
+    assert any("many-to-one" in t for t in texts)
+    assert any("output:once,afterthelaststep" in t for t in texts)
+
+
+def test_many_to_many_model_has_a_loss_at_every_step(tmp_path):
+    u = pytest.importorskip("unrolled")
+    tagger = u.Sequential(u.Embedding(9, 3), u.Dropout(0.1), u.LSTM(3, 4, bidirectional=True),
+                          u.Dropout(0.1), u.Dense(8, 5))
+    T = 3
+    draw_unrolled(tagger, T=T, path=tmp_path / "u.svg")
+    edges = svg_edges(tmp_path / "u.svg")
+    loss = {(s, t) for r, s, t in edges if r == "loss"}
+    assert loss == {(f"o-{t}", f"L-{t}") for t in range(1, T + 1)}
+    out = {(s, t) for r, s, t in edges if r == "out"}
+    assert out == {(f"h-1-{d}-{t}", f"out-1-{t}") for t in range(1, T + 1) for d in ("1", "r")}
+    draw_unrolled(tagger, T=T, path=tmp_path / "u.png", backward=True)
+    open_png(tmp_path / "u.png")
+
+
+def test_rolled_model_shows_the_layers_around_the_recurrence(tmp_path):
+    draw_rolled(_names_model(), path=tmp_path / "r.svg")
+    texts = svg_texts(tmp_path / "r.svg")
+    assert texts.count("emb") == 1 and texts.count("drop") == 2     # one box per layer
+    assert "embEmbedding(30,4):beforetherecurrence,ateverystep" in texts
+    assert "dropDropout(p=0.5):aftertherecurrence,once,onthefinalstate" in texts
+    assert "V(laststep)" in texts
+    edges = svg_edges(tmp_path / "r.svg")
+    assert ("in", "x", "in-1") in edges and ("U", "in-2", "h-1-0") in edges
+    assert ("V", "out-1", "o") in edges
+    draw_rolled(_names_model(True), path=tmp_path / "r.png")
+    open_png(tmp_path / "r.png")
+
+
+def test_one_to_many_generation_feeds_each_output_back_as_the_next_input(tmp_path):
+    u = pytest.importorskip("unrolled")
+    gen = u.UnfoldFrom("gru", u.Dense(4, 7), embed=u.Embedding(7, 3), start=1, until=2,
+                       input_size=3, hidden_size=4)
+    s = describe(gen)
+    assert (s.pattern, s.output_size, s.inputs) == ("one-to-many", 7, ("Embedding(7, 3)",))
+    T = 4
+    draw_unrolled(gen, T=T, path=tmp_path / "g.svg", backward=True)
+    edges = svg_edges(tmp_path / "g.svg")
+    feed = {(a, b) for r, a, b in edges if r == "feed"}
+    assert feed == {(f"o-{t - 1}", f"x-{t}") for t in range(2, T + 1)}
+    # teacher forcing: no gradient along the feedback, a loss at every step
+    assert not any(r == "grad" and a.startswith("x-") for r, a, b in edges)
+    assert len([1 for r, *_ in edges if r == "loss"]) == T
+    draw_rolled(gen, path=tmp_path / "r.svg")
+    assert ("feed", "o", "x") in svg_edges(tmp_path / "r.svg")
+
+
+@pytest.mark.parametrize("attention", [None, "dot"])
+def test_encoder_decoder_drawing_links_the_encoder_to_the_decoder(attention, tmp_path):
+    u = pytest.importorskip("unrolled")
+    model = u.Seq2Seq(10, 12, embed_size=4, hidden_size=5, attention=attention, seed=0)
+    S = T = 3
+    draw_unrolled(model, T=T, path=tmp_path / "s.svg", backward=True)
+    edges = svg_edges(tmp_path / "s.svg")
+    by = lambda role: {(a, b) for r, a, b in edges if r == role}   # noqa: E731
+    assert by("state") == {(f"h-{S}", "s-1")}                      # the final state
+    assert by("W") == {(f"h-{t - 1}", f"h-{t}") for t in range(1, S + 1)} | {
+        (f"s-{t - 1}", f"s-{t}") for t in range(2, T + 1)}
+    assert by("loss") == {(f"o-{t}", f"L-{t}") for t in range(1, T + 1)}
+    assert ("s-1", f"h-{S}") in by("grad")                         # into the encoder
+    attn = by("attn")
+    if attention:
+        assert {(f"h-{j}", f"c-{t}") for j in range(1, S + 1)
+                for t in range(1, T + 1)} <= attn
+        assert by("V") == {(f"c-{t}", f"o-{t}") for t in range(1, T + 1)}
+    else:
+        assert not attn and by("V") == {(f"s-{t}", f"o-{t}") for t in range(1, T + 1)}
+    from unrolled.inspect.drawings import draw_encoder_decoder
+
+    draw_encoder_decoder({"cell": "gru", "hidden_size": 8, "attention": "additive"}, T=2,
+                         T_source=4, path=tmp_path / "s.png")
+    open_png(tmp_path / "s.png")
+    with pytest.raises(ValueError, match="attention"):
+        draw_encoder_decoder({"cell": "gru", "hidden_size": 8, "attention": "luong"})
+    with pytest.raises(ValueError, match="drawn unrolled only"):
+        draw_rolled(model)
+
+
+@pytest.mark.parametrize("all_nodes", [False, True])
+def test_tree_drawing_copies_one_composition_at_every_inner_node(all_nodes, tmp_path):
+    layers = pytest.importorskip("unrolled.layers")
+    from unrolled.inspect import draw_tree
+
+    net = layers.RecursiveNet(vocab=5, hidden_size=4, num_classes=2)
+    tree = (("the", "cat"), ("sat", ("on", "it")))
+    draw_tree(net, tree, path=tmp_path / "t.svg", backward=True, all_nodes=all_nodes)
+    edges = svg_edges(tmp_path / "t.svg")
+    by = lambda role: [(a, b) for r, a, b in edges if r == role]   # noqa: E731
+    # post-order: leaves h1 h2, inner h3; h4 leaf; h5 h6 leaves, h7, h8; the root h9
+    assert sorted(by("W")) == sorted([("n-1", "n-3"), ("n-2", "n-3"), ("n-5", "n-7"),
+                                      ("n-6", "n-7"), ("n-4", "n-8"), ("n-7", "n-8"),
+                                      ("n-3", "n-9"), ("n-8", "n-9")])
+    assert sorted(by("E")) == [(f"x-{j}", f"n-{k}") for j, k in
+                               zip(range(1, 6), (1, 2, 4, 5, 6))]
+    assert len(by("loss")) == (9 if all_nodes else 1)
+    grads = set(by("grad"))
+    assert {(b, a) for a, b in by("W")} <= grads                   # down every edge
+    assert not any(b.startswith("x-") for _, b in grads)           # not into the tokens
+    texts = svg_texts(tmp_path / "t.svg")
+    assert texts.count("W") == 8 and {"the", "cat", "sat", "on", "it"} <= set(texts)
+    draw_unrolled(net, path=tmp_path / "t.png")                    # the default tree
+    open_png(tmp_path / "t.png")

@@ -421,8 +421,10 @@ def test_cli_inspect_writes_the_report(tmp_path):
     pngs = sorted(out.glob("*.png"))
     names = {p.stem for p in pngs}
     assert {"traces", "saturation", "gradflow", "jacobians", "shares_1_l0"} <= names
-    for p in pngs:  # every picture is shown in the page, has its SVG, and is not blank
-        assert f'src="{p.name}"' in page and (out / f"{p.stem}.svg").exists()
+    from unrolled.inspect.page import data_uri
+
+    for p in pngs:  # every picture is inside the page, has its SVG, and is not blank
+        assert f'src="{data_uri(p)}"' in page and (out / f"{p.stem}.svg").exists()
         _check_png(p, min_px=100)
     assert "Kozak" in page and "predicted" in page
     # the raw arrays are the forward pass's own values

@@ -182,3 +182,115 @@ def test_sparse_one_hot_features_and_dense_labels(tmp_path):
     b = task.get_batch("train", np.arange(4))
     assert b.X.shape[0] == 4 and b.X.shape[2] == 7 and b.X.dtype == np.float32
     assert task.build_model()(b.X, mask=b.mask).shape == (4, 3)
+
+
+# ------------------------------------------------------------- CNTK's ATIS recipe
+TAGS = ["O", "B-city", "I-city", "B-date", "I-date"]
+WORDS = [f"w{i}" for i in range(20)]
+
+
+def slot_sentences(n, seed):
+    """Sentences of word ids with BIO slot tags (one per word, as ATIS's slots) and one
+    intent per sentence: words 10..14 start a city, 15..17 right after a city continue
+    it, 18 and 19 are dates; the intent is whether the sentence names a city."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        w = rng.integers(0, 20, int(rng.integers(4, 10)))
+        tags, prev = [], "O"
+        for x in w:
+            t = ("B-city" if 10 <= x <= 14 else
+                 "I-city" if 15 <= x <= 17 and prev.endswith("city") else
+                 "B-date" if x >= 18 else "O")
+            tags.append(t)
+            prev = t
+        out.append({"w": np.eye(20, dtype=np.float32)[w],
+                    "s": np.eye(5, dtype=np.float32)[[TAGS.index(t) for t in tags]],
+                    "i": np.eye(2, dtype=np.float32)[[int("B-city" in tags)]]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def slots(tmp_path_factory):
+    d = tmp_path_factory.mktemp("atis")
+    streams = {"w": (20, "sparse"), "s": (5, "sparse"), "i": (2, "sparse")}
+    write_ctf(d / "train.ctf", slot_sentences(400, 0), streams)
+    write_ctf(d / "new.ctf", slot_sentences(60, 1), streams)
+    (d / "slots.wl").write_text("\n".join(TAGS) + "\n")
+    (d / "words.wl").write_text("\n".join(WORDS) + "\n")
+    return d
+
+
+def test_atis_recipe_embedding_dropout_names_and_span_f1(slots, capsys):
+    out = slots / "run"
+    rc = main(["train", "ctf", "--data", str(slots / "train.ctf"), "--features", "w",
+               "--labels", "s", "--embedding", "8", "--dropout", "0.1", "--cell", "lstm",
+               "--bidirectional", "true", "--label-names", str(slots / "slots.wl"),
+               "--feature-names", str(slots / "words.wl"), "--out", str(out), *FAST])
+    assert rc == 0
+    from unrolled.tasks.base import load_trained
+
+    model, meta, task = load_trained(out, "")
+    kinds = [type(ly).__name__ for ly in model.layers]
+    assert kinds == ["Embedding", "Dropout", "LSTM", "Dropout", "Dense"]
+    assert model.layers[0].num_embeddings == 20 and model.layers[0].embedding_dim == 8
+    assert task.classes == TAGS
+    report = (out / "report.txt").read_text()
+    m = metrics(report.split("test metrics:")[1])
+    assert {"span_precision", "span_recall", "span_f1"} <= set(m)
+    assert m["span_f1"] > 0.8, report
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(slots / "new.ctf")]) == 0
+    ev = metrics(capsys.readouterr().out)
+    assert ev["span_f1"] > 0.8
+    # predict names the words and the tags
+    assert main(["predict", str(out), str(slots / "new.ctf")]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    first = slot_sentences(60, 1)[0]
+    words = [WORDS[i] for i in first["w"].argmax(1)]
+    assert lines[0].startswith("  sequence 0 (id 0) " + " ".join(words) + ": ")
+    pairs = lines[0].split(": ", 1)[1].split()
+    assert [p.split("/")[0] for p in pairs] == words
+    assert {p.split("/")[1] for p in pairs} <= set(TAGS)
+
+
+def test_span_f1_counts_whole_spans():
+    from unrolled.tasks.tagging import span_prf
+
+    true = [["B-city", "I-city", "O", "B-date"]]
+    assert span_prf(true, true)["span_f1"] == 1.0
+    half = span_prf(true, [["B-city", "O", "O", "B-date"]])   # one end wrong: not counted
+    assert half["span_precision"] == 0.5 and half["span_recall"] == 0.5
+
+
+def test_compound_intents_are_named_or_keep_the_first(slots, tmp_path):
+    seqs = slot_sentences(40, 3)
+    seqs[7]["i"] = np.eye(2, dtype=np.float32)[[1, 0]]           # two intents
+    streams = {"w": (20, "sparse"), "i": (2, "sparse")}
+    write_ctf(tmp_path / "c.ctf", [{"w": s["w"], "i": s["i"]} for s in seqs], streams)
+    cfg = {"features": "w", "labels": "i", "embedding": 4}
+    task = get_task("ctf")(resolve_config(get_task("ctf"), overrides=cfg))
+    with pytest.raises(ValueError, match=r"sequence 7 \(id 7.*2 rows of 'i'.*--first-label"):
+        task.load(tmp_path / "c.ctf")
+    task = get_task("ctf")(resolve_config(get_task("ctf"),
+                                          overrides={**cfg, "first_label": True}))
+    task.load(tmp_path / "c.ctf")
+    assert not task.per_step and sum(task.sizes.values()) == 40
+    b = task.get_batch("train", np.arange(3))
+    assert b.X.dtype == np.int64 and b.X.ndim == 2           # word ids into the embedding
+    assert task.build_model()(b.X, mask=b.mask).shape == (3, 2)
+
+
+def test_recipe_options_refuse_what_they_cannot_read(slots, tmp_path):
+    bad = tmp_path / "short.wl"
+    bad.write_text("O\nB-city\n")
+    task = get_task("ctf")(resolve_config(get_task("ctf"), overrides={
+        "features": "w", "labels": "s", "label_names": str(bad)}))
+    with pytest.raises(ValueError, match="2 names, but the label stream 's' has 4"):
+        task.load(slots / "train.ctf")
+    two = [{"w": np.ones((3, 20), np.float32), "s": np.eye(5, dtype=np.float32)[[0, 1, 0]]}]
+    write_ctf(tmp_path / "two.ctf", two * 20, {"w": (20, "dense"), "s": (5, "sparse")})
+    task = get_task("ctf")(resolve_config(get_task("ctf"), overrides={
+        "features": "w", "labels": "s", "embedding": 4}))
+    with pytest.raises(ValueError, match="one word per step"):
+        task.load(tmp_path / "two.ctf")

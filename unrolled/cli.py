@@ -638,17 +638,6 @@ def _memory_line(model, B, T):
     return f"memory of one training update: {plan_memory(model, B, T)}"
 
 
-def _describe_spec(spec, indent=""):
-    """One line per layer of a saved architecture."""
-    if spec.get("layer") == "Sequential":
-        out = []
-        for i, sub in enumerate(spec["layers"]):
-            out += _describe_spec(sub, f"{indent}{i}: ")
-        return out
-    args = ", ".join(f"{k}={v!r}" for k, v in spec.items() if k != "layer")
-    return [f"{indent}{spec['layer']}({args})"]
-
-
 def _run_info(args):
     from . import io
     from .config import format_config
@@ -659,7 +648,9 @@ def _run_info(args):
     lines = [(f"file: {path} ({path.stat().st_size} bytes, {meta['format']} version "
               f"{meta['version']})"), f"task: {cfg.get('task', '-')}",
              f"parameters: {model.num_params()}", "architecture:"]
-    lines += ["  " + line for line in _describe_spec(meta["architecture"])]
+    lines += ["  " + line for line in repr(model).splitlines()]
+    if callable(getattr(model, "summary", None)):
+        lines += ["  " + line for line in str(model.summary()).splitlines()]
     if st.get("classes"):
         lines.append(f"classes ({len(st['classes'])}): {', '.join(st['classes'])}")
     if st.get("vocab"):

@@ -122,9 +122,11 @@ class Recurrence(Module):
             dX = _gather_time(dX.transpose(1, 0, 2), ridx, np).transpose(1, 0, 2)
         return grads, dX, d0
 
-    def __repr__(self):
-        back = ", go_backwards=True" if self.go_backwards else ""
-        return f"{type(self).__name__}({self.layer!r}{back})"
+    def named_children(self):
+        return [("layer", self.layer)]
+
+    def extra_repr(self):
+        return "go_backwards=True" if self.go_backwards else ""
 
 
 class Fold(Recurrence):
@@ -205,6 +207,14 @@ class UnfoldFrom(Module):
         if embed is not None and start is None:
             raise ValueError("give the start symbol (start=<id of <bos>>)")
         self.start, self.until, self.length = start, until, int(length)
+
+    def named_children(self):
+        kids = [("layer", self.layer), ("readout", self.readout)]
+        return kids + ([("embed", self.embed)] if self.embed is not None else [])
+
+    def extra_repr(self):
+        opts = {"start": self.start, "until": self.until, "length": self.length}
+        return ", ".join(f"{k}={v!r}" for k, v in opts.items() if v is not None)
 
     @property
     def _params(self):

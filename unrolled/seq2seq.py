@@ -480,9 +480,16 @@ class Seq2Seq(Module):
         lp = np.take_along_axis(logp, tgt_out[..., None], -1)[..., 0]
         return (lp * mask).sum(1)
 
-    def __repr__(self):
-        return (f"Seq2Seq({self.src_vocab} -> {self.tgt_vocab}, cell={self.cell!r}, "
-                f"hidden_size={self.hidden_size}, attention={self.attention!r})")
+    def named_children(self):
+        return [("src_embed", self.src_embed), ("encoder", self.encoder),
+                ("tgt_embed", self.tgt_embed), ("decoder", self.decoder),
+                ("readout", self.readout)]
+
+    def extra_repr(self):
+        extra = f", attention={self.attention!r}, attn_size={self.attn_size}" \
+            if self.attention else ""
+        return (f"{self.src_vocab} -> {self.tgt_vocab}, cell={self.cell!r}, "
+                f"hidden_size={self.hidden_size}{extra}, bos={self.bos}, eos={self.eos}")
 
 
 def add_tree(a, b):

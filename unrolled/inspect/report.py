@@ -2,9 +2,12 @@
 
 :func:`write_report` writes into a folder:
 
-- ``index.html``: the drawings of the network (rolled, unrolled, and the backward pass),
-  the states and gates over the record, gate saturation, ‖∂L/∂h_t‖ over time, each
-  step's share of the weight gradients, and the singular values of ∂s_T/∂s_t;
+- ``index.html``, one self-contained page (the pictures inlined, nothing fetched): the
+  model as it prints and its summary, the drawings of the model (rolled, unrolled, and
+  the backward pass), a step-by-step view (pick a time step and see h, c and the gates;
+  hover a unit for its trace; the gradient flow beside it), the states and gates over the
+  record, gate saturation, ‖∂L/∂h_t‖ over time, each step's share of the weight
+  gradients, and the singular values of ∂s_T/∂s_t;
 - every picture as ``.png`` (shown in the page) and ``.svg`` (linked);
 - ``arrays.npz``: the raw numbers behind the pictures (traces, ∂L/∂h_t, norms, shares'
   norms, singular values, the record and the output).
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import to_numpy
+from .page import ERROR_HOOK, data_uri, explorer_html
 from .gradflow import (
     gradient_flow,
     plot_gradient_flow,
@@ -45,18 +49,11 @@ def _recurrent_layers(model):
 
 
 def _spec_for_drawing(model):
-    """The first recurrent layer's shape, with the output width of what follows it."""
-    from ..layers import Dense, Sequential
+    """The model as it was built: its pattern, its recurrent layers and the layers around
+    them (see :func:`unrolled.inspect.drawings.spec_of_model`)."""
+    from .drawings import spec_of_model
 
-    rnn = _recurrent_layers(model)[0]
-    spec = {"cell": rnn._cell if rnn.cell == "jordan" else rnn.cell,
-            "input_size": rnn.input_size, "hidden_size": rnn.hidden_size,
-            "num_layers": rnn.num_layers, "bidirectional": rnn.bidirectional}
-    if isinstance(model, Sequential):
-        dense = [ly for ly in model.layers if isinstance(ly, Dense)]
-        if dense:
-            spec["output_size"] = dense[-1].out_features
-    return spec
+    return spec_of_model(model)
 
 
 def _save(fig, out_dir, stem, files):
@@ -142,6 +139,8 @@ def write_report(model, record, out_dir, target=None, loss=None, mask=None, labe
     tr = traces(model, X, m)
     arrays.update(flatten_traces(tr))
     keys = list(tr)[:_MAX_PANELS]
+    part = (f" (the first {len(keys)} of the {len(tr)} layers and directions; all of them "
+            "in the step-by-step view and in arrays.npz)" if len(tr) > len(keys) else "")
     T = X.shape[1]
     lab = list(labels) if labels is not None and len(labels) == T else None
     _save(plot_traces(tr, keys=keys, labels=lab), out, "traces", files)
@@ -151,7 +150,7 @@ def write_report(model, record, out_dir, target=None, loss=None, mask=None, labe
         f"<td>{s['high']:.3f}</td><td>{s['mean']:.3f}</td></tr>"
         for k, d in sat.items() for g, s in d.items())
     parts = [_figure_html("traces", "hidden state h, cell state c and gate activations "
-                          "at every step (units on the vertical axis)")]
+                          "at every step (units on the vertical axis)" + part)]
     if sat_rows:
         _save(plot_saturation(sat), out, "saturation", files)
         parts.append(_figure_html("saturation", "share of gate values near their rails "
@@ -163,9 +162,15 @@ def write_report(model, record, out_dir, target=None, loss=None, mask=None, labe
     # -- gradient flow
     flow = gradient_flow(model, X, target, loss, mask=m)
     arrays.update(flow.arrays())
+    sections.insert(1 if figs else 0, explorer_html(tr, flow, lab))
     _save(plot_gradient_flow(flow, labels=lab), out, "gradflow", files)
     share_figs = []
-    for k in list(flow.share_norms)[:_MAX_PANELS]:
+    shown = list(flow.share_norms)[:_MAX_PANELS]
+    if len(flow.share_norms) > len(shown):
+        share_figs.append(f"<p>Shares of the first {len(shown)} of the "
+                          f"{len(flow.share_norms)} layers and directions are drawn; all "
+                          "of them are in arrays.npz.</p>")
+    for k in shown:
         stem = "shares_" + k.replace("/", "_")
         _save(plot_shares(flow, key=k), out, stem, files)
         share_figs.append(_figure_html(stem, f"{k}: norm of each step's share of each "
@@ -188,19 +193,27 @@ def write_report(model, record, out_dir, target=None, loss=None, mask=None, labe
         + _figure_html("gradflow", "‖∂L/∂h_t‖ against t (log scale)")
         + "".join(share_figs)
         + _figure_html("jacobians", "singular values of the Jacobian ∂s_T/∂s_t against the "
-                       "distance T − t: how fast a change at step t fades by the end"))
+                       "distance T − t: how fast a change at step t fades by the end"
+                       + (f" (the first {len(jacs)} of the {len(flow.norms)} layers and "
+                          "directions)" if len(flow.norms) > len(jacs) else "")))
 
     # -- files
     np.savez_compressed(out / "arrays.npz", **arrays)
     title = title or f"inspect: {type(model).__name__}"
     head = "".join(f"<p>{html.escape(str(n))}</p>" for n in notes)
+    summary = getattr(model, "summary", None)
+    summary = f"<pre>{html.escape(str(summary()))}</pre>" if callable(summary) else ""
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{head}"
-            f"<pre>{html.escape(repr(model))}</pre>" + "".join(sections)
+            f"</title>{ERROR_HOOK}<style>{_CSS}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>{head}"
+            f"<h2>The model</h2><pre>{html.escape(repr(model))}</pre>{summary}"
+            + "".join(sections)
             + "<h2>Files</h2><p>Raw arrays: <a href='arrays.npz'>arrays.npz</a> ("
             + ", ".join(sorted({k.split('/')[0] for k in arrays}))
             + "). Pictures: " + ", ".join(f"<a href='{s}.svg'>{s}</a>" for s in files)
             + ".</p></body></html>\n")
+    for stem in files:   # the pictures inside the page: one file, nothing to fetch
+        page = page.replace(f'src="{stem}.png"', f'src="{data_uri(out / (stem + ".png"))}"')
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path

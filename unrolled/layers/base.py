@@ -51,6 +51,30 @@ class Module:
         """The number of scalar parameters."""
         return sum(int(np.prod(v.shape)) for v in tree_flatten(self.params).values())
 
+    # -- how the layer prints (see unrolled.layers.describe) ---------------------------
+    def extra_repr(self):
+        """The inside of ``Name(...)``: the sizes, then every option that is not the
+        constructor's default."""
+        from .describe import extra_repr
+
+        return extra_repr(self)
+
+    def named_children(self):
+        """``(name, layer)`` of the layers inside this one (none for a plain layer)."""
+        return []
+
+    def __repr__(self):
+        from .describe import module_repr
+
+        return module_repr(self)
+
+    def summary(self):
+        """A table of the layers: output shape, parameters and bytes of tape per record
+        and per step, as Keras's ``model.summary()`` (``print(model.summary())``)."""
+        from .describe import summary
+
+        return summary(self)
+
 
 def assign_like(old, new, who):
     """A copy of ``new`` checked against the structure, shapes and dtype of ``old``."""

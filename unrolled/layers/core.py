@@ -92,6 +92,8 @@ class Embedding(Module):
 class Dropout(Module):
     """Inverted dropout: zero each value with probability ``p`` during training only."""
 
+    _repr_always = ("p",)
+
     def __init__(self, p=0.5, seed=None):
         if not 0 <= p < 1:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
@@ -178,6 +180,8 @@ class Sequential(Module):
                 d0 = dsi
         return {str(i): g for i, g in enumerate(grads)}, d, d0
 
-    def __repr__(self):
-        inner = ",\n  ".join(repr(ly) for ly in self.layers)
-        return f"Sequential(\n  {inner}\n)"
+    def named_children(self):
+        return [(str(i), ly) for i, ly in enumerate(self.layers)]
+
+    def extra_repr(self):
+        return ""

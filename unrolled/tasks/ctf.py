@@ -19,7 +19,16 @@ ids 0, 1, ...). The shape of the problem is read off the file:
 The sequences are split at random into train, validation and test parts
 (``val_fraction``, ``test_fraction``; stratified by class for sequence classification).
 Metrics: loss, accuracy and macro-F1 (per sequence, or per step for tagging), against
-the majority-class baseline in the report.
+the majority-class baseline in the report; for BIO/IOB2 tags (class names ``B-X``,
+``I-X``, ``O``) also conlleval's span precision, recall and F1.
+
+CNTK's ATIS recipe (Embedding 150 -> BiLSTM 300 -> Dense over a 943-word sparse stream):
+``--embedding N`` reads a sparse one-hot feature stream as word ids into an embedding of
+N (instead of dense one-hot rows into the recurrent layer), ``--dropout p`` adds dropout
+around and between the recurrent layers, ``--label-names FILE.wl`` and
+``--feature-names FILE.wl`` name the classes and the words (one name per line, CNTK's
+vocabulary files), and ``--first-label true`` keeps the first label row of a sequence
+that has several (a compound intent).
 """
 from pathlib import Path
 
@@ -59,6 +68,11 @@ class CTFTask(SequenceClassification):
         "labels": "",           # name of the label stream
         "streams": "",          # "name:dim:kind,..."; empty: inferred from the file
         "cell": "gru",          # gru | lstm | elman
+        "embedding": 0,         # > 0: one-hot feature rows read as word ids into an embedding
+        "dropout": 0.0,         # dropout around and between the recurrent layers
+        "label_names": "",      # a .wl file: the name of each class, one per line
+        "feature_names": "",    # a .wl file: the name of each feature index (the words)
+        "first_label": False,   # a sequence with several label rows keeps the first
         "hidden": 64,
         "layers": 1,
         "bidirectional": False,
@@ -75,6 +89,16 @@ class CTFTask(SequenceClassification):
         "streams": "stream table as name:dim:kind items, e.g. x:8:dense,y:2:sparse; "
                    "empty: inferred from the file",
         "cell": "recurrent cell: gru, lstm or elman",
+        "embedding": "size of a word embedding: the feature rows must be one-hot (one word "
+                     "per step, a sparse stream as CNTK's ATIS files) and are read as word "
+                     "ids; 0: the rows are the inputs themselves",
+        "dropout": "dropout probability before, between and after the recurrent layers",
+        "label_names": "file of class names, one per line (CNTK's .wl files), in the order "
+                       "of the label stream's indices",
+        "feature_names": "file of feature names (the words), one per line, for the output "
+                         "of predict",
+        "first_label": "true: a sequence with several label rows (a compound intent) keeps "
+                       "the first; false: such a sequence is an error",
         "hidden": "hidden units of the recurrent layer",
         "layers": "stacked recurrent layers",
         "bidirectional": "read each sequence in both directions",
@@ -91,6 +115,9 @@ class CTFTask(SequenceClassification):
         self.streams = {k: tuple(v) for k, v in state.get("streams", {}).items()}
         self.per_step = bool(state.get("per_step", False))
         self.sizes = dict(state.get("sizes", {}))
+        self.feature_names = list(state.get("feature_names") or [])
+        if int(self.config.get("embedding") or 0) > 0:
+            self.batch_dtype = None   # word ids (int64) into the embedding
 
     # -- data -------------------------------------------------------------------------
     def _streams_for(self, path):
@@ -145,22 +172,60 @@ class CTFTask(SequenceClassification):
                                      "positive entry, so it names no class; write one-hot "
                                      "labels")
                 ids = y.argmax(1)
+            if self.config.get("first_label") and len(ids) > 1 and len(ids) != len(x):
+                ids = ids[:1]          # a compound intent: keep the first
+            if int(self.config.get("embedding") or 0) > 0:
+                x = self._word_ids(x, path, name)
             X.append(x)
             Y.append(ids.astype(np.int64))
-            n_rows.append((len(x), len(y)))
+            n_rows.append((len(x), len(ids)))
         if not X:
             raise ValueError(f"{path}: no sequence with stream {f!r}")
         rows = np.array(n_rows)
-        if (rows[:, 1] == 1).all():
+        one, every = rows[:, 1] == 1, rows[:, 0] == rows[:, 1]
+        if one.all():
             per_step = False
-        elif (rows[:, 0] == rows[:, 1]).all():
+        elif every.all():
             per_step = True
         else:
-            k = int(np.flatnonzero((rows[:, 1] != 1) & (rows[:, 0] != rows[:, 1]))[0])
+            # the kind most sequences have (sequences of one step fit both); name the
+            # first sequence that does not fit it
+            per_step = (every & ~one).sum() > (one & ~every).sum()
+            k = int(np.flatnonzero(~(every if per_step else one))[0])
+            kind = "one per step (tagging)" if per_step else "one per sequence"
+            hint = ("" if per_step else "; a compound intent (several label rows) can keep "
+                    "its first with --first-label true")
             raise ValueError(f"{path}: {sids[k]} has {rows[k, 1]} rows of {lab!r} and "
-                             f"{rows[k, 0]} of {f!r}; labels must be one row per sequence "
-                             "(classification) or one per step (tagging) in every sequence")
+                             f"{rows[k, 0]} of {f!r}, but the labels of most sequences are "
+                             f"{kind}; labels must be one row per sequence (classification) "
+                             f"or one per step (tagging) in every sequence{hint}")
         return X, Y, per_step
+
+    @staticmethod
+    def _word_ids(x, path, name):
+        """One-hot rows (T, V) -> word ids (T,): each row must hold exactly one entry."""
+        n = (x != 0).sum(1)
+        if (n != 1).any():
+            j = int(np.flatnonzero(n != 1)[0])
+            raise ValueError(f"{path}: {name}: step {j + 1} has {int(n[j])} nonzero "
+                             "feature values; --embedding reads one word per step (a one-hot "
+                             "row); without --embedding the rows are fed as they are")
+        return x.argmax(1).astype(np.int64)
+
+    @staticmethod
+    def _names(path, n=None, what=""):
+        """The names of a .wl file (one per line), checked to cover ``n`` indices."""
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        names = [ln.strip() for ln in lines]
+        if n is not None and len(names) != n:
+            raise ValueError(f"{path}: {len(names)} names, but the {what} has {n}; the file "
+                             "must hold one name per line for each index, in order")
+        if len(set(names)) != len(names):
+            dup = next(x for x in names if names.count(x) > 1)
+            raise ValueError(f"{path}: the name {dup!r} is given twice")
+        return names
 
     def _width_hint(self, err, path):
         """A reader's error, with the fix when a sparse stream's dim was read off the
@@ -184,6 +249,14 @@ class CTFTask(SequenceClassification):
         cfg = self.config
         recurrent_class(cfg["cell"])  # a bad --cell fails before anything is written
         self.streams = self._streams_for(path)
+        if not cfg["streams"]:
+            # a sparse stream's dim read off the file is its largest index + 1; a
+            # vocabulary file knows the full size (a class or word the file never uses)
+            for opt, stream in (("label_names", cfg["labels"]),
+                                ("feature_names", cfg["features"])):
+                dim, kind = self.streams[stream]
+                if cfg[opt] and kind == "sparse":
+                    self.streams[stream] = (max(dim, len(self._names(cfg[opt]))), kind)
         X, Y, self.per_step = self._read(path, self.streams)
         test = None
         if cfg["test"]:
@@ -199,6 +272,16 @@ class CTFTask(SequenceClassification):
         every = Y + (list(test[1]) if test else [])
         n_classes = dim if dim > 1 else int(max(y.max() for y in every)) + 1
         self.classes = [str(c) for c in range(n_classes)]
+        if cfg["label_names"]:
+            self.classes = self._names(cfg["label_names"], n_classes,
+                                       f"label stream {cfg['labels']!r}")
+        if cfg["feature_names"]:
+            self.feature_names = self._names(cfg["feature_names"],
+                                             self.streams[cfg["features"]][0],
+                                             f"feature stream {cfg['features']!r}")
+        if cfg["embedding"] and self.streams[cfg["features"]][0] < 2:
+            raise ValueError("--embedding needs a feature stream of one-hot rows (dim >= 2, "
+                             f"one word per step); {cfg['features']!r} has dim 1")
         if len({int(c) for y in Y for c in np.unique(y)}) < 2:
             raise ValueError(f"{path}: every label is the same class, so there is nothing "
                              "to learn; pass data with at least two classes")
@@ -249,7 +332,10 @@ class CTFTask(SequenceClassification):
                  (f"sequences: train {self.sizes['train']}, val {self.sizes['val']}, test "
                   f"{self.sizes['test']}{test}; {min(lengths)} to {max(lengths)} steps")]
         if not self.config["streams"]:
-            sparse = [n for n, (d, k) in self.streams.items() if k == "sparse"]
+            named = {self.config["labels"]: self.config["label_names"],
+                     self.config["features"]: self.config["feature_names"]}
+            sparse = [n for n, (d, k) in self.streams.items()
+                      if k == "sparse" and not named.get(n)]   # a .wl file gave its size
             if sparse:
                 spec = ",".join(f"{n}:{d}:{k}" for n, (d, k) in self.streams.items())
                 lines.append(f"note: the dims of sparse stream(s) {', '.join(sparse)} were "
@@ -262,27 +348,36 @@ class CTFTask(SequenceClassification):
 
     def state(self):
         return {"classes": self.classes, "streams": {k: list(v) for k, v in self.streams.items()},
-                "per_step": self.per_step, "sizes": self.sizes}
+                "per_step": self.per_step, "sizes": self.sizes,
+                "feature_names": self.feature_names}
 
     # -- model and batches ------------------------------------------------------------
     def build_model(self):
         from .. import layers as L
 
         cfg = self.config
-        seeds = np.random.SeedSequence([int(cfg["seed"]), 2]).generate_state(2)
+        seeds = np.random.SeedSequence([int(cfg["seed"]), 2]).generate_state(5)
         D = self.streams[cfg["features"]][0]
-        rnn = recurrent_class(cfg["cell"])(D, cfg["hidden"], num_layers=cfg["layers"],
-                                 bidirectional=cfg["bidirectional"],
+        E, p = int(cfg.get("embedding") or 0), float(cfg.get("dropout") or 0.0)
+        mods = [L.Embedding(D, E, seed=int(seeds[2]))] if E else []
+        if p:
+            mods.append(L.Dropout(p, seed=int(seeds[3])))
+        rnn = recurrent_class(cfg["cell"])(E or D, cfg["hidden"], num_layers=cfg["layers"],
+                                 bidirectional=cfg["bidirectional"], dropout=p,
                                  return_sequences=self.per_step, seed=int(seeds[0]))
-        return L.Sequential(rnn, L.Dense(rnn.output_size, len(self.classes),
-                                         seed=int(seeds[1])))
+        mods.append(rnn)
+        if p:
+            mods.append(L.Dropout(p, seed=int(seeds[4])))
+        mods.append(L.Dense(rnn.output_size, len(self.classes), seed=int(seeds[1])))
+        return L.Sequential(mods)
 
     def get_batch(self, split, key):
         if not self.per_step:
             return super().get_batch(split, key)
         from ..data import pad
 
-        X, mask = pad([self.records[split][i] for i in key], dtype=np.float32)  # (B, T, D)
+        X, mask = pad([self.records[split][i] for i in key],
+                      dtype=self.batch_dtype or None)   # (B, T, D) rows or (B, T) word ids
         Y, _ = pad([self.labels[split][i] for i in key], dtype=np.int64)        # (B, T)
         return Batch(X, Y, mask, len(key))
 
@@ -291,7 +386,7 @@ class CTFTask(SequenceClassification):
         """Tagging: (true ids, predicted ids, log-probability of the truth) of every step."""
         from ..data import bucket_batches
 
-        ys, ps, lps = [], [], []
+        ys, ps, lps, ns = [], [], [], []
         lengths = self._lengths(split)
         for idx in bucket_batches(lengths, batch_size, shuffle=False):
             b = self.get_batch(split, idx)
@@ -301,7 +396,23 @@ class CTFTask(SequenceClassification):
             ys.append(b.Y[m])
             ps.append(logits.argmax(-1)[m])
             lps.append(np.take_along_axis(logp, b.Y[..., None], -1)[..., 0][m])
+            ns.append(m.sum(1))
+        self._step_lengths = np.concatenate(ns)   # steps of each sequence, in that order
         return np.concatenate(ys), np.concatenate(ps), np.concatenate(lps)
+
+    def bio(self):
+        """Are the classes BIO / IOB2 tags (``B-X``, ``I-X``, ``O``)?"""
+        return (any(c.startswith(("B-", "I-")) for c in self.classes)
+                and all(c == "O" or c.startswith(("B-", "I-")) for c in self.classes))
+
+    def _spans(self, y, pred):
+        """conlleval's span precision, recall and F1 of the steps of :meth:`_steps`."""
+        from .tagging import span_prf
+
+        cut = np.cumsum(self._step_lengths)[:-1]
+        names = np.array(self.classes, dtype=object)
+        return span_prf([list(names[s]) for s in np.split(y, cut)],
+                        [list(names[s]) for s in np.split(pred, cut)])
 
     def evaluate(self, model, split):
         if not self.per_step:
@@ -312,8 +423,11 @@ class CTFTask(SequenceClassification):
             raise ValueError(f"the {split!r} split is empty; use more data or change the "
                              "split fractions")
         y, pred, lp = self._steps(model, split)
-        return {"loss": float(-lp.mean()), "accuracy": M.accuracy(y, pred),
-                "macro_f1": M.macro_f1(y, pred, len(self.classes))}
+        res = {"loss": float(-lp.mean()), "accuracy": M.accuracy(y, pred),
+               "macro_f1": M.macro_f1(y, pred, len(self.classes))}
+        if self.bio():
+            res.update(self._spans(y, pred))
+        return res
 
     def report(self, model, out_dir, split="test"):
         if not self.per_step:
@@ -355,11 +469,22 @@ class CTFTask(SequenceClassification):
                                                     return_ids=True)):
                 if not len(seq[f]):
                     continue
-                X, _ = pad([seq[f]], dtype=np.float32)
+                x = seq[f]
+                words = None
+                if self.feature_names and ((x != 0).sum(1) == 1).all():
+                    words = [self.feature_names[i] for i in x.argmax(1)]
+                if self.batch_dtype is None:
+                    x = self._word_ids(x, path, f"sequence {k}")
+                X, _ = pad([x], dtype=self.batch_dtype or None)
                 p = softmax(np.asarray(model(X), dtype=np.float64))[0]   # (C,) or (T, C)
                 name = f"  sequence {k}" + ("" if sid is None else f" (id {sid})")
+                if words is not None:
+                    name += " " + " ".join(words)
                 if self.per_step:
-                    lines.append(f"{name}: " + " ".join(self.classes[i] for i in p.argmax(-1)))
+                    tags = [self.classes[i] for i in p.argmax(-1)]
+                    if words is not None:
+                        tags = [f"{w}/{t}" for w, t in zip(words, tags)]
+                    lines.append(f"{name}: " + " ".join(tags))
                 else:
                     idx, ps = top_k(p, min(top, len(p)))
                     lines.append(f"{name}: " + ", ".join(f"{self.classes[i]} {q:.3f}"
