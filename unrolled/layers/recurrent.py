@@ -446,12 +446,6 @@ class Recurrent(Module):
                      for j, key in enumerate(self._state_keys())}
         return grads, dX, d_initial
 
-    def __repr__(self):
-        extra = ", bidirectional=True" if self.bidirectional else ""
-        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
-                f"num_layers={self.num_layers}{extra}, dtype='{self.dtype}')")
-
-
 class Elman(Recurrent):
     """Elman (vanilla) RNN: h_t = act(x_t U^T + h_{t-1} W^T + b); PyTorch's ``nn.RNN``."""
 
