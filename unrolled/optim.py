@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from . import fused
 from .backend import get_xp
 from .tree import tree_flatten, tree_map, tree_unflatten
 
@@ -145,6 +146,22 @@ def _lr_config(lr):
 
 # ----------------------------------------------------------------------------- learners
 
+def _flat_views(p, g, s):
+    """1-D views of ``p`` and the state arrays ``s`` and a 1-D ``g``, for the compiled
+    updates; None where they cannot run (not NumPy, not float32/float64, not
+    C-contiguous, or state of another dtype): the readable update runs then."""
+    if not (isinstance(p, np.ndarray) and isinstance(g, np.ndarray)
+            and p.dtype in (np.float32, np.float64) and fused.use_compiled(np)):
+        return None
+    pf = fused.flat(p)
+    views = {}
+    for k, a in s.items():
+        views[k] = fused.flat(a) if isinstance(a, np.ndarray) and a.dtype == p.dtype else None
+    if pf is None or any(v is None for v in views.values()):
+        return None
+    return pf, np.ascontiguousarray(g).reshape(-1), views
+
+
 def _lerp(a, b, w):
     """``a + w * (b - a)`` computed as torch's ``lerp`` does (two forms by ``w``)."""
     return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * (1 - w)
@@ -156,7 +173,9 @@ class Optimizer:
     Subclasses list their hyperparameters in ``_hyper`` and implement ``_slots(params)``
     (the state arrays each leaf needs) and ``_update(p, g, s, lr, t)`` for one leaf,
     where ``p`` is updated in place, ``s`` maps slot names to that leaf's state arrays
-    and ``t`` is the number of this update (1 for the first).
+    and ``t`` is the number of this update (1 for the first). SGD, Adam and AdamW run
+    their update as one compiled loop per leaf where they can (:mod:`unrolled.fused`),
+    the readable formula elsewhere; both give the same bits.
     """
 
     name = None
@@ -330,6 +349,14 @@ class SGD(Optimizer):
         return {"momentum_buffer": 0.0} if self.momentum != 0 else {}
 
     def _update(self, p, g, s, lr, t):
+        views = _flat_views(p, g, s)
+        if views is not None:  # the formula below as one loop, in place
+            pf, gf, sf = views
+            T = p.dtype.type
+            buf = sf.get("momentum_buffer", pf)  # unread without momentum
+            fused.kernel("sgd")(pf, gf, buf, T(self.weight_decay), T(self.momentum), t == 1,
+                                T(1 - self.dampening), bool(self.nesterov), T(lr))
+            return
         if self.weight_decay != 0:
             g = g + self.weight_decay * p
         if self.momentum != 0:
@@ -448,6 +475,17 @@ class Adam(Optimizer):
     def _update(self, p, g, s, lr, t):
         xp = get_xp(p)
         beta1, beta2 = self.betas
+        views = _flat_views(p, g, s)
+        if views is not None:  # the formula below as one loop, in place
+            pf, gf, sf = views
+            T, wd, w = p.dtype.type, self.weight_decay, 1 - beta1
+            fused.kernel("adam")(
+                pf, gf, sf["exp_avg"], sf["exp_avg_sq"], sf.get("max_exp_avg_sq", pf),
+                wd != 0 and not self._decoupled, T(wd), wd != 0 and self._decoupled,
+                T(1 - lr * wd), abs(w) < 0.5, T(w), T(1 - w), T(beta2), T(1 - beta2),
+                bool(self.amsgrad), T(lr / (1 - beta1**t)), T((1 - beta2**t) ** 0.5),
+                T(self.eps))
+            return
         if self.weight_decay != 0:
             if self._decoupled:
                 p *= 1 - lr * self.weight_decay
