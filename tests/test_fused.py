@@ -77,3 +77,89 @@ def test_dense_keeps_a_time_major_layout_and_its_results(masked):
     g2, dX2, _ = dense.backward(cache, time_major(R))
     np.testing.assert_allclose(dX2, dX, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(g2["weight"], g["weight"], rtol=1e-13, atol=1e-13)
+
+
+# ------------------------------------------------------------------ cross-entropy
+
+def ce_case(rng, dtype, shape=(4, 7, 5)):
+    logits = (rng.standard_normal(shape) * 3).astype(dtype)
+    targets = rng.integers(0, shape[-1], shape[:-1])
+    return logits, targets
+
+
+CE_CASES = [
+    dict(),
+    dict(masked=True),
+    dict(reduction="sum", masked=True),
+    dict(weight=[0.5, 2.0, 1.0, 0.0, 3.0]),
+    dict(weight=[0.5, 2.0, 1.0, 0.0, 3.0], reduction="sum", masked=True),
+    dict(last_step=True),
+    dict(time_major=True, masked=True),
+    dict(targets="uint8"),
+    dict(targets="float", masked=True),
+]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", CE_CASES, ids=lambda c: "-".join(map(str, c)) or "plain")
+def test_fused_cross_entropy_equals_the_readable_code(case, dtype):
+    rng = np.random.default_rng(3)
+    logits, targets = ce_case(rng, dtype, (4, 5) if case.get("last_step") else (4, 7, 5))
+    mask = None
+    if case.get("masked"):
+        mask = np.arange(7)[None, :] < np.array([7, 2, 5, 1])[:, None]
+        logits[1, 3] = np.nan  # garbage at padded steps is never read
+        targets[1, 4] = -1
+    if case.get("time_major"):
+        logits = np.ascontiguousarray(logits.transpose(1, 0, 2)).transpose(1, 0, 2)
+    if case.get("targets") == "uint8":
+        targets = targets.astype(np.uint8)
+    if case.get("targets") == "float":
+        targets = np.where(mask, targets, np.nan)
+    loss = u.CrossEntropy(reduction=case.get("reduction", "mean"), weight=case.get("weight"))
+    fused._JIT.pop("ce_shift", None)
+    (v_ref, d_ref), (v, d) = both_backends(lambda: loss.value_and_grad(logits, targets, mask))
+    assert "ce_shift" in fused._JIT  # the compiled passes ran
+    tol = 1e-13 if dtype == "float64" else 2e-6
+    np.testing.assert_allclose(v, v_ref, rtol=tol)
+    assert d.dtype == dtype and d.shape == logits.shape
+    np.testing.assert_allclose(d, d_ref, rtol=tol, atol=tol * np.abs(d_ref).max())
+    if mask is not None:
+        assert np.all(d[~mask] == 0)
+    if case.get("time_major"):
+        assert d.transpose(1, 0, 2).flags.c_contiguous  # the layout of the logits
+
+
+@needs_numba
+def test_fused_cross_entropy_matches_torch_and_finite_differences():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    logits, targets = ce_case(rng, "float64")
+    mask = np.arange(7)[None, :] < np.array([7, 2, 5, 1])[:, None]
+    v, d = u.CrossEntropy().value_and_grad(logits, targets, mask)
+    o = torch.tensor(logits, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(o[torch.tensor(mask)],
+                                            torch.tensor(targets[mask]))
+    ref.backward()
+    np.testing.assert_allclose(v, ref.item(), rtol=1e-12)
+    np.testing.assert_allclose(d, o.grad.numpy(), rtol=1e-10, atol=1e-15)
+    f = lambda: u.CrossEntropy().value_and_grad(logits, targets, mask)[0]  # noqa: E731
+    (num,) = numeric_grads(f, [logits])
+    assert rel_err(d, num) < 1e-7
+
+
+@needs_numba
+def test_fused_cross_entropy_reports_bad_input_as_the_readable_code():
+    rng = np.random.default_rng(5)
+    logits, targets = ce_case(rng, "float32")
+    bad = targets.copy()
+    bad[2, 3] = 5
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 5\)"):
+        u.CrossEntropy().value_and_grad(logits, bad)
+    inf = logits.copy()
+    inf[0, 1, 2] = -np.inf
+    with pytest.raises(ValueError, match="NaN or inf at 1 valid"):
+        u.CrossEntropy().value_and_grad(inf, targets)
+    with pytest.raises(ValueError, match="mask is False everywhere"):
+        u.CrossEntropy().value_and_grad(logits, targets, np.zeros((4, 7), bool))
