@@ -431,3 +431,31 @@ def test_compiled_update_reads_a_non_contiguous_gradient():
     with settings.override(backend="reference"):
         Adam(lr=0.1).step(ref, {"w": np.ascontiguousarray(g["w"])})
     np.testing.assert_array_equal(p["w"], ref["w"])
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_clip_grad_norm_in_place_equals_torch_and_the_copy(max_norm, dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    grads = tree_map(lambda a: a.astype(dtype), make_grads(rng, make_params(rng), 1)[0])
+    tensors = []
+    for a in tree_leaves(grads):
+        t = torch.zeros(a.shape, dtype=torch.from_numpy(a).dtype, requires_grad=True)
+        t.grad = torch.tensor(a.copy())
+        tensors.append(t)
+    ref_norm = torch.nn.utils.clip_grad_norm_(tensors, max_norm).item()
+    before = copy_tree(grads)
+    copied, norm_copy = clip_grad_norm(grads, max_norm)
+    leaves = tree_leaves(grads)
+    out, norm = clip_grad_norm(grads, max_norm, inplace=True)
+    assert out is grads and all(a is b for a, b in zip(tree_leaves(out), leaves))
+    assert norm == norm_copy
+    rtol = 1e-12 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(norm, ref_norm, rtol=rtol)
+    for a, b, t in zip(tree_leaves(out), tree_leaves(copied), tensors):
+        np.testing.assert_array_equal(a, b)  # the same bits as the copy
+        np.testing.assert_allclose(a, t.grad.numpy(), rtol=rtol)
+        assert a.dtype == dtype
+    moved = [not np.array_equal(a, b) for a, b in zip(tree_leaves(out), tree_leaves(before))]
+    assert all(moved) if max_norm < norm else not any(moved)  # scaled only when needed

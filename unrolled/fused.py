@@ -110,11 +110,6 @@ def _sum_squares(g):
     return (s0 + s1) + (s2 + s3)
 
 
-def _scale(g, coef, out):
-    for i in range(g.size):
-        out[i] = g[i] * coef
-
-
 # --------------------------------------------------------------------------- scatter
 
 def _scatter_add(dW, idx, d):

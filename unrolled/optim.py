@@ -532,7 +532,7 @@ def get_optimizer(name, **kwargs):
 
 # ----------------------------------------------------------------------------- clipping
 
-def clip_grad_norm(grads, max_norm):
+def clip_grad_norm(grads, max_norm, inplace=False):
     """Scale the whole gradient tree so its global L2 norm is at most ``max_norm``.
 
     The scale is ``min(1, max_norm / (total_norm + 1e-6))``, as in
@@ -541,26 +541,34 @@ def clip_grad_norm(grads, max_norm):
     Parameters
     ----------
     grads : dict
-        Gradient tree (nested dicts of arrays); it is not modified.
+        Gradient tree (nested dicts of arrays); it is not modified unless ``inplace``.
     max_norm : float
         Largest global norm allowed.
+    inplace : bool
+        Scale the arrays of ``grads`` themselves (as PyTorch does) and return ``grads``:
+        no copy of the gradients, and none at all when no scaling is needed.
 
     Returns
     -------
     clipped_grads : dict
-        A new tree of the same structure.
+        A new tree of the same structure (``grads`` itself when ``inplace``).
     total_norm : float
         The global norm before clipping (the norm of all leaves concatenated).
     """
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
     flat = tree_flatten(grads)
-    # norm of the per-leaf norms, as torch computes it
+    compiled = fused.use_compiled(np)
     sq = 0.0
     with np.errstate(over="ignore"):  # an overflow is reported below, by name
         for g in flat.values():
-            n = float(get_xp(g).linalg.norm(g.ravel()))
-            sq += n * n
+            gf = (fused.flat(g) if compiled and isinstance(g, np.ndarray)
+                  and g.dtype in (np.float32, np.float64) else None)
+            if gf is not None:  # one pass, summed in float64
+                sq += fused.kernel("sum_squares")(gf)
+            else:  # the norm of the per-leaf norms, as torch computes it
+                n = float(get_xp(g).linalg.norm(g.ravel()))
+                sq += n * n
     total_norm = math.sqrt(sq)
     if not math.isfinite(total_norm):
         bad = [k for k, g in flat.items() if not bool(get_xp(g).all(get_xp(g).isfinite(g)))]
@@ -570,6 +578,11 @@ def clip_grad_norm(grads, max_norm):
                          "earlier with a smaller max_norm or clip_grad_value, and check the "
                          "data for NaN")
     coef = min(max_norm / (total_norm + 1e-6), 1.0)
+    if inplace:
+        if coef < 1.0:
+            for g in flat.values():
+                g *= coef
+        return grads, total_norm
     return tree_map(lambda g: g * coef, grads), total_norm
 
 
