@@ -289,7 +289,8 @@ def main(argv=None):
 
     import unrolled
 
-    results = {"config": vars(args), "unrolled": unrolled.__file__, "numpy": np.__version__, "blas": blas,
+    results = {"config": vars(args), "unrolled_module": unrolled.__file__,
+               "numpy": np.__version__, "blas": blas,
                "python": platform.python_version(), "machine": platform.machine(),
                "cpu_count": os.cpu_count(), "load_before": os.getloadavg()}
     init = build_char_model(V, args.embedding, args.hidden, seed=args.seed)

@@ -108,9 +108,8 @@ class Embedding(Module):
                              f"{tuple(X.shape)}")
         mask = check_mask(mask, X.shape[0], X.shape[1], "Embedding")
         idx = X if mask is None else xp.where(mask, X, 0)  # pads may hold anything
-        bad = (idx < 0) | (idx >= self.num_embeddings)
-        if bad.any():
-            v = int(idx[bad][0])
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings):
+            v = int(idx[(idx < 0) | (idx >= self.num_embeddings)][0])
             raise ValueError(f"Embedding: symbol {v} is outside the vocabulary of "
                              f"{self.num_embeddings}; rebuild the vocabulary or the layer")
         Y = _zero_pads(self._params["weight"][idx], mask, xp, inplace=True)
