@@ -17,6 +17,7 @@ Prints a table and writes JSON; never fails for a slow machine. OPENBLAS_CORETYP
 OPENBLAS_L2_SIZE are dropped from this process's environment (they slow a current NumPy).
 """
 import argparse
+import inspect
 import json
 import math
 import os
@@ -25,13 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-# thread counts and BLAS settings must be fixed before NumPy loads
-_threads = "2"
+# thread counts and BLAS settings must be fixed before NumPy loads, the tree before import
+_threads, _tree = "2", str(Path(__file__).resolve().parents[1])
 for i, a in enumerate(sys.argv):
     if a == "--threads" and i + 1 < len(sys.argv):
         _threads = sys.argv[i + 1]
     elif a.startswith("--threads="):
         _threads = a.split("=", 1)[1]
+    elif a == "--tree" and i + 1 < len(sys.argv):
+        _tree = sys.argv[i + 1]
+    elif a.startswith("--tree="):
+        _tree = a.split("=", 1)[1]
 for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = _threads
 for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
@@ -39,7 +44,7 @@ for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(_tree).resolve()))
 from unrolled.backend import reuse_freed_memory
 from unrolled.data import Vocab, read_text, stream_batches
 from unrolled.losses import CrossEntropy
@@ -116,6 +121,13 @@ def train_unrolled(args, vocab, train, held, init_model):
     model = init_model
     opt = Adam(lr=args.lr)
     ce = CrossEntropy()
+    # clip in place where this version of unrolled can (as PyTorch does), else a copy
+    if "inplace" in inspect.signature(clip_grad_norm).parameters:
+        def clip(g):
+            return clip_grad_norm(g, args.clip, inplace=True)
+    else:
+        def clip(g):
+            return clip_grad_norm(g, args.clip)
     budget = Budget(args.minutes * 60)
     marks = [args.minutes * 60 * f for f in (0.25, 0.5, 0.75)]
     curve, steps, chars, last = [], 0, 0, None
@@ -132,11 +144,9 @@ def train_unrolled(args, vocab, train, held, init_model):
         out, state, cache = model.forward(X, initial_state=state, training=True)
         last, d_out = ce.value_and_grad(out, Y)
         grads, _, _ = model.backward(cache, d_out)
-        clip_grad_norm(grads, args.clip)
+        grads, _ = clip(grads)
         opt.lr = lr_at(args, 1 - budget.left() / budget.seconds)
-        params = model.params
-        opt.step(params, grads)
-        model.params = params
+        opt.step(model.params, grads)  # in place: the model holds these very arrays
         steps += 1
         chars += X.size
         if marks and budget.seconds - budget.left() >= marks[0]:
@@ -256,6 +266,8 @@ def main(argv=None):
                     help="learning rate over the wall-clock budget")
     ap.add_argument("--clip", type=float, default=5.0)
     ap.add_argument("--threads", default="2", help="BLAS and torch threads")
+    ap.add_argument("--tree", default=_tree,
+                    help="the checkout of unrolled to train with (default: this one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--held-out", type=float, default=0.1, help="share of the text at its end")
     ap.add_argument("--json", help="write the results here")
@@ -275,7 +287,10 @@ def main(argv=None):
     blas = blas_info()
     print(f"numpy {np.__version__}, BLAS: {blas}")
 
-    results = {"config": vars(args), "numpy": np.__version__, "blas": blas,
+    import unrolled
+
+    results = {"config": vars(args), "unrolled_module": unrolled.__file__,
+               "numpy": np.__version__, "blas": blas,
                "python": platform.python_version(), "machine": platform.machine(),
                "cpu_count": os.cpu_count(), "load_before": os.getloadavg()}
     init = build_char_model(V, args.embedding, args.hidden, seed=args.seed)

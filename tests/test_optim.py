@@ -385,3 +385,77 @@ def test_errors_name_the_problem():
     mixed = tree_map(lambda a: a.astype(np.float32), grads)
     with pytest.raises(ValueError, match="float32 but its parameter is float64"):
         Adam().step(params, mixed)
+
+
+# ------------------------------------------------------------- compiled equals readable
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name,kwargs", CASES, ids=IDS)
+def test_compiled_update_equals_the_readable_formula_bit_for_bit(name, kwargs, dtype):
+    from unrolled import fused
+    from unrolled.settings import settings
+
+    if not fused.use_compiled(np):
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(9)
+    params = tree_map(lambda a: a.astype(dtype), make_params(rng))
+    grads = [tree_map(lambda a: a.astype(dtype), g) for g in make_grads(rng, params)]
+    grads[3]["out"]["weight"][0, 0] = 0.0  # an exact zero, and a tiny value, on the way
+    grads[4]["l0"]["bias"][1] = 1e-30
+    runs = {}
+    for backend in ("reference", "auto"):
+        p = copy_tree(params)
+        opt = get_optimizer(name, **kwargs)
+        with settings.override(backend=backend):
+            for g in grads:
+                opt.step(p, g)
+        runs[backend] = (tree_flatten(p), tree_flatten(opt.state_dict()["state"]))
+    (p_ref, s_ref), (p_fast, s_fast) = runs["reference"], runs["auto"]
+    assert not np.array_equal(p_ref["out/weight"], params["out"]["weight"])  # it moved
+    for k in p_ref:
+        np.testing.assert_array_equal(p_fast[k], p_ref[k], err_msg=k)
+        assert p_fast[k].dtype == dtype
+    assert s_fast.keys() == s_ref.keys()
+    for k in s_ref:
+        np.testing.assert_array_equal(s_fast[k], s_ref[k], err_msg=k)
+
+
+def test_compiled_update_reads_a_non_contiguous_gradient():
+    rng = np.random.default_rng(10)
+    p = {"w": rng.normal(size=(4, 3))}
+    g = {"w": np.asfortranarray(rng.normal(size=(4, 3)))}
+    ref = copy_tree(p)
+    Adam(lr=0.1).step(p, g)
+    from unrolled.settings import settings
+
+    with settings.override(backend="reference"):
+        Adam(lr=0.1).step(ref, {"w": np.ascontiguousarray(g["w"])})
+    np.testing.assert_array_equal(p["w"], ref["w"])
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_clip_grad_norm_in_place_equals_torch_and_the_copy(max_norm, dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    grads = tree_map(lambda a: a.astype(dtype), make_grads(rng, make_params(rng), 1)[0])
+    tensors = []
+    for a in tree_leaves(grads):
+        t = torch.zeros(a.shape, dtype=torch.from_numpy(a).dtype, requires_grad=True)
+        t.grad = torch.tensor(a.copy())
+        tensors.append(t)
+    ref_norm = torch.nn.utils.clip_grad_norm_(tensors, max_norm).item()
+    before = copy_tree(grads)
+    copied, norm_copy = clip_grad_norm(grads, max_norm)
+    leaves = tree_leaves(grads)
+    out, norm = clip_grad_norm(grads, max_norm, inplace=True)
+    assert out is grads and all(a is b for a, b in zip(tree_leaves(out), leaves))
+    assert norm == norm_copy
+    rtol = 1e-12 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(norm, ref_norm, rtol=rtol)
+    for a, b, t in zip(tree_leaves(out), tree_leaves(copied), tensors):
+        np.testing.assert_array_equal(a, b)  # the same bits as the copy
+        np.testing.assert_allclose(a, t.grad.numpy(), rtol=rtol)
+        assert a.dtype == dtype
+    moved = [not np.array_equal(a, b) for a, b in zip(tree_leaves(out), tree_leaves(before))]
+    assert all(moved) if max_norm < norm else not any(moved)  # scaled only when needed

@@ -14,6 +14,7 @@ their targets are never read, so padded steps may hold anything (even NaN or -1)
 """
 import numpy as np
 
+from . import fused
 from .backend import get_xp
 
 __all__ = ["BCE", "MSE", "CrossEntropy", "get_loss", "log_softmax"]
@@ -109,6 +110,10 @@ class CrossEntropy(_Loss):
     bool, or ``outputs`` (B, C) with ``targets`` (B,) for classification at the last
     step (``mask`` is then ignored: the model already picked each record's last valid
     step). Targets are integers in ``[0, C)`` (floats holding whole numbers are accepted).
+
+    On NumPy arrays the loss runs as two compiled passes over the logits and one
+    exponentiation in place (:mod:`unrolled.fused`): no temporaries, ``d_outputs`` in
+    the memory layout of ``outputs``; it agrees with the readable code to rounding.
     """
 
     name = "cross_entropy"
@@ -128,6 +133,9 @@ class CrossEntropy(_Loss):
 
     def value_and_grad(self, outputs, targets, mask=None):
         """Loss value (float) and ``d_outputs`` (shape and dtype of ``outputs``)."""
+        done = self._fused(outputs, targets, mask)
+        if done is not None:
+            return done
         xp, outputs = _as_float_outputs(outputs, (2, 3), "logits")
         C = outputs.shape[-1]  # number of classes
         lead = outputs.shape[:-1]  # (B, T) or (B,)
@@ -187,6 +195,46 @@ class CrossEntropy(_Loss):
         weight = w.astype(outputs.dtype) * outputs.dtype.type(self._scale(denom))
         d_outputs = (xp.exp(logp) - onehot) * weight[..., None]
         return value, d_outputs.astype(outputs.dtype, copy=False)
+
+    def _fused(self, outputs, targets, mask):
+        """The loss and its gradient from the compiled passes, or None where they do not
+        apply: other arrays or dtypes, and every input the readable code rejects (it
+        runs then, and names the problem)."""
+        if not (isinstance(outputs, np.ndarray) and outputs.dtype in (np.float32, np.float64)
+                and outputs.ndim in (2, 3) and outputs.shape[-1] > 0
+                and isinstance(targets, np.ndarray) and targets.dtype.kind in "iuf"
+                and targets.shape == outputs.shape[:-1] and fused.use_compiled(np)):
+            return None
+        C = outputs.shape[-1]
+        weighted = self.weight is not None
+        if weighted and self.weight.shape != (C,):
+            return None
+        has_mask = outputs.ndim == 3 and mask is not None
+        valid = np.ones((1, 1), bool)  # unread without a mask
+        if has_mask:
+            valid = np.asarray(mask)
+            if valid.shape != targets.shape or valid.dtype.kind not in "biu":
+                return None
+            valid = valid if valid.dtype.kind == "b" else valid != 0
+        if targets.dtype.kind == "f":  # whole numbers at the valid steps, as integers
+            tt = np.where(valid, targets, 0) if has_mask else targets
+            if not np.all(np.isfinite(tt) & (tt == np.floor(tt))):
+                return None
+            targets = tt.astype(np.int64)
+        o, t = (outputs, targets) if outputs.ndim == 3 else (outputs[:, None], targets[:, None])
+        d = np.empty_like(o)  # the layout of the logits
+        zt, wrow = np.empty(o.shape[:2], o.dtype), np.empty(o.shape[:2])
+        cw = self.weight if weighted else np.zeros(1)
+        status, n, wsum = fused.kernel("ce_shift")(o, t, valid, has_mask, cw, weighted, d,
+                                                   zt, wrow)
+        denom = wsum if weighted else n
+        if status or n == 0 or (denom == 0 and self.reduction == "mean"):
+            return None
+        np.exp(d, out=d)
+        total = fused.kernel("ce_finish")(t, valid, has_mask, d, zt, wrow,
+                                          float(self._scale(denom)))
+        value = total / denom if self.reduction == "mean" else total
+        return value, (d if outputs.ndim == 3 else d[:, 0])
 
 
 class _Elementwise(_Loss):

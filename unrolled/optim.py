@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from . import fused
 from .backend import get_xp
 from .tree import tree_flatten, tree_map, tree_unflatten
 
@@ -145,6 +146,22 @@ def _lr_config(lr):
 
 # ----------------------------------------------------------------------------- learners
 
+def _flat_views(p, g, s):
+    """1-D views of ``p`` and the state arrays ``s`` and a 1-D ``g``, for the compiled
+    updates; None where they cannot run (not NumPy, not float32/float64, not
+    C-contiguous, or state of another dtype): the readable update runs then."""
+    if not (isinstance(p, np.ndarray) and isinstance(g, np.ndarray)
+            and p.dtype in (np.float32, np.float64) and fused.use_compiled(np)):
+        return None
+    pf = fused.flat(p)
+    views = {}
+    for k, a in s.items():
+        views[k] = fused.flat(a) if isinstance(a, np.ndarray) and a.dtype == p.dtype else None
+    if pf is None or any(v is None for v in views.values()):
+        return None
+    return pf, np.ascontiguousarray(g).reshape(-1), views
+
+
 def _lerp(a, b, w):
     """``a + w * (b - a)`` computed as torch's ``lerp`` does (two forms by ``w``)."""
     return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * (1 - w)
@@ -156,7 +173,9 @@ class Optimizer:
     Subclasses list their hyperparameters in ``_hyper`` and implement ``_slots(params)``
     (the state arrays each leaf needs) and ``_update(p, g, s, lr, t)`` for one leaf,
     where ``p`` is updated in place, ``s`` maps slot names to that leaf's state arrays
-    and ``t`` is the number of this update (1 for the first).
+    and ``t`` is the number of this update (1 for the first). SGD, Adam and AdamW run
+    their update as one compiled loop per leaf where they can (:mod:`unrolled.fused`),
+    the readable formula elsewhere; both give the same bits.
     """
 
     name = None
@@ -330,6 +349,14 @@ class SGD(Optimizer):
         return {"momentum_buffer": 0.0} if self.momentum != 0 else {}
 
     def _update(self, p, g, s, lr, t):
+        views = _flat_views(p, g, s)
+        if views is not None:  # the formula below as one loop, in place
+            pf, gf, sf = views
+            T = p.dtype.type
+            buf = sf.get("momentum_buffer", pf)  # unread without momentum
+            fused.kernel("sgd")(pf, gf, buf, T(self.weight_decay), T(self.momentum), t == 1,
+                                T(1 - self.dampening), bool(self.nesterov), T(lr))
+            return
         if self.weight_decay != 0:
             g = g + self.weight_decay * p
         if self.momentum != 0:
@@ -448,6 +475,17 @@ class Adam(Optimizer):
     def _update(self, p, g, s, lr, t):
         xp = get_xp(p)
         beta1, beta2 = self.betas
+        views = _flat_views(p, g, s)
+        if views is not None:  # the formula below as one loop, in place
+            pf, gf, sf = views
+            T, wd, w = p.dtype.type, self.weight_decay, 1 - beta1
+            fused.kernel("adam")(
+                pf, gf, sf["exp_avg"], sf["exp_avg_sq"], sf.get("max_exp_avg_sq", pf),
+                wd != 0 and not self._decoupled, T(wd), wd != 0 and self._decoupled,
+                T(1 - lr * wd), abs(w) < 0.5, T(w), T(1 - w), T(beta2), T(1 - beta2),
+                bool(self.amsgrad), T(lr / (1 - beta1**t)), T((1 - beta2**t) ** 0.5),
+                T(self.eps))
+            return
         if self.weight_decay != 0:
             if self._decoupled:
                 p *= 1 - lr * self.weight_decay
@@ -494,7 +532,7 @@ def get_optimizer(name, **kwargs):
 
 # ----------------------------------------------------------------------------- clipping
 
-def clip_grad_norm(grads, max_norm):
+def clip_grad_norm(grads, max_norm, inplace=False):
     """Scale the whole gradient tree so its global L2 norm is at most ``max_norm``.
 
     The scale is ``min(1, max_norm / (total_norm + 1e-6))``, as in
@@ -503,26 +541,34 @@ def clip_grad_norm(grads, max_norm):
     Parameters
     ----------
     grads : dict
-        Gradient tree (nested dicts of arrays); it is not modified.
+        Gradient tree (nested dicts of arrays); it is not modified unless ``inplace``.
     max_norm : float
         Largest global norm allowed.
+    inplace : bool
+        Scale the arrays of ``grads`` themselves (as PyTorch does) and return ``grads``:
+        no copy of the gradients, and none at all when no scaling is needed.
 
     Returns
     -------
     clipped_grads : dict
-        A new tree of the same structure.
+        A new tree of the same structure (``grads`` itself when ``inplace``).
     total_norm : float
         The global norm before clipping (the norm of all leaves concatenated).
     """
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
     flat = tree_flatten(grads)
-    # norm of the per-leaf norms, as torch computes it
+    compiled = fused.use_compiled(np)
     sq = 0.0
     with np.errstate(over="ignore"):  # an overflow is reported below, by name
         for g in flat.values():
-            n = float(get_xp(g).linalg.norm(g.ravel()))
-            sq += n * n
+            gf = (fused.flat(g) if compiled and isinstance(g, np.ndarray)
+                  and g.dtype in (np.float32, np.float64) else None)
+            if gf is not None:  # one pass, summed in float64
+                sq += fused.kernel("sum_squares")(gf)
+            else:  # the norm of the per-leaf norms, as torch computes it
+                n = float(get_xp(g).linalg.norm(g.ravel()))
+                sq += n * n
     total_norm = math.sqrt(sq)
     if not math.isfinite(total_norm):
         bad = [k for k, g in flat.items() if not bool(get_xp(g).all(get_xp(g).isfinite(g)))]
@@ -532,6 +578,11 @@ def clip_grad_norm(grads, max_norm):
                          "earlier with a smaller max_norm or clip_grad_value, and check the "
                          "data for NaN")
     coef = min(max_norm / (total_norm + 1e-6), 1.0)
+    if inplace:
+        if coef < 1.0:
+            for g in flat.values():
+                g *= coef
+        return grads, total_norm
     return tree_map(lambda g: g * coef, grads), total_norm
 
 

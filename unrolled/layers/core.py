@@ -1,21 +1,54 @@
 """Feed-forward building blocks and the Sequential container."""
 import math
 
+from .. import fused
 from ..backend import get_xp
 from ..checks import check_dtype_name, check_mask
 from .base import Module, assign_like, make_rng
 
 
-def _zero_pads(Y, mask, xp):
+def _zero_pads(Y, mask, xp, inplace=False):
+    """``Y`` with the padded steps zeroed (in place where ``inplace``: Y is ours)."""
     if mask is not None and Y.ndim == 3:
+        if inplace:
+            Y *= mask[:, :, None]
+            return Y
         return Y * mask[:, :, None]
     return Y
+
+
+def _rows(A, xp, time_major=None):
+    """A (B, T, F) array as a (B*T, F) matrix of its steps, without a copy where one can
+    be avoided: ``(rows, time_major)``, with the rows in batch-major order (b, t) or, for
+    an array laid out time-major (a transposed (T, B, F) array), in time-major order
+    (t, b). ``time_major`` given: that order, copying if need be. (B, F): itself."""
+    if A.ndim == 2:
+        return A, None
+    F = A.shape[-1]
+    At = A.transpose(1, 0, 2)
+    if time_major is None:
+        time_major = not A.flags.c_contiguous and At.flags.c_contiguous
+    src = At if time_major else A
+    return xp.ascontiguousarray(src).reshape(-1, F), time_major
+
+
+def _unrows(rows, shape, time_major):
+    """Inverse of :func:`_rows`: (B*T, F) rows back to a (B, T, F) array (a view)."""
+    if time_major is None:
+        return rows
+    B, T = shape[:2]
+    if time_major:
+        return rows.reshape(T, B, -1).transpose(1, 0, 2)
+    return rows.reshape(B, T, -1)
 
 
 class Dense(Module):
     """y = x W^T + b on the last axis; (B, T, I) -> (B, T, O) or (B, I) -> (B, O).
 
-    Initialised like PyTorch's ``nn.Linear``: U(-1/sqrt(I), 1/sqrt(I)).
+    Initialised like PyTorch's ``nn.Linear``: U(-1/sqrt(I), 1/sqrt(I)). A sequence is
+    multiplied as one (B*T, I) matrix in its own memory order, so a time-major input
+    (a transposed (T, B, I) array) gives time-major outputs and gradients, and nothing
+    is copied either way.
     """
 
     def __init__(self, in_features, out_features, bias=True, dtype="float32", seed=None):
@@ -35,21 +68,24 @@ class Dense(Module):
         if X.dtype.name != self.dtype:
             raise TypeError(f"Dense: input is {X.dtype.name} but the layer is {self.dtype}; "
                             f"pass X.astype('{self.dtype}')")
-        Y = X @ self._params["weight"].T
+        X2, time_major = _rows(X, xp)
+        Y2 = X2 @ self._params["weight"].T  # one product over all steps
         if self.bias:
-            Y = Y + self._params["bias"]
-        Y = _zero_pads(Y, mask, xp)
+            Y2 += self._params["bias"]
+        Y = _zero_pads(_unrows(Y2, X.shape, time_major), mask, xp, inplace=True)
         return Y, None, (X, mask if X.ndim == 3 else None)
 
     def backward(self, cache, d_out, d_state=None):
         X, mask = cache
         xp = get_xp(X)
         d = _zero_pads(d_out, mask, xp)
-        d2, X2 = d.reshape(-1, self.out_features), X.reshape(-1, self.in_features)
+        X2, time_major = _rows(X, xp)
+        d2, _ = _rows(d, xp, time_major)  # the rows in the order of X's
         grads = {"weight": d2.T @ X2}
         if self.bias:
             grads["bias"] = d2.sum(0)
-        return grads, d @ self._params["weight"], None
+        dX = _unrows(d2 @ self._params["weight"], X.shape, time_major)
+        return grads, dX, None
 
 
 class Embedding(Module):
@@ -72,12 +108,11 @@ class Embedding(Module):
                              f"{tuple(X.shape)}")
         mask = check_mask(mask, X.shape[0], X.shape[1], "Embedding")
         idx = X if mask is None else xp.where(mask, X, 0)  # pads may hold anything
-        bad = (idx < 0) | (idx >= self.num_embeddings)
-        if bad.any():
-            v = int(idx[bad][0])
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings):
+            v = int(idx[(idx < 0) | (idx >= self.num_embeddings)][0])
             raise ValueError(f"Embedding: symbol {v} is outside the vocabulary of "
                              f"{self.num_embeddings}; rebuild the vocabulary or the layer")
-        Y = _zero_pads(self._params["weight"][idx], mask, xp)
+        Y = _zero_pads(self._params["weight"][idx], mask, xp, inplace=True)
         return Y, None, (idx, mask)
 
     def backward(self, cache, d_out, d_state=None):
@@ -85,7 +120,11 @@ class Embedding(Module):
         xp = get_xp(d_out)
         d = _zero_pads(d_out, mask, xp)
         dW = xp.zeros_like(self._params["weight"])
-        xp.add.at(dW, idx.reshape(-1), d.reshape(-1, self.embedding_dim))
+        idx, d = idx.reshape(-1), d.reshape(-1, self.embedding_dim)
+        if fused.use_compiled(xp):  # np.add.at as one loop, in its order: the same bits
+            fused.kernel("scatter_add")(dW, idx, d)
+        else:
+            xp.add.at(dW, idx, d)
         return {"weight": dW}, None, None
 
 
