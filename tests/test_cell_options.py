@@ -253,3 +253,40 @@ def test_reference_backend_wins_over_the_parallel_scan():
     m = u.MinGRU(3, 4)
     with u.settings.override(scan="parallel", backend="reference"):
         assert "readable" in u.explain(m)
+
+
+def test_embedding_dropout_drops_whole_rows_with_exact_gradients():
+    from helpers import numeric_grads
+
+    emb = u.Embedding(7, 3, dtype="float64", seed=0, dropout=0.4)
+    X = np.array([[1, 2, 1, 5], [3, 1, 0, 6]])
+    Y, _, cache = emb.forward(X, training=True)
+    scale = cache[2]
+    assert set(np.unique(scale)) <= {0.0, 1 / 0.6}
+    dropped = np.flatnonzero(scale == 0)
+    for v in dropped:  # every use of a dropped symbol is zero
+        assert np.all(Y[X == v] == 0)
+    assert np.array_equal(emb.forward(X)[0], emb._params["weight"][X])  # evaluation
+    R = np.random.default_rng(1).standard_normal(Y.shape)
+    g, _, _ = emb.backward(cache, R)
+
+    def f():  # the same mask: the loss as a function of the table
+        return float(np.sum(emb._params["weight"][X] * scale[X][..., None] * R))
+    (num,) = numeric_grads(f, [emb._params["weight"]])
+    assert rel_err(g["weight"], num) < 1e-8
+
+
+def test_ar_tar_value_and_gradient():
+    from helpers import numeric_grads
+
+    from unrolled.losses import activation_regularization
+
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((2, 5, 3))
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    v, g = activation_regularization(h, alpha=2.0, beta=1.0, mask=mask)
+    (num,) = numeric_grads(lambda: activation_regularization(h, 2.0, 1.0, mask)[0], [h])
+    assert rel_err(g, num) < 1e-8
+    valid = h[mask]
+    assert np.isclose(activation_regularization(h, 1.0, 0.0, mask)[0], np.mean(valid ** 2))
+    assert np.all(g[~mask] == 0)

@@ -279,7 +279,8 @@ def model_spec(model):
                 "out_features": model.out_features, "bias": model.bias, "dtype": model.dtype}
     if isinstance(model, L.Embedding):
         return {"layer": "Embedding", "num_embeddings": model.num_embeddings,
-                "embedding_dim": model.embedding_dim, "dtype": model.dtype}
+                "embedding_dim": model.embedding_dim, "dtype": model.dtype,
+                "dropout": getattr(model, "dropout", 0.0)}
     if isinstance(model, L.Dropout):
         return {"layer": "Dropout", "p": model.p}
     if isinstance(model, L.Recurrent) and kind in _EXTRA_ARGS:

@@ -355,3 +355,30 @@ def get_loss(loss):
         raise TypeError(f"loss must be a name ({', '.join(_LOSSES)}) or an object with "
                         f"value_and_grad(outputs, targets, mask), got {type(loss).__name__}")
     return loss
+
+
+def activation_regularization(h, alpha=0.0, beta=0.0, mask=None):
+    """AR and TAR (Merity et al. 2018) on a layer's outputs ``h`` (B, T, H): the value
+    alpha·mean(h²) + beta·mean((h_t − h_(t−1))²) over the valid steps (and pairs of
+    consecutive valid steps), and its gradient w.r.t. h, to add to the layer's output
+    gradient. AR keeps activations small; TAR keeps them from jumping between steps."""
+    import numpy as np
+
+    xp = np if not hasattr(h, "__cuda_array_interface__") else __import__("cupy")
+    m = xp.ones(h.shape[:2], h.dtype) if mask is None else xp.asarray(mask, h.dtype)
+    m3 = m[:, :, None]
+    value, grad = 0.0, xp.zeros_like(h)
+    H = h.shape[-1]
+    if alpha:
+        n = max(float(m.sum()) * H, 1.0)
+        value += alpha * float((h * h * m3).sum()) / n
+        grad += (2 * alpha / n) * h * m3
+    if beta and h.shape[1] > 1:
+        pair = (m[:, 1:] * m[:, :-1])[:, :, None]
+        diff = (h[:, 1:] - h[:, :-1]) * pair
+        n = max(float(pair.sum()) * H, 1.0)
+        value += beta * float((diff * diff).sum()) / n
+        g = (2 * beta / n) * diff
+        grad[:, 1:] += g
+        grad[:, :-1] -= g
+    return value, grad

@@ -89,12 +89,21 @@ class Dense(Module):
 
 
 class Embedding(Module):
-    """Integer symbols (B, T) -> vectors (B, T, E); initialised N(0, 1) like PyTorch."""
+    """Integer symbols (B, T) -> vectors (B, T, E); initialised N(0, 1) like PyTorch.
 
-    def __init__(self, num_embeddings, embedding_dim, dtype="float32", seed=None):
+    ``dropout=p``: embedding dropout (Gal & Ghahramani; Merity et al. 2018's AWD-LSTM):
+    in training, whole rows of the table (every use of a symbol) are zeroed with
+    probability p, the rest scaled by 1/(1-p); one mask per forward, from ``seed``, held
+    for the backward."""
+
+    def __init__(self, num_embeddings, embedding_dim, dtype="float32", seed=None,
+                 dropout=0.0):
+        if not 0 <= dropout < 1:
+            raise ValueError(f"Embedding: dropout must be in [0, 1), got {dropout}")
         self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
         self.dtype = check_dtype_name(dtype)
-        rng, _ = make_rng(seed)
+        self.dropout = float(dropout)
+        rng, self.rng = make_rng(seed)
         self._params = {"weight": rng.standard_normal((num_embeddings, embedding_dim))
                         .astype(self.dtype)}
 
@@ -113,10 +122,16 @@ class Embedding(Module):
             raise ValueError(f"Embedding: symbol {v} is outside the vocabulary of "
                              f"{self.num_embeddings}; rebuild the vocabulary or the layer")
         Y = _zero_pads(self._params["weight"][idx], mask, xp, inplace=True)
-        return Y, None, (idx, mask)
+        scale = None
+        if training and self.dropout > 0:  # whole rows of the table, one mask per forward
+            keep = self.rng.random(self.num_embeddings) >= self.dropout
+            scale = xp.asarray(keep.astype(self.dtype) / (1 - self.dropout))
+            Y *= scale[idx][..., None]
+        return Y, None, (idx, mask, scale)
 
     def backward(self, cache, d_out, d_state=None):
-        idx, mask = cache
+        idx, mask = cache[:2]
+        scale = cache[2] if len(cache) > 2 else None
         xp = get_xp(d_out)
         d = _zero_pads(d_out, mask, xp)
         dW = xp.zeros_like(self._params["weight"])
@@ -125,6 +140,8 @@ class Embedding(Module):
             fused.kernel("scatter_add")(dW, idx, d)
         else:
             xp.add.at(dW, idx, d)
+        if scale is not None:
+            dW *= scale[:, None]
         return {"weight": dW}, None, None
 
 
