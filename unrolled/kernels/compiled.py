@@ -123,7 +123,7 @@ def source(cell, dtype):
     # -- forward: one row at a time, each gate block a separate view (vectorises)
     sa = ", ".join([f"s{k}" for k in range(S)] + [f"n{k}" for k in range(S)]
                    + [f"c{k}" for k in range(C)])
-    L.append("@jit\ndef pw_forward(z, xw, br, " + sa + (", " if sa else "") + "U):")
+    L.append("@jit_rows\ndef pw_forward(z, xw, br, " + sa + (", " if sa else "") + "U):")
     L.append("    B, H = s0.shape")
     L.append("    for b in range(B):")
     L.append("        zr, xr = z[b], xw[b]")
@@ -151,7 +151,7 @@ def source(cell, dtype):
     # -- backward: the same walk; every gradient it writes is flushed below ``th``
     ba = ", ".join([f"d{k}" for k in range(S)] + [f"s{k}" for k in range(S)]
                    + [f"n{k}" for k in range(S)] + [f"c{k}" for k in range(C)])
-    L.append("\n\n@jit\ndef pw_backward(" + ba + ", U, dx, dr, "
+    L.append("\n\n@jit_rows\ndef pw_backward(" + ba + ", U, dx, dr, "
              + "".join(f"p{k}, " for k in range(S)) + "DU, thr):")
     L.append("    B, H = s0.shape")
     L.append("    th = cast(thr)")
@@ -220,9 +220,10 @@ def source(cell, dtype):
             "# compiled with -runtime-memory-check-threshold=256 (see compiled.py)",
             f"# helpers: {_helpers_hash()} (their machine code is inlined here)",
             "import numpy as np",
-            "from unrolled.kernels.loop_numba import (JIT, gemm{b} as gemm, tanh{b} as _tanh,"
+            "from unrolled.kernels.loop_numba import (JIT, JIT_ROWS, gemm{b} as gemm, tanh{b} as _tanh,"
             " exp{b} as _exp, cast{b} as cast)".format(b=bits),
-            f"jit = JIT[{bits}]"]
+            f"jit = JIT[{bits}]",
+            f"jit_rows = JIT_ROWS[{bits}]"]
     head += [f"{name} = np.float{bits}({v!r})" for v, name in consts.items()]
     return "\n".join(head) + "\n\n\n" + body + "\n\n\n" + _TEMPLATE
 
