@@ -22,13 +22,14 @@ _CLAMP = _f(7.90531110763549805)
 _HALF, _ONE, _ZERO = _f(0.5), _f(1.0), _f(0.0)
 
 # error_model="numpy": no ZeroDivisionError branch in divisions, so the loops vectorise
-_jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+JIT_FLAGS = {"cache": True, "nogil": True, "boundscheck": False, "error_model": "numpy"}
 # float32 kernels may also contract to FMAs and reassociate (not assume away NaN or inf):
-# that is what lets LLVM vectorise the rational tanh fully; float64 stays strict
-_jit32 = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy",
-                    # a dict, not a set: a set's order changes from process to process,
-                    # and with it the key of numba's on-disk cache
-                    fastmath={"contract": True, "reassoc": True, "nsz": True, "arcp": True})
+# that is what lets LLVM vectorise the rational tanh fully; float64 stays strict. A dict,
+# not a set: a set's order changes from process to process, and with it the key of
+# numba's on-disk cache
+FASTMATH32 = {"contract": True, "reassoc": True, "nsz": True, "arcp": True}
+_jit = numba.njit(**JIT_FLAGS)
+_jit32 = numba.njit(**JIT_FLAGS, fastmath=FASTMATH32)
 
 
 @_jit32

@@ -126,17 +126,15 @@ def available():
 
 
 # -- the pieces every generated loop is made of (module level: cached on disk once) -----
-from .cells_numba import _cast32, _cast64, _jit, _jit32, _tanh32, _tanh64  # noqa: E402
+from .cells_numba import (FASTMATH32, JIT_FLAGS, _cast32, _cast64, _jit,  # noqa: E402
+                          _jit32, _tanh32, _tanh64)
 
 JIT = {32: _jit32, 64: _jit}
 # the per-row pass of a generated loop allocates nothing and takes a view per gate block
 # and state per row: without the runtime's reference counts on those views (two atomic
 # operations each) a row costs 0.5 µs less, which is most of a step at batch 1
-_FM32 = {"contract": True, "reassoc": True, "nsz": True, "arcp": True}
-JIT_ROWS = {32: numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy",
-                           fastmath=_FM32, _nrt=False),
-            64: numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy",
-                           _nrt=False)}
+JIT_ROWS = {32: numba.njit(**JIT_FLAGS, fastmath=FASTMATH32, _nrt=False),
+            64: numba.njit(**JIT_FLAGS, _nrt=False)}
 _ONE32, _ZERO32 = np.float32(1), np.float32(0)
 
 

@@ -99,16 +99,11 @@ def program(outputs):
     return order, outs
 
 
-def print_python(order, outs, const):
-    """Lines computing every node (``v<n> = ...``) and the output expressions, for numba.
-
-    ``const(value)`` names the typed constant for a number."""
-    name = {}
-    lines = []
-
-    def ref(s):
-        return name[s.n]
-
+def _print(order, outs, const, forms, statement):
+    """The program as statements of one dialect: ``forms[op]`` formats an operation from
+    its argument names, ``const(value)`` names a number, ``statement(name, expr)`` writes
+    one assignment. Returns (lines, output expressions)."""
+    name, lines = {}, []
     for s in order:
         if s.op == "in":
             name[s.n] = s.args[0]
@@ -116,60 +111,41 @@ def print_python(order, outs, const):
         if s.op == "const":
             name[s.n] = const(s.args[0])
             continue
-        a = [ref(x) for x in s.args]
-        if s.op in _BINARY:
-            e = f"{a[0]} {_BINARY[s.op]} {a[1]}"
-        elif s.op in _COMPARE:
-            e = f"{const(1.0)} if {a[0]} {_COMPARE[s.op]} {a[1]} else {const(0.0)}"
-        elif s.op == "neg":
-            e = f"-{a[0]}"
-        elif s.op == "abs":
-            e = f"abs({a[0]})"
-        elif s.op == "tanh":
-            e = f"_tanh({a[0]})"
-        elif s.op == "exp":
-            e = f"_exp({a[0]})"
-        elif s.op == "relu":
-            e = f"max({a[0]}, {const(0.0)})"
-        elif s.op == "where":
-            e = f"{a[1]} if {a[0]} != {const(0.0)} else {a[2]}"
-        else:  # pragma: no cover
-            raise ValueError(f"unknown operation {s.op}")
-        name[s.n] = f"v{s.n}"
-        lines.append(f"v{s.n} = {e}")
-    return lines, [ref(o) for o in outs]
-
-
-def print_c(order, outs, ctype):
-    """The same program as C statements (for the GPU kernels)."""
-    name, lines = {}, []
-    f = "f" if ctype == "float" else ""
-    for s in order:
-        if s.op == "in":
-            name[s.n] = s.args[0]
-            continue
-        if s.op == "const":
-            name[s.n] = f"(({ctype}){s.args[0]!r})"
-            continue
         a = [name[x.n] for x in s.args]
         if s.op in _BINARY:
             e = f"{a[0]} {_BINARY[s.op]} {a[1]}"
         elif s.op in _COMPARE:
-            e = f"({a[0]} {_COMPARE[s.op]} {a[1]}) ? ({ctype})1 : ({ctype})0"
-        elif s.op == "neg":
-            e = f"-{a[0]}"
-        elif s.op == "abs":
-            e = f"fabs{f}({a[0]})"
-        elif s.op == "tanh":
-            e = f"tanh{f}({a[0]})"
-        elif s.op == "exp":
-            e = f"exp{f}({a[0]})"
-        elif s.op == "relu":
-            e = f"fmax{f}({a[0]}, ({ctype})0)"
-        elif s.op == "where":
-            e = f"({a[0]} != ({ctype})0) ? {a[1]} : {a[2]}"
+            e = forms["compare"](a[0], _COMPARE[s.op], a[1])
+        elif s.op in forms:
+            e = forms[s.op](*a)
         else:  # pragma: no cover
             raise ValueError(f"unknown operation {s.op}")
         name[s.n] = f"v{s.n}"
-        lines.append(f"{ctype} v{s.n} = {e};")
+        lines.append(statement(f"v{s.n}", e))
     return lines, [name[o.n] for o in outs]
+
+
+def print_python(order, outs, const):
+    """Lines computing every node (``v<n> = ...``) and the output expressions, for numba.
+
+    ``const(value)`` names the typed constant for a number."""
+    one, zero = const(1.0), const(0.0)
+    forms = {"compare": lambda x, op, y: f"{one} if {x} {op} {y} else {zero}",
+             "neg": lambda x: f"-{x}", "abs": lambda x: f"abs({x})",
+             "tanh": lambda x: f"_tanh({x})", "exp": lambda x: f"_exp({x})",
+             "relu": lambda x: f"max({x}, {zero})",
+             "where": lambda c, x, y: f"{x} if {c} != {zero} else {y}"}
+    return _print(order, outs, const, forms, lambda n, e: f"{n} = {e}")
+
+
+def print_c(order, outs, ctype):
+    """The same program as C statements (for the GPU kernels)."""
+    f = "f" if ctype == "float" else ""
+    t = ctype
+    forms = {"compare": lambda x, op, y: f"({x} {op} {y}) ? ({t})1 : ({t})0",
+             "neg": lambda x: f"-{x}", "abs": lambda x: f"fabs{f}({x})",
+             "tanh": lambda x: f"tanh{f}({x})", "exp": lambda x: f"exp{f}({x})",
+             "relu": lambda x: f"fmax{f}({x}, ({t})0)",
+             "where": lambda c, x, y: f"({c} != ({t})0) ? {x} : {y}"}
+    return _print(order, outs, lambda v: f"(({t}){v!r})", forms,
+                  lambda n, e: f"{t} {n} = {e};")
