@@ -1,6 +1,7 @@
-"""Shared test helpers: a hash-like scalar loss and central finite differences."""
+"""Shared test helpers: a hash-like scalar loss, central finite differences, tiny data."""
 import numpy as np
 
+from unrolled.data import bundled_path
 from unrolled.tree import tree_flatten
 
 
@@ -83,3 +84,12 @@ def check_layer_grads(layer, X, mask=None, initial_state=None, state_weights=Tru
             e = rel_err(d0[k], ns)
             assert e < tol, f"initial state {k} gradient: relative error {e:.2e}"
     return worst
+
+
+def tiny_names(d, n=15, langs=("Japanese", "Russian", "Italian")):
+    d.mkdir()
+    src = bundled_path("names")
+    for lang in langs:
+        names = list(dict.fromkeys((src / f"{lang}.txt").read_text("utf-8").split()))[:n]
+        (d / f"{lang}.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    return d

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_names
 
 from unrolled import io
 from unrolled.cli import main
-from unrolled.data import bundled_path
 from unrolled.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,15 +51,6 @@ DRIVER = textwrap.dedent("""
         Trainer.save_checkpoint = save_checkpoint
     sys.exit(main(sys.argv[1:]))
 """)
-
-
-def tiny_names(d, n=15, langs=("Japanese", "Russian", "Italian")):
-    d.mkdir()
-    src = bundled_path("names")
-    for lang in langs:
-        names = list(dict.fromkeys((src / f"{lang}.txt").read_text("utf-8").split()))[:n]
-        (d / f"{lang}.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_names
 
 from unrolled import io
 from unrolled.cli import main
@@ -17,15 +18,6 @@ from unrolled.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "8", "--embed", "4", "--batch-size", "16", "--quiet", "--lr", "0.01"]
-
-
-def tiny_names(d, n=15, langs=("Japanese", "Russian", "Italian")):
-    d.mkdir()
-    src = bundled_path("names")
-    for lang in langs:
-        names = list(dict.fromkeys((src / f"{lang}.txt").read_text("utf-8").split()))[:n]
-        (d / f"{lang}.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
-    return d
 
 
 def params(run):
