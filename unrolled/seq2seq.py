@@ -343,8 +343,10 @@ class Seq2Seq(Module):
         cache.update(mode="sampled", steps=steps, inputs=fed)
         return np.concatenate(out, 1), cache
 
-    def backward(self, cache, d_logits, d_state=None):
-        """Gradients of every parameter (a tree shaped like ``params``) from d_logits."""
+    def backward(self, cache, d_logits, d_state=None, source_grad=False):
+        """Gradients of every parameter (a tree shaped like ``params``) from d_logits;
+        with ``source_grad``, also the gradient w.r.t. the embedded source (B, Ts, E):
+        ``(grads, dE)``."""
         enc_out = cache["enc_out"]
         g_att = None
         if cache["mode"] == "teacher":
@@ -376,7 +378,7 @@ class Seq2Seq(Module):
         if self.attention:
             g["attention"] = g_att
         g["readout"] = g_out
-        return g
+        return (g, dE) if source_grad else g
 
     def loss_and_grad(self, src, src_mask, tgt, tgt_mask, sampling=0.0, sample="argmax",
                       rng=None):

@@ -198,8 +198,14 @@ def write_report(model, record, out_dir, target=None, loss=None, mask=None, labe
                           "directions)" if len(flow.norms) > len(jacs) else "")))
 
     # -- files
+    return write_page(out, title or f"inspect: {type(model).__name__}", notes, model,
+                      sections, arrays, files)
+
+
+def write_page(out, title, notes, model, sections, arrays, files):
+    """``out/index.html``, one self-contained file (the PNGs inlined), and
+    ``out/arrays.npz``; returns the page's path."""
     np.savez_compressed(out / "arrays.npz", **arrays)
-    title = title or f"inspect: {type(model).__name__}"
     head = "".join(f"<p>{html.escape(str(n))}</p>" for n in notes)
     summary = getattr(model, "summary", None)
     summary = f"<pre>{html.escape(str(summary()))}</pre>" if callable(summary) else ""
@@ -329,6 +335,27 @@ def cli_inspect(model_dir, input_text, out_dir):
 
     model, meta, task = load_trained(model_dir,
                                      "use unrolled.inspect.write_report from Python")
+    title = f"unrolled inspect: {meta['config']['task']} model {Path(model_dir).name}"
+    from ..seq2seq import Seq2Seq
+
+    if isinstance(model, Seq2Seq):  # an encoder–decoder: its own page
+        from .encdec import write_encoder_decoder_report
+
+        if not hasattr(task, "encode_source"):
+            raise ValueError(f"task {meta['config']['task']!r} cannot turn --input into a "
+                             "source sequence; use unrolled.inspect.encdec from Python")
+        src, labels = task.encode_source(input_text)
+        families, note = label_fonts(labels)
+        import matplotlib
+
+        with matplotlib.rc_context({"font.family": families} if families else {}):
+            path = write_encoder_decoder_report(
+                model, src, out_dir, source_labels=labels, target_names=task.output_names(),
+                title=title, notes=[f"input {input_text!r}"] + ([note] if note else []),
+                max_len=24)  # as `predict` decodes
+        (Path(out_dir) / "input.json").write_text(json.dumps({"input": input_text,
+                                                              "model": str(model_dir)}) + "\n")
+        return path
     record, target, labels, notes = record_from_input(task, input_text, model)
     loss = task.loss
     X, _ = as_batch(record)
@@ -340,7 +367,6 @@ def cli_inspect(model_dir, input_text, out_dir):
         notes = [f"input {input_text!r}: predicted " + ", ".join(
             f"{classes[i]} {p[i]:.3f}" for i in top) + "; the gradient flow explains the "
             "top prediction"] + notes
-    title = f"unrolled inspect: {meta['config']['task']} model {Path(model_dir).name}"
     import matplotlib
 
     families, note = label_fonts(labels or [])

@@ -352,6 +352,13 @@ class G2PTask(Task):
         self.last_report = {"metrics": metrics, "text": "\n".join(lines + ["", *rows])}
         return {"predictions": path}
 
+    def encode_source(self, text):
+        """``(symbols, labels)`` of one word for ``unrolled inspect``: its letters."""
+        w = str(text).strip().lower()
+        if not w:
+            raise ValueError("--input for a g2p model is a word; got an empty one")
+        return self.data.encode_word(w), list(w)
+
     def predict(self, model, inputs, top=3):
         """The pronunciation of each word (beam search, ``--beam`` of the training)."""
         words = [str(w).lower() for w in inputs]
