@@ -381,8 +381,14 @@ def test_encoder_decoder_drawing_links_the_encoder_to_the_decoder(attention, tmp
     open_png(tmp_path / "s.png")
     with pytest.raises(ValueError, match="attention"):
         draw_encoder_decoder({"cell": "gru", "hidden_size": 8, "attention": "luong"})
-    with pytest.raises(ValueError, match="drawn unrolled only"):
-        draw_rolled(model)
+    # rolled: one encoder cell and one decoder cell, each with its loop
+    draw_rolled(model, path=tmp_path / "r.svg")
+    edges = svg_edges(tmp_path / "r.svg")
+    assert {(r, a, b) for r, a, b in edges if r in ("W", "state")} == {
+        ("W", "h", "h"), ("W", "s", "s"), ("state", "h", "s")}
+    assert (("attn", "h", "c") in edges) == bool(attention)
+    assert ("V", "c" if attention else "s", "o") in edges and ("loss", "o", "L") in edges
+    assert not any(r == "grad" for r, *_ in edges)
 
 
 @pytest.mark.parametrize("all_nodes", [False, True])
@@ -409,3 +415,11 @@ def test_tree_drawing_copies_one_composition_at_every_inner_node(all_nodes, tmp_
     assert texts.count("W") == 8 and {"the", "cat", "sat", "on", "it"} <= set(texts)
     draw_unrolled(net, path=tmp_path / "t.png")                    # the default tree
     open_png(tmp_path / "t.png")
+    draw_rolled(net, path=tmp_path / "r.svg")                      # one W, looping
+    assert set(svg_edges(tmp_path / "r.svg")) == {
+        ("E", "x", "h"), ("W", "h", "h"), ("U", "h", "o"), ("loss", "o", "L"),
+        ("target", "y", "L")}
+    from unrolled.inspect.drawings import draw_tree_rolled
+
+    draw_tree_rolled({"hidden_size": 3, "max_arity": 3}, path=tmp_path / "r.svg")
+    assert set(svg_edges(tmp_path / "r.svg")) == {("E", "x", "h"), ("W", "h", "h")}

@@ -107,7 +107,7 @@ def test_inspect_writes_the_encoder_decoder_page(g2p_run, tmp_path, capsys):
     rep = tmp_path / "rep"
     assert main(["inspect", str(g2p_run), "--input", "Thebat", "--out", str(rep)]) == 0
     page = (rep / "index.html").read_text(encoding="utf-8")
-    for stem in ("net_unrolled", "net_backward", "attention", "saliency", "encoder_traces",
+    for stem in ("net_rolled", "net_unrolled", "net_backward", "attention", "saliency", "encoder_traces",
                  "decoder_traces"):
         assert (rep / f"{stem}.svg").is_file(), stem
     assert 'src="data:image/png;base64,' in page and 'src="attention.png"' not in page
@@ -137,4 +137,4 @@ def test_the_page_loads_in_a_browser_with_no_script_errors(g2p_run, tmp_path):
                          timeout=60)
     body = re.search(r"<body[^>]*>", run.stdout).group(0)
     assert "data-errors" not in body and "Uncaught" not in run.stderr
-    assert run.stdout.count("<img") == 6
+    assert run.stdout.count("<img") == 7

@@ -656,6 +656,10 @@ def draw_rolled(spec, path=None):
     cell-state path C; GRU: r, z, n). Stacked layers are drawn bottom to top,
     a bidirectional layer as two cells side by side.
     """
+    if hasattr(spec, "encoder") and hasattr(spec, "decoder"):   # an encoder–decoder
+        return draw_encoder_decoder_rolled(spec, path=path)
+    if hasattr(spec, "max_arity") and hasattr(spec, "vocab_size"):   # over a tree
+        return draw_tree_rolled(spec, path=path)
     spec = describe(spec)
     _check_path(path)
     wts = _Weights(spec)
@@ -1191,6 +1195,135 @@ def draw_encoder_decoder(model, T=3, path=None, backward=False, T_source=None):
         link(top, ("o", t), col["V"], "V", role="V")
         link(("o", t), ("L", t), _INK, role="loss", lw=1.3)
         link(("y", t), ("L", t), _INK, role="target", grad=False, lw=1.3)
+    return _save(fig, path)
+
+
+def draw_encoder_decoder_rolled(model, path=None):
+    """Draw an encoder–decoder rolled: the encoder's cell with its loop Wₑ over the
+    source, the decoder's with its loop W_d over the target, the encoder's final state
+    starting the decoder once, and (with attention) every encoder state read at every
+    target step.
+
+    Args:
+        model: a ``Seq2Seq``, or a dict as :func:`draw_encoder_decoder` takes.
+        path: ``.png`` or ``.svg``; None to only return the figure.
+    """
+    if isinstance(model, Mapping):
+        cfg = dict(model)
+    else:
+        cfg = {"cell": model.cell, "hidden_size": model.hidden_size,
+               "attention": model.attention, "num_layers": model.num_layers}
+    cell = _cell_name(cfg["cell"])
+    attention = cfg.get("attention")
+    if attention not in (None, "dot", "general", "additive"):
+        raise ValueError(f"attention must be None, 'dot', 'general' or 'additive', got "
+                         f"{attention!r}")
+    _check_path(path)
+    hw, hh, r, xe, xd = 0.6, 0.45, 0.36, 0.0, 4.2
+    y_h = 2.6
+    y_c = 4.1
+    y_o = 5.5 if attention else 4.1
+    y_L, y_y = y_o + 1.4, y_o + 2.8
+    nodes = {"x": _Node(xe, 0.0, "xⱼ", "x", "circle", r, r),
+             "xe": _layer_node(xe, 1.0, "Embedding"),
+             "h": _Node(xe, y_h, "hⱼ", "h", "box", hw, hh),
+             "yin": _Node(xd, 0.0, "yₜ₋₁", "y", "circle", r, r),
+             "ye": _layer_node(xd, 1.0, "Embedding"),
+             "s": _Node(xd, y_h, "sₜ", "h", "box", hw, hh),
+             "o": _Node(xd, y_o, "oₜ", "o", "circle", r, r),
+             "L": _Node(xd, y_L, "Lₜ", "L", "circle", r, r),
+             "y": _Node(xd, y_y, "yₜ", "y", "circle", r, r)}
+    if attention:
+        nodes["c"] = _Node(xd, y_c, "cₜ", "o", "circle", r, r)
+    allnodes = list(nodes.values())
+    col = dict(zip(("Ue", "We", "Ud", "Wd", "V", "A"),
+                   ("#1f5fbf", "#d62728", "#8e44ad", "#8c564b", _V_COLOUR, "#17becf")))
+    legend = [(col["Ue"], "Uₑ, Wₑ  the encoder's weights, the same at every source step", "-"),
+              (col["Ud"], "U_d, W_d  the decoder's, the same at every target step", "-"),
+              (col["Wd"], "the encoder's final state starts the decoder (once)", "-"),
+              (col["V"], "V  → output logits, at every target step", "-"),
+              (_INK, "one-step delay: the value from the previous step", "s"),
+              (_LAYER, "emb  an embedding of the source / target symbols", "s")]
+    if attention:
+        legend.append((col["A"], f"{attention} attention: at every target step, s_t "
+                                 "scores every encoder state h_j", "-"))
+    title = (f"Encoder–decoder ({_title(cell)}"
+             + (f", {cfg.get('num_layers', 1)} layers" if cfg.get("num_layers", 1) > 1
+                else "") + ")" + (f", {attention} attention" if attention else "")
+             + ", rolled")
+    sub = (f"hidden_size={cfg['hidden_size']}; the encoder loops over the source (j), then "
+           "the decoder over the target (t), fed the previous target symbol")
+    fig, ax = _new_figure((xe - hw - 1.6, xd + hw + 1.6), (-0.9, y_y + 0.8), title, sub,
+                          legend, min_width=6.5)
+    for n in allnodes:
+        _draw_node(ax, n, fontsize=9 if n.kind == "layer" else 12)
+
+    def link(a, b, colour, text=None, role="U", side=1, lw=1.7):
+        _edge(ax, nodes[a], nodes[b], allnodes, colour, text, side=side, lw=lw,
+              gid=f"{role}:{a}>{b}")
+
+    link("x", "xe", _LAYER, role="in", lw=1.4)
+    link("xe", "h", col["Ue"], "Uₑ")
+    _loop(ax, nodes["h"], -1, col["We"], "Wₑ", gid="W:h>h")
+    link("yin", "ye", _LAYER, role="in", lw=1.4)
+    link("ye", "s", col["Ud"], "U_d")
+    _loop(ax, nodes["s"], 1, col["Wd"], "W_d", gid="W:s>s")
+    link("h", "s", col["Wd"], "final state", role="state", side=-1)
+    top = "s"
+    if attention:
+        link("h", "c", col["A"], "all h_j", role="attn", side=-1, lw=1.2)
+        link("s", "c", col["A"], role="attn", lw=1.2)
+        top = "c"
+    link(top, "o", col["V"], "V", role="V")
+    link("o", "L", _INK, role="loss", lw=1.3)
+    link("y", "L", _INK, role="target", lw=1.3)
+    return _save(fig, path)
+
+
+def draw_tree_rolled(net, path=None):
+    """Draw a recursive network rolled: one composition W whose loop runs over the
+    tree's structure (children to parent) instead of over time.
+
+    Args:
+        net: a ``RecursiveNet``, or a dict with ``hidden_size`` and optionally
+            ``num_classes``, ``activation``, ``max_arity``.
+        path: ``.png`` or ``.svg``; None to only return the figure.
+    """
+    cfg = dict(net) if isinstance(net, Mapping) else {
+        "hidden_size": net.hidden_size, "num_classes": net.num_classes,
+        "activation": net.activation, "max_arity": net.max_arity}
+    _check_path(path)
+    r = 0.42
+    C = cfg.get("num_classes")
+    nodes = {"x": _Node(0, 0.0, "x", "x", "circle", r, r),
+             "h": _Node(0, 1.6, "h", "h", "circle", r, r)}
+    if C:
+        nodes.update(o=_Node(0, 3.1, "o", "o", "circle", r, r),
+                     L=_Node(0, 4.6, "L", "L", "circle", r, r),
+                     y=_Node(0, 6.1, "y", "y", "circle", r, r))
+    allnodes = list(nodes.values())
+    colE, colW, colV = "#1f5fbf", "#d62728", _V_COLOUR
+    k = cfg.get("max_arity", 2)
+    kids = "h_c1; h_c2" if k == 2 else f"h_c1; …; h_c{k}"
+    legend = [(colE, "E  the leaf embedding: a leaf's h is its token's row", "-"),
+              (colW, f"W  h = {cfg.get('activation', 'tanh')}(W[{kids}] + b): "
+                     "the children's h make the parent's, at every inner node", "-"),
+              (_INK, "structural delay: the children are computed before their parent", "s")]
+    if C:
+        legend.append((colV, "U  the classifier", "-"))
+    title = "Recursive network over a tree, rolled"
+    sub = (f"hidden_size={cfg['hidden_size']}, classes={C if C else '-'}, up to {k} "
+           "children a node; the loop runs over the tree, leaves to root")
+    y1 = max(n.y for n in allnodes) + 0.8
+    fig, ax = _new_figure((-2.2, 2.2), (-0.8, y1), title, sub, legend, min_width=6.0)
+    for n in allnodes:
+        _draw_node(ax, n, fontsize=13)
+    _edge(ax, nodes["x"], nodes["h"], allnodes, colE, "E", gid="E:x>h")
+    _loop(ax, nodes["h"], 1, colW, "W", gid="W:h>h")
+    if C:
+        _edge(ax, nodes["h"], nodes["o"], allnodes, colV, "U", gid="U:h>o")
+        _edge(ax, nodes["o"], nodes["L"], allnodes, _INK, lw=1.3, gid="loss:o>L")
+        _edge(ax, nodes["y"], nodes["L"], allnodes, _INK, lw=1.3, gid="target:y>L")
     return _save(fig, path)
 
 

@@ -3,7 +3,7 @@
 :func:`write_encoder_decoder_report` decodes one source sequence greedily, then runs the
 model teacher-forced on its own output and shows, on one self-contained page:
 
-- the model drawn unrolled over this record's lengths, forward and backward;
+- the model drawn rolled, and unrolled over this record's lengths, forward and backward;
 - what the decoder predicted at every step, with its three most likely symbols;
 - the attention weights (which source steps each output step read);
 - the gradient saliency: ‖∂ log p(y_t) / ∂e_j‖, how much each source symbol's
@@ -114,7 +114,7 @@ def write_encoder_decoder_report(model, source, out_dir, source_labels=None,
     -------
     Path of ``index.html``.
     """
-    from .drawings import draw_encoder_decoder
+    from .drawings import draw_encoder_decoder, draw_encoder_decoder_rolled
     from .report import _figure_html, _save, write_page
 
     out = Path(out_dir)
@@ -129,7 +129,9 @@ def write_encoder_decoder_report(model, source, out_dir, source_labels=None,
     olab = [names[int(s)] for s in v["steps"]]
     files, sections = [], []
 
-    draws = [("net_unrolled", draw_encoder_decoder(model, T=min(Tt, 6), T_source=min(Ts, 6)),
+    draws = [("net_rolled", draw_encoder_decoder_rolled(model), "the encoder–decoder rolled: "
+              "one encoder cell and one decoder cell, each with its loop"),
+             ("net_unrolled", draw_encoder_decoder(model, T=min(Tt, 6), T_source=min(Ts, 6)),
               "the encoder–decoder unrolled (up to 6 steps each side drawn)"),
              ("net_backward", draw_encoder_decoder(model, T=min(Tt, 6), T_source=min(Ts, 6),
                                                    backward=True),
