@@ -6,7 +6,7 @@
 ``recurrent_activation`` of Keras 2's ``LSTM`` and ``GRU``; Keras 3's ``hard_sigmoid`` is
 ``relu6(x + 3) / 6``, i.e. ``slope=1/6``. The gates of the ``lstm``/``gru`` cells become
 hard sigmoids; everything else is the same step. Written with ``relu``:
-``clip(y, 0, 1) = relu(y) - relu(y - 1)``, so it compiles like the plain cells; its
+``clip(y, 0, 1) = 1 - relu(1 - relu(y))``, so it compiles like the plain cells; its
 derivative is ``slope`` where the output is strictly between 0 and 1, else 0 (at the two
 kinks it takes the saturated side's 0, as Keras's clip does).
 """
@@ -19,9 +19,10 @@ from .ops import relu, tanh
 
 
 def hard_sigmoid(x, slope):
-    """clip(slope · x + 0.5, 0, 1)."""
+    """clip(slope · x + 0.5, 0, 1), as 1 - relu(1 - relu(y)): exactly 0 and 1 where it
+    clips (relu(y) - relu(y - 1) would give 1 - 2⁻⁵³ for some y > 1, and a gradient there)."""
     y = slope * x + 0.5
-    return relu(y) - relu(y - 1)
+    return 1 - relu(1 - relu(y))
 
 
 def through_hard_sigmoid(d, s, slope):
