@@ -506,3 +506,27 @@ def test_cli_import_torch_and_errors(tmp_path, capsys):
     assert main(["import", str(tmp_path / "sd.pt"), "--out", str(tmp_path / "u")]) == 2
     err = capsys.readouterr().err
     assert "--spec" in err and err.count("\n") == 1
+    # a model of real-valued inputs: windows of numbers, one row per step
+    seq = torch.nn.Sequential(torch.nn.LSTM(3, 4, batch_first=True))
+    torch.save(seq.state_dict(), tmp_path / "num.pt")
+    out = str(tmp_path / "n")
+    assert main(["import", str(tmp_path / "num.pt"), "--out", out, "--spec", "lstm(3,4)"]) == 0
+    assert main(["predict", out, "0.1,0.2,0.3;0.4,0.5,0.6"]) == 0
+    assert "output at the last step" in capsys.readouterr().out
+    assert main(["inspect", out, "--input", "0.1,0.2,0.3;0.4,0.5,0.6", "--out",
+                 str(tmp_path / "rn")]) == 0
+    assert (tmp_path / "rn" / "index.html").is_file()
+    assert main(["evaluate", out, "--data", str(tmp_path / "num.pt")]) == 2
+    assert "no data reader" in capsys.readouterr().err
+
+
+def test_read_vocab_forms(tmp_path):
+    from unrolled.interop.cli import read_vocab
+
+    (tmp_path / "d.json").write_text(json.dumps({"a": 1, "b": 2, "<s>": 3}))
+    assert read_vocab(tmp_path / "d.json").symbols == ("<id 0>", "a", "b", "<s>")
+    (tmp_path / "l.json").write_text(json.dumps(["x", "y"]))
+    assert read_vocab(tmp_path / "l.json").symbols == ("x", "y")
+    (tmp_path / "bad.json").write_text(json.dumps({"a": 1, "b": 1}))
+    with pytest.raises(ValueError, match="distinct"):
+        read_vocab(tmp_path / "bad.json")
