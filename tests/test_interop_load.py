@@ -360,6 +360,23 @@ def test_keras3_files_against_keras(keras, tmp_path, suffix):
     assert rel_err(got[valid], ref[valid]) < 1e-5
 
 
+def test_keras3_bidirectional_classifier_with_masks(keras, tmp_path):
+    """return_sequences=False: each direction's last valid step, pre-padded records."""
+    L = keras.layers
+    model = keras.Sequential([keras.Input((None,), dtype="int32"),
+                              L.Embedding(9, 3, mask_zero=True), L.Bidirectional(L.GRU(4)),
+                              L.Dense(2)])
+    rng = np.random.default_rng(2)
+    model.set_weights([rng.standard_normal(w.shape) for w in model.get_weights()])
+    model.save(tmp_path / "b.keras")
+    ids = rng.integers(1, 9, (3, 6))
+    ids[1, :2] = 0
+    ids[2, :4] = 0
+    ref = np.asarray(model.predict(ids, verbose=0))
+    ours = load_keras(tmp_path / "b.keras", dtype="float64")
+    assert rel_err(ours(ids, mask=ids != 0), ref) < 1e-5
+
+
 def test_keras3_functional_chain_and_classifier(keras, tmp_path):
     L = keras.layers
     inp = keras.Input((None, D))
