@@ -336,8 +336,6 @@ def options_from_config(kind, cfg, keras_version=None):
         opts["keras_version"] = keras_version
     if kind == "GRU" and "reset_after" in cfg:
         opts["reset_after"] = bool(cfg["reset_after"])
-    if cfg.get("use_bias") is False and kind != "SimpleRNN":
-        pass  # two weight arrays: read as zero biases
     return opts
 
 

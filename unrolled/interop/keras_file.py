@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .keras import (_GATES, from_keras_dense, from_keras_embedding, from_keras_weights,
+from .keras import (from_keras_dense, from_keras_embedding, from_keras_weights,
                     merge_directions, options_from_config)
 
 __all__ = ["load_keras", "read_keras"]
@@ -227,7 +227,7 @@ def _infer(name, ws, path):
                      "of layers=")
 
 
-def _recurrent(kind, cfg, ws, version, recurrent_activation, dtype, name, path):
+def _recurrent(kind, cfg, version, recurrent_activation, name, path):
     cfg = dict(cfg)
     if cfg.get("go_backwards"):
         raise ValueError(f"layer {name!r} runs backwards (go_backwards=True); unrolled reads "
@@ -290,8 +290,7 @@ def _convert(lc, ws, version, recurrent_activation, dtype, path, last):
         return [from_keras_dense(arrays[0], arrays[1] if len(arrays) > 1 else None, dtype)], \
             notes
     if kind in _RECURRENT:
-        opts, base = _recurrent(kind, cfg, ws, version, recurrent_activation, dtype, name,
-                                path)
+        opts, base = _recurrent(kind, cfg, version, recurrent_activation, name, path)
         return [from_keras_weights(base, arrays, dtype=dtype, **opts)], []
     if kind == "Bidirectional":
         inner = cfg.get("layer", {})
@@ -302,7 +301,7 @@ def _convert(lc, ws, version, recurrent_activation, dtype, path, last):
         merge = cfg.get("merge_mode", "concat")
         if merge != "concat":
             merge_directions(merge, 1, "float64")  # refuses mul / None
-        opts, base = _recurrent(ik, icfg, ws, version, recurrent_activation, dtype, name, path)
+        opts, base = _recurrent(ik, icfg, version, recurrent_activation, name, path)
         n = len(arrays) // 2
         layer = from_keras_weights(base, arrays[:n], backward_weights=arrays[n:], dtype=dtype,
                                    **opts)

@@ -248,7 +248,7 @@ def load_torch(state_dict, spec, dtype=None):
 
     sd = _read_state_dict(state_dict)
     items = parse_torch_spec(spec)
-    prefixes = [p for p in _prefixes(sd)]
+    prefixes = _prefixes(sd)
     with_params = [it for it in items if it["layer"] != "dropout"]
     named = all(it["name"] is not None for it in with_params)
     if not named:
