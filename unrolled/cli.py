@@ -69,6 +69,8 @@ def _task_options_help():
             cls = get_task(name)
         except ValueError:
             continue
+        if not getattr(cls, "trainable", True):  # e.g. `imported`: models from elsewhere
+            continue
         lines.append("")
         lines.append(f"task {name}: {cls.summary}")
         if cls.default_data:

@@ -17,6 +17,7 @@ __all__ = ["ImportedTask"]
 class ImportedTask(Task):
     name = "imported"
     summary = "a model read by `unrolled import` (predict, info, inspect)"
+    trainable = False  # left out of `unrolled train --help`
 
     def __init__(self, config, state=None):
         super().__init__(config, state)
