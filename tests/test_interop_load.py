@@ -190,10 +190,12 @@ def test_hard_sigmoid_cells_against_torch_autograd(kind, reset_after, slope):
 
 # ------------------------------------------------------------------------- Keras 2 HDF5
 
-def write_keras2(path, layers, version="2.1.5", with_config=True, list_config=False):
+def write_keras2(path, layers, version="2.1.5", with_config=True, list_config=False,
+                 functional=False):
     """A Keras 2 HDF5 file as ``model.save`` (or ``save_weights``) wrote it.
 
-    ``layers``: (class_name, config with "name", [(weight name, array)])."""
+    ``layers``: (class_name, config with "name", [(weight name, array)]);
+    ``functional``: a ``Model`` config, each layer reading the one before."""
     with h5py.File(path, "w") as f:
         f.attrs["keras_version"] = np.bytes_(version)
         f.attrs["backend"] = np.bytes_("tensorflow")
@@ -201,7 +203,17 @@ def write_keras2(path, layers, version="2.1.5", with_config=True, list_config=Fa
         if with_config:
             cfgs = [{"class_name": c, "config": cfg} for c, cfg, _ in layers]
             conf = cfgs if list_config else {"name": "sequential_1", "layers": cfgs}
-            f.attrs["model_config"] = np.bytes_(json.dumps({"class_name": "Sequential",
+            cls = "Sequential"
+            if functional:
+                cls, prev = "Model", "input_1"
+                cfgs = [{"name": "input_1", "class_name": "InputLayer",
+                         "config": {"name": "input_1"}, "inbound_nodes": []}]
+                for c, cfg, _ in layers:
+                    cfgs.append({"name": cfg["name"], "class_name": c, "config": cfg,
+                                 "inbound_nodes": [[[prev, 0, 0, {}]]]})
+                    prev = cfg["name"]
+                conf = {"name": "model_1", "layers": cfgs}
+            f.attrs["model_config"] = np.bytes_(json.dumps({"class_name": cls,
                                                             "config": conf}))
             g = f.create_group("model_weights")
         g.attrs["layer_names"] = [np.bytes_(c["name"]) for _, c, _ in layers]
@@ -213,7 +225,7 @@ def write_keras2(path, layers, version="2.1.5", with_config=True, list_config=Fa
                 lg.create_dataset(n, data=a.astype("float32"))
 
 
-def _cudnn_char_model(tmp_path, with_config=True, list_config=True):
+def _cudnn_char_model(tmp_path, with_config=True, list_config=True, functional=False):
     V, E = 7, D
     rng = np.random.default_rng(4)
     emb = rng.standard_normal((V, E))
@@ -232,7 +244,8 @@ def _cudnn_char_model(tmp_path, with_config=True, list_config=True):
               ("Dense", {"name": "output", "units": V, "activation": "softmax"},
                [("kernel", dense_k), ("bias", dense_b)])]
     path = tmp_path / "model.h5"
-    write_keras2(path, layers, with_config=with_config, list_config=list_config)
+    write_keras2(path, layers, with_config=with_config, list_config=list_config,
+                 functional=functional)
     f32 = lambda a: a.astype("float32").astype("float64")  # noqa: E731 - as stored
 
     def expected(ids):
@@ -244,9 +257,12 @@ def _cudnn_char_model(tmp_path, with_config=True, list_config=True):
     return path, expected
 
 
-@pytest.mark.parametrize("list_config", [True, False])  # Keras 2.1's list, 2.2's dict
-def test_keras2_h5_with_cudnn_layers(tmp_path, list_config):
-    path, expected = _cudnn_char_model(tmp_path, list_config=list_config)
+@pytest.mark.parametrize("list_config,functional", [(True, False), (False, False),
+                                                    (False, True)])
+def test_keras2_h5_with_cudnn_layers(tmp_path, list_config, functional):
+    """Keras 2.1's Sequential config (a list), 2.2's (a dict), a functional Model."""
+    path, expected = _cudnn_char_model(tmp_path, list_config=list_config,
+                                       functional=functional)
     model, info = read_keras(path, dtype="float64")
     ids = np.random.default_rng(0).integers(0, 7, (B, T))
     assert rel_err(model(ids), expected(ids)[1]) < 1e-12
