@@ -563,3 +563,25 @@ def test_read_vocab_forms(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"a": 1, "b": 1}))
     with pytest.raises(ValueError, match="distinct"):
         read_vocab(tmp_path / "bad.json")
+
+
+def test_from_keras_objects(keras):
+    """Keras 3 layer objects: hard_sigmoid gates (Keras 3's slope), Embedding, Dense
+    (no hand transpose), TimeDistributed(Dense), Bidirectional(merge_mode="ave")."""
+    from unrolled.interop import from_keras
+
+    L = keras.layers
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((B, T, D)).astype("float32")
+    for kl, x in ((L.LSTM(H, return_sequences=True, recurrent_activation="hard_sigmoid"), X),
+                  (L.Bidirectional(L.GRU(H, return_sequences=True), merge_mode="ave"), X),
+                  (L.Dense(D), X), (L.TimeDistributed(L.Dense(5)), X),
+                  (L.Embedding(6, 3), rng.integers(0, 6, (B, T)))):
+        kl(x)
+        kl.set_weights([2 * rng.standard_normal(w.shape) for w in kl.get_weights()])
+        ref = np.asarray(kl(x).detach().cpu().numpy())
+        assert rel_err(from_keras(kl)(x), ref) < 1e-5, type(kl).__name__
+    dense = L.Dense(D, activation="relu")
+    dense(X)
+    with pytest.raises(ValueError, match="Dense is linear"):
+        from_keras(dense)
