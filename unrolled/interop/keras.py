@@ -11,6 +11,12 @@ A Keras GRU has ``reset_after=True`` (bias (2, 3H): input and recurrent biases, 
 gate applied after the recurrent matmul, as in PyTorch) or ``reset_after=False`` (bias
 (3H,), reset applied to h before the matmul). The bias shape tells which; a mismatch
 with what is asked for is refused rather than guessed. No Keras import is needed here.
+
+Keras 2's CuDNNLSTM / CuDNNGRU stored their arrays in cuDNN's layout (see
+:func:`_cudnn_kernels`), with input and recurrent biases end to end: (8H,) and (6H,),
+shapes no plain layer has, so they are recognised; an LSTM bias of (2, 4H) could be a
+reshaped CuDNN bias or a pair of Keras biases and needs ``layout=``. Whole model files
+are read by :mod:`unrolled.interop.keras_file`; docs/interop.md has the tables.
 """
 import numpy as np
 
