@@ -136,10 +136,13 @@ def _run_import(args):
         raise ValueError(f"{out} already holds a model; pass --force to replace it or choose "
                          "another --out")
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
-    model, task, notes = import_model(args.file, out, layers=layers, spec=args.spec,
-                                      vocab=args.vocab,
-                                      recurrent_activation=args.recurrent_activation,
-                                      dtype=args.dtype)
+    try:
+        model, task, notes = import_model(args.file, out, layers=layers, spec=args.spec,
+                                          vocab=args.vocab,
+                                          recurrent_activation=args.recurrent_activation,
+                                          dtype=args.dtype)
+    except ImportError as e:  # h5py for Keras files, torch for .pt files
+        raise ValueError(f"{e}; install it to read this file") from None
     for note in notes:
         _err(f"note: {note}")
     _out(f"model: {out / 'model.npz'} ({task} task, {model.num_params()} parameters)",

@@ -76,10 +76,15 @@ class _File:
         with open(self.path, "rb") as f:
             magic = f.read(8)
         self.notes = []
-        if magic[:4] == b"PK\x03\x04":
-            self._read_keras3()
-        elif magic == b"\x89HDF\r\n\x1a\n":
-            self._read_h5()
+        read = (self._read_keras3 if magic[:4] == b"PK\x03\x04" else
+                self._read_h5 if magic == b"\x89HDF\r\n\x1a\n" else None)
+        if read is not None:
+            try:
+                read()
+            except (KeyError, OSError, TypeError, AttributeError, json.JSONDecodeError) as e:
+                raise ValueError(f"{self.path}: a damaged or unusual Keras file "
+                                 f"({type(e).__name__}: {e}); save it again with "
+                                 "model.save") from None
         else:
             raise ValueError(f"{self.path}: neither a Keras HDF5 file (.h5) nor a Keras 3 "
                              "file (.keras); pass the file that model.save wrote")
