@@ -27,7 +27,8 @@ D, H, B, T = 3, 4, 3, 6
 NAMES = sorted(cells.REGISTRY)
 # configurations of the registered cells worth testing apart (the default config first)
 CONFIGS = {"elman": [{}, {"nonlinearity": "relu"}], "gru": [{}, {"reset_after": False}],
-           "jordan": [{"output_size": 2}], "proj_lstm": [{"proj_size": 2}]}
+           "jordan": [{"output_size": 2}], "proj_lstm": [{"proj_size": 2}],
+           "hard_sigmoid_gru": [{}, {"reset_after": False}]}
 CASES = [(n, kw) for n in NAMES for kw in CONFIGS.get(n, [{}])]
 IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in CASES]
 COMPILED = kernels.numba_available()

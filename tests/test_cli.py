@@ -180,7 +180,7 @@ def test_the_installed_command_exits_nonzero_without_traceback(tmp_path):
     assert helps.returncode == 0 and "task names:" in helps.stdout and "--hidden" in helps.stdout
 
 
-@pytest.mark.parametrize("cmd", ["train", "evaluate", "predict", "generate", "info", None])
+@pytest.mark.parametrize("cmd", ["train", "evaluate", "predict", "generate", "info", "import", None])
 def test_every_command_has_help(cmd, capsys):
     argv = ([cmd] if cmd else []) + ["--help"]
     assert main(argv) == 0

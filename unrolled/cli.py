@@ -28,7 +28,7 @@ __all__ = ["COMMANDS", "PLUGINS", "main", "register_command"]
 # name -> (add_parser(subparsers) -> parser, run(args) -> exit code)
 COMMANDS = {}
 # modules imported at start-up that may call register_command (missing ones are skipped)
-PLUGINS = ["unrolled.inspect.cli"]
+PLUGINS = ["unrolled.inspect.cli", "unrolled.interop.cli"]
 
 
 def register_command(name, add_parser, run):
@@ -68,6 +68,8 @@ def _task_options_help():
         try:
             cls = get_task(name)
         except ValueError:
+            continue
+        if not getattr(cls, "trainable", True):  # e.g. `imported`: models from elsewhere
             continue
         lines.append("")
         lines.append(f"task {name}: {cls.summary}")

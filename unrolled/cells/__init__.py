@@ -8,6 +8,7 @@ from . import ops
 from .base import REGISTRY, Cell, get, register
 from .elman import ElmanCell
 from .gru import GRUCell
+from .hard import HardSigmoidGRUCell, HardSigmoidLSTMCell
 from .jordan import JordanCell
 from .layernorm import LayerNormLSTMCell
 from .lstm import LSTMCell, ZoneoutLSTMCell
@@ -16,6 +17,6 @@ from .peephole import PeepholeLSTMCell
 from .proj import ProjLSTMCell
 from .qrnn import QRNNCell
 
-__all__ = ["Cell", "ElmanCell", "GRUCell", "JordanCell", "LSTMCell", "LayerNormLSTMCell", "MinGRUCell",
+__all__ = ["Cell", "ElmanCell", "GRUCell", "HardSigmoidGRUCell", "HardSigmoidLSTMCell", "JordanCell", "LSTMCell", "LayerNormLSTMCell", "MinGRUCell",
            "MinLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell", "QRNNCell", "SRUCell", "ZoneoutLSTMCell",
            "REGISTRY", "get", "ops", "register"]
