@@ -45,3 +45,58 @@ def test_e2e_smoke(tmp_path):
         assert sum(parts.values()) == pytest.approx(prof["epoch_seconds"], rel=1e-6)
     assert "BATCHES DIFFER" not in p.stdout
     assert "torch/ours" in p.stdout
+
+
+@pytest.mark.parametrize("kind", ["names", "tagging", "series"])
+def test_mirror_is_the_same_model(kind):
+    """The PyTorch mirror computes the same outputs and loss as the unrolled model on a
+    padded batch (dropout off)."""
+    import numpy as np
+    import torch
+
+    from unrolled import layers as L
+    from unrolled.losses import get_loss
+    from unrolled.tasks.base import Batch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from torch_tasks import TorchTrainer, mirror
+
+    rng = np.random.default_rng(0)
+    B, T = 5, 7
+    lengths = np.array([7, 3, 5, 1, 6])
+    mask = np.arange(T)[None] < lengths[:, None]
+    if kind == "names":
+        model = L.Sequential(L.Embedding(11, 6, seed=1), L.Dropout(0.3, seed=2),
+                             L.GRU(6, 8, bidirectional=True, return_sequences=False, seed=3),
+                             L.Dropout(0.3, seed=4), L.Dense(16, 4, seed=5))
+        X = np.where(mask, rng.integers(1, 11, (B, T)), 0)
+        Y, loss = rng.integers(0, 4, B), "cross_entropy"
+    elif kind == "tagging":
+        model = L.Sequential(L.Embedding(11, 6, seed=1), L.Dropout(0.3, seed=2),
+                             L.LSTM(6, 8, bidirectional=True, seed=3),
+                             L.Dropout(0.3, seed=4), L.Dense(16, 4, seed=5))
+        X = np.where(mask, rng.integers(1, 11, (B, T)), 0)
+        Y, loss = np.where(mask, rng.integers(1, 4, (B, T)), 0), "cross_entropy"
+    else:
+        model = L.Sequential(L.LSTM(3, 8, return_sequences=False, seed=3),
+                             L.Dense(8, 1, seed=5))
+        X = rng.standard_normal((B, T, 3)).astype(np.float32)
+        Y, loss, mask = rng.standard_normal((B, 1)).astype(np.float32), "mse", None
+    full = ours = model(X, mask=mask)
+    net = mirror(model).eval()
+    with torch.no_grad():
+        theirs, _ = net(torch.from_numpy(X), mask)
+    if kind == "tagging":  # padded steps: zeros here, the bias there; never scored
+        theirs, ours = theirs[torch.from_numpy(mask)], ours[mask]
+    np.testing.assert_allclose(theirs.numpy(), ours, rtol=1e-4, atol=1e-5)
+    # and the loss the mirror's trainer takes, on the same batch
+    ok = None if kind != "series" else np.array([[True], [False], [True], [True], [True]])
+    batch = Batch(X, Y, mask, B, loss_mask=ok)
+    task = type("T", (), {"loss": loss, "stateful": False})()
+    tt = TorchTrainer(task, model, {"optimizer": "adam", "lr": 1e-3, "clip": 0},
+                      lambda s: 1e-3)
+    lmask = ok if ok is not None else (mask if kind == "tagging" else None)
+    want, _ = get_loss(loss).value_and_grad(full, Y, lmask)
+    with torch.no_grad():
+        got = tt._loss(torch.from_numpy(np.asarray(full)), batch).item()
+    assert got == pytest.approx(float(want), rel=1e-5)
