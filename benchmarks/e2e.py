@@ -447,7 +447,10 @@ class Worker:
         self.proc.stdin.flush()
         return self._read()
 
-    def close(self):
+    def close(self, force=False):
+        if self.proc.poll() is None and force:
+            self.proc.kill()
+            self.proc.wait()
         if self.proc.poll() is None:
             try:
                 self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
@@ -584,9 +587,12 @@ def main(argv=None):
     if args.worker:
         return worker(args)
 
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    # no torch, no NumPy in this process: it stays single-threaded, so a signal reaches
+    # the thread that waits for the workers
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
         print("e2e: PyTorch is not installed; nothing to compare against (pip install torch)",
               file=sys.stderr)
         return 2
@@ -611,11 +617,9 @@ def main(argv=None):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)
 
-    import numpy
-
     out = {"mode": mode, "busy_modes": busy_modes, "tree": str(ROOT),
            "git": _git_head(), "python": platform.python_version(),
-           "numpy": numpy.__version__, "machine": platform.machine(),
+           "numpy": importlib.metadata.version("numpy"), "machine": platform.machine(),
            "cpu_count": os.cpu_count(), "load_start": os.getloadavg(),
            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "workloads": {}}
     t0 = time.perf_counter()
@@ -626,19 +630,29 @@ def main(argv=None):
     def log(line):
         print(line, flush=True)
 
-    workers = {}
+    def write(final):
+        if not args.json:
+            return
+        out["complete"] = final
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+
+    workers, interrupted = {}, False
     try:
         for side in ("ours", "torch"):
             workers[side] = Worker(side, args.torch_threads)
         for name in names:
             out["workloads"][name] = run_workload(name, mode, busy_modes, workers, log)
+            write(False)  # what is measured so far survives an interruption
     except KeyboardInterrupt:
-        print("interrupted: the busy processes and workers are stopped; nothing written",
+        interrupted = True
+        print("interrupted: the busy processes and workers are stopped"
+              + (f"; the workloads done are in {args.json}" if args.json else ""),
               file=sys.stderr)
         return 130
     finally:
         for w in workers.values():
-            w.close()
+            w.close(force=interrupted)
     out["seconds"] = time.perf_counter() - t0
     out["load_end"] = os.getloadavg()
     first = next((r for r in out["workloads"].values() if "ours" in r), None)
@@ -654,9 +668,8 @@ def main(argv=None):
             print_profile(name, r["profile"])
     print(f"\n{out['seconds']:.0f} s in all; load average at the end "
           f"{' '.join(f'{x:.2f}' for x in out['load_end'])}")
+    write(True)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
 
