@@ -40,7 +40,7 @@ own bookkeeping): the profile of where an epoch's time goes. It wraps the public
 methods of the layers, loss and learner, and the products of ``unrolled.unroll`` where
 this checkout has them (a part shows "-" where it does not).
 
-    python benchmarks/e2e.py --quick             # about 4 minutes on 2 cores
+    python benchmarks/e2e.py --quick             # minutes (6 on a loaded 2-core machine)
     python benchmarks/e2e.py                     # the fuller run
     python benchmarks/e2e.py --workloads names,series --busy 0 --json /tmp/e2e.json
 
@@ -557,15 +557,60 @@ def print_profile(name, prof):
     parts = prof["parts_seconds"]
     total = prof["epoch_seconds"]
     print(f"\n{name}: one epoch of unrolled, {total:.3f} s (load {prof['load_before'][0]:.2f})")
-    order = ["data (get_batch)", "embedding", "dropout", "recurrent: input projection",
-             "recurrent: forward loop", "recurrent: backward loop",
-             "recurrent: weight and input gradients", "dense + loss", "clip", "optimizer",
-             "trainer (the rest)"]
-    for k in order + [k for k in parts if k not in order]:
+    for k in PROFILE_ORDER + [k for k in parts if k not in PROFILE_ORDER]:
         if k in parts:
             print(f"  {k:40} {parts[k]:8.3f} s  {100 * parts[k] / total:5.1f} %")
-        elif k in order:
+        elif k in PROFILE_ORDER:
             print(f"  {k:40} {'-':>8}")
+
+
+PROFILE_ORDER = ["data (get_batch)", "embedding", "dropout", "recurrent: input projection",
+                 "recurrent: forward loop", "recurrent: backward loop",
+                 "recurrent: weight and input gradients", "dense + loss", "clip", "optimizer",
+                 "trainer (the rest)"]
+
+
+def markdown(out):
+    """The run's table and profiles as Markdown (for benchmarks/RESULTS.md)."""
+    th = out.get("threads", {})
+    lines = [f"`{out['mode']}` run of {out['started']} UTC on {out['cpu_count']} cores, "
+             f"checkout `{(out.get('git') or '?').split()[0]}`; load average at the start "
+             f"{out['load_start'][0]:.2f}, at the end {out.get('load_end', [float('nan')])[0]:.2f}; "
+             f"PyTorch threads {th.get('torch', {}).get('torch_threads')}, unrolled BLAS "
+             f"threads {[p.get('num_threads') for p in th.get('ours', {}).get('threadpools', [])]}"
+             f" (numba {th.get('ours', {}).get('numba_threads')}).", "",
+             "| workload | busy | unrolled | PyTorch | PyTorch time / ours | load 1 min "
+             "(ours, torch) | final loss ours / torch |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in out["workloads"].items():
+        if "runs" not in r:
+            continue
+        for run in r["runs"]:
+            o, t = run["ours"], run["torch"]
+            if r["unit"] == "chars/s":
+                a, b = f"{o['chars_per_s']:,.0f} chars/s", f"{t['chars_per_s']:,.0f} chars/s"
+            else:
+                a, b = f"{o['seconds_per_epoch']:.3f} s", f"{t['seconds_per_epoch']:.3f} s"
+            lines.append(f"| {name} | {run['busy']} | {a} | {b} | "
+                         f"{run['ratio_torch_over_ours']:.2f} | {o['load_before'][0]:.1f}, "
+                         f"{t['load_before'][0]:.1f} | {o['loss']:.4f} / {t['loss']:.4f} |")
+    profs = {n: r["profile"] for n, r in out["workloads"].items() if "profile" in r}
+    if profs:
+        lines += ["", "Where one epoch of unrolled goes (seconds, % of the epoch; no busy "
+                  "processes started):", "",
+                  "| part | " + " | ".join(profs) + " |",
+                  "|---|" + "---:|" * len(profs)]
+        for part in PROFILE_ORDER:
+            cells = []
+            for p in profs.values():
+                v = p["parts_seconds"].get(part)
+                cells.append("–" if v is None else
+                             f"{v:.3f} ({100 * v / p['epoch_seconds']:.0f} %)")
+            lines.append(f"| {part} | " + " | ".join(cells) + " |")
+        lines.append("| **epoch** | " + " | ".join(
+            f"**{p['epoch_seconds']:.3f}** (load {p['load_before'][0]:.1f})"
+            for p in profs.values()) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
@@ -580,12 +625,18 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=str(SHARED),
                     help="directory holding tinyshakespeare/ and beijing-pm25/")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "e2e.json"))
+    ap.add_argument("--md", help="also write the table and profiles as Markdown here")
+    ap.add_argument("--render", metavar="JSON",
+                    help="print the Markdown of an earlier run's JSON and exit")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="PyTorch's threads (default 0: all cores, its default)")
     ap.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.render:
+        sys.stdout.write(markdown(json.loads(Path(args.render).read_text(encoding="utf-8"))))
+        return 0
 
     # no torch, no NumPy in this process: it stays single-threaded, so a signal reaches
     # the thread that waits for the workers
@@ -669,6 +720,8 @@ def main(argv=None):
     print(f"\n{out['seconds']:.0f} s in all; load average at the end "
           f"{' '.join(f'{x:.2f}' for x in out['load_end'])}")
     write(True)
+    if args.md:
+        Path(args.md).write_text(markdown(out), encoding="utf-8")
     if args.json:
         print(f"wrote {args.json}")
     return 0

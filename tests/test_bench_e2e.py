@@ -49,8 +49,8 @@ def test_e2e_smoke(tmp_path):
 
 @pytest.mark.parametrize("kind", ["names", "tagging", "series"])
 def test_mirror_is_the_same_model(kind):
-    """The PyTorch mirror computes the same outputs and loss as the unrolled model on a
-    padded batch (dropout off)."""
+    """The PyTorch mirror computes the same outputs, loss and gradients as the unrolled
+    model on a padded batch (dropout at rate 0, so both sides compute the same thing)."""
     import numpy as np
     import torch
 
@@ -66,15 +66,15 @@ def test_mirror_is_the_same_model(kind):
     lengths = np.array([7, 3, 5, 1, 6])
     mask = np.arange(T)[None] < lengths[:, None]
     if kind == "names":
-        model = L.Sequential(L.Embedding(11, 6, seed=1), L.Dropout(0.3, seed=2),
+        model = L.Sequential(L.Embedding(11, 6, seed=1), L.Dropout(0.0, seed=2),
                              L.GRU(6, 8, bidirectional=True, return_sequences=False, seed=3),
-                             L.Dropout(0.3, seed=4), L.Dense(16, 4, seed=5))
+                             L.Dropout(0.0, seed=4), L.Dense(16, 4, seed=5))
         X = np.where(mask, rng.integers(1, 11, (B, T)), 0)
         Y, loss = rng.integers(0, 4, B), "cross_entropy"
     elif kind == "tagging":
-        model = L.Sequential(L.Embedding(11, 6, seed=1), L.Dropout(0.3, seed=2),
+        model = L.Sequential(L.Embedding(11, 6, seed=1), L.Dropout(0.0, seed=2),
                              L.LSTM(6, 8, bidirectional=True, seed=3),
-                             L.Dropout(0.3, seed=4), L.Dense(16, 4, seed=5))
+                             L.Dropout(0.0, seed=4), L.Dense(16, 4, seed=5))
         X = np.where(mask, rng.integers(1, 11, (B, T)), 0)
         Y, loss = np.where(mask, rng.integers(1, 4, (B, T)), 0), "cross_entropy"
     else:
@@ -100,3 +100,23 @@ def test_mirror_is_the_same_model(kind):
     with torch.no_grad():
         got = tt._loss(torch.from_numpy(np.asarray(full)), batch).item()
     assert got == pytest.approx(float(want), rel=1e-5)
+    # the gradients of one training step, every parameter
+    from unrolled.grad import backward_params
+    from unrolled.interop import to_torch_state_dict
+    from unrolled.layers import Recurrent
+
+    out, _, cache = model.forward(X, mask=mask, training=True)
+    _, d_out = get_loss(loss).value_and_grad(out, Y, lmask)
+    grads, _, _ = backward_params(model, cache, d_out)
+    net = tt.net.train()
+    tt._loss(net(torch.from_numpy(X), mask)[0], batch).backward()
+    checked = 0
+    for i, (layer, part) in enumerate(zip(model.layers, net.parts)):
+        g = grads[str(i)]
+        if isinstance(layer, Recurrent):
+            g, part = to_torch_state_dict(layer, g), part.rnn
+        for name, prm in part.named_parameters():
+            np.testing.assert_allclose(prm.grad.numpy(), g[name], rtol=1e-3, atol=1e-6,
+                                       err_msg=f"{kind}: layer {i} {name}")
+            checked += 1
+    assert checked == {"names": 11, "tagging": 11, "series": 6}[kind]
