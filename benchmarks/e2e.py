@@ -587,9 +587,10 @@ PROFILE_ORDER = ["data (get_batch)", "embedding", "dropout", "recurrent: input p
 def markdown(out):
     """The run's table and profiles as Markdown (for benchmarks/RESULTS.md)."""
     th = out.get("threads", {})
+    end = out.get("load_end", [float("nan")])[0]
     lines = [f"`{out['mode']}` run of {out['started']} UTC on {out['cpu_count']} cores, "
              f"checkout `{(out.get('git') or '?').split()[0]}`; load average at the start "
-             f"{out['load_start'][0]:.2f}, at the end {out.get('load_end', [float('nan')])[0]:.2f}; "
+             f"{out['load_start'][0]:.2f}, at the end {end:.2f}; "
              f"PyTorch threads {th.get('torch', {}).get('torch_threads')}, unrolled BLAS "
              f"threads {[p.get('num_threads') for p in th.get('ours', {}).get('threadpools', [])]}"
              f" (numba {th.get('ours', {}).get('numba_threads')}).", "",
