@@ -176,25 +176,11 @@ def train_torch(args, V, train, held, init_model):
     torch.set_num_threads(int(args.threads))
     torch.manual_seed(args.seed)
 
-    class CharLSTM(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(V, args.embedding)
-            self.lstm = nn.LSTM(args.embedding, args.hidden, batch_first=True)
-            self.out = nn.Linear(args.hidden, V)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from torch_tasks import mirror
 
-        def forward(self, x, state=None):
-            y, state = self.lstm(self.emb(x), state)
-            return self.out(y), state
-
-    model = CharLSTM()
-    # start from exactly the unrolled model's initial weights
-    p = init_model.params
-    sd = {"emb.weight": p["0"]["weight"], "out.weight": p["2"]["weight"],
-          "out.bias": p["2"]["bias"]}
-    for k, v in p["1"]["l0"].items():
-        sd[f"lstm.{k}_l0"] = v
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()})
+    # the same layers, starting from exactly the unrolled model's initial weights
+    model = mirror(init_model)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     lossf = nn.CrossEntropyLoss()
 
@@ -203,7 +189,7 @@ def train_torch(args, V, train, held, init_model):
         total, count, state = 0.0, 0, None
         with torch.no_grad():
             for X, Y in stream_batches(held, 16, 256):
-                logits, state = model(torch.from_numpy(np.ascontiguousarray(X)), state)
+                logits, state = model(torch.from_numpy(np.ascontiguousarray(X)), None, state)
                 total += float(lossf(logits.reshape(-1, V),
                                      torch.from_numpy(np.ascontiguousarray(Y)).reshape(-1))
                                ) * Y.size
@@ -226,7 +212,7 @@ def train_torch(args, V, train, held, init_model):
         X, Y = (torch.from_numpy(a) for a in chunk_xy(s, i))
         if state is not None:
             state = tuple(h.detach() for h in state)  # truncate the graph, keep the values
-        logits, state = model(X, state)
+        logits, state = model(X, None, state)
         loss = lossf(logits.reshape(-1, V), Y.reshape(-1))
         opt.zero_grad()
         loss.backward()
