@@ -133,6 +133,71 @@ def _mask_args(hm, B, H, dtype, xp):
     return _c(xp.asarray(hm, dtype=dtype), xp), xp.empty((B, H), dtype)
 
 
+# rows per block of the parallel loop, at least: a step's product on fewer rows loses
+# more to BLAS's fixed costs than a second thread gains
+MIN_BLOCK_ROWS = 8
+# blocks per thread: more blocks than threads let a thread whose core is busy with other
+# work take fewer of them (each thread takes the next block when it is done with one)
+BLOCKS_PER_THREAD = 2
+_BLOCKS = {}  # (B, threads) -> bounds
+
+
+def loop_threads():
+    """Threads the compiled loop runs on: ``settings.threads``, at most numba's pool."""
+    n = settings.threads
+    try:
+        import numba
+
+        n = min(n, numba.config.NUMBA_NUM_THREADS)
+    except ImportError:
+        return 1
+    return max(1, n)
+
+
+def row_blocks(B, threads=None):
+    """The row blocks the parallel compiled loop cuts a batch of B into: a list of bounds
+    (block k is rows [bounds[k], bounds[k+1])), or None where it runs on one thread."""
+    threads = loop_threads() if threads is None else threads
+    nb = min(threads * BLOCKS_PER_THREAD, B // MIN_BLOCK_ROWS)
+    if threads < 2 or nb < 2:
+        return None
+    return [k * B // nb for k in range(nb + 1)]
+
+
+def _row_blocks(path, B, xp):
+    """(bounds, counter, workers) for the compiled loop's parallel form, or None. The
+    counter is the call's own (zeroed before each use), so calls from several Python
+    threads do not share one."""
+    if path.name != "compiled" or getattr(xp, "__name__", "") != "numpy":
+        return None
+    import numpy as np
+
+    threads = loop_threads()
+    bounds = _BLOCKS.get((B, threads))
+    if bounds is None:
+        b = row_blocks(B, threads)
+        if b is None:
+            return None
+        bounds = _BLOCKS[(B, threads)] = np.array(b, np.int64)
+    return bounds, np.zeros(1, np.int64), min(threads, len(bounds) - 1)
+
+
+class _one_blas_thread:
+    """BLAS on one thread inside the parallel loop (each of its threads calls BLAS on its
+    own rows); the previous count is restored after, for the products over all steps."""
+
+    def __enter__(self):
+        from .kernels import loop_numba
+
+        self.old = loop_numba.blas_threads(1)
+
+    def __exit__(self, *exc):
+        if self.old is not None and self.old != 1:
+            from .kernels import loop_numba
+
+            loop_numba.blas_threads(self.old)
+
+
 def _units(cell, p, H, dtype, xp):
     from .kernels.compiled import units_array
 
@@ -173,10 +238,16 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
         br = p["bias_r"] if p.get("bias_r") is not None else xp.zeros(0, dtype)
         args = (tuple(tape.values()), _units(cell, p, H, dtype, xp), _c(p["W_hhT"], xp), z,
                 _c(br, xp), pad, keep_tape) + _mask_args(hm, B, H, dtype, xp)
+        blocks = _row_blocks(path, B, xp)
         for t0 in range(0, T, K):
             n_ = min(K, T - t0)
             _project(X, p, t0, n_, XW, p["bias_x"], xp)
-            loops.forward(t0, n_, XW, states, *args)
+            if blocks is None:
+                loops.forward(t0, n_, XW, states, *args)
+            else:
+                with _one_blas_thread():
+                    blocks[1][0] = 0
+                    loops.forward_par(t0, n_, XW, states, *args, *blocks)
         return Tape(X, states, tape if keep_tape else {}, mask)
     tape = {}
     for t in range(T):
@@ -282,7 +353,9 @@ def _backward_compiled(path, cell, p, tp, xp, d_out, win, dstate, K, dXW, dX):
     dcell = tuple(xp.empty_like(d) for d in dS) if mask is not None else dN
     rec = getattr(cell, "recurrent", True)
     SV = () if cell.tied or not rec else (xp.empty_like(dXW),)
+    blocks = _row_blocks(path, B, xp)
     DU = xp.zeros((len(cell.units), H), dtype)
+    DUb = None if blocks is None else xp.zeros((len(blocks[0]) - 1,) + DU.shape, dtype)
     args = (tuple(_c(tp.tape[k], xp) for k in cell.cache), _units(cell, p, H, dtype, xp),
             _c(p["weight_hh"], xp), dXW, SV)
     acc = _grad_gemm(xp, dtype)
@@ -292,7 +365,13 @@ def _backward_compiled(path, cell, p, tp, xp, d_out, win, dstate, K, dXW, dX):
     margs = _mask_args(hm, B, H, dtype, xp)
     for t0 in range((T - 1) // K * K, -1, -K):
         n = min(K, T - t0)
-        loops.backward(t0, n, states, *args, dS, dN, dcell, d_out, win, m, thr, DU, *margs)
+        if blocks is None:
+            loops.backward(t0, n, states, *args, dS, dN, dcell, d_out, win, m, thr, DU, *margs)
+        else:
+            with _one_blas_thread():
+                blocks[1][0] = 0
+                loops.backward_par(t0, n, states, *args, dS, dN, dcell, d_out, win, m, thr,
+                                   DUb, *margs, *blocks)
         if n % 2:  # the two buffers swapped roles an odd number of times
             dS, dN = dN, dS
         _block_input_grads(p, tp, xp, t0, n, dXW, dX, grads, acc)
@@ -301,6 +380,9 @@ def _backward_compiled(path, cell, p, tp, xp, d_out, win, dstate, K, dXW, dX):
             hin = states[0][t0:t0 + n] if hm is None else states[0][t0:t0 + n] * hm
             _add_product(grads, "weight_hh", R, hin.reshape(n * B, H), acc, xp)
             _accumulate(grads, "bias_hh", R.sum(0))
+    if DUb is not None:  # the row blocks' sums, added in block order
+        for k in range(DUb.shape[0]):
+            DU += DUb[k]
     for k, name in enumerate(cell.units):
         grads[name] = DU[k]
     return grads, dX, dS
