@@ -165,31 +165,43 @@ def row_blocks(B, threads=None):
 
 
 def _row_blocks(path, B, xp):
-    """(bounds, counter, workers) for the compiled loop's parallel form, or None. The
-    counter is the call's own (zeroed before each use), so calls from several Python
-    threads do not share one."""
+    """(bounds, threads) for the compiled loop's parallel form, or None."""
     if path.name != "compiled" or getattr(xp, "__name__", "") != "numpy":
         return None
-    import numpy as np
-
     threads = loop_threads()
     bounds = _BLOCKS.get((B, threads))
     if bounds is None:
         b = row_blocks(B, threads)
         if b is None:
             return None
+        import numpy as np
+
         bounds = _BLOCKS[(B, threads)] = np.array(b, np.int64)
-    return bounds, np.zeros(1, np.int64), min(threads, len(bounds) - 1)
+    return bounds, min(threads, len(bounds) - 1)
+
+
+def _run_blocks(fn, args, blocks):
+    from .kernels.pool import run_blocks
+
+    bounds, threads = blocks
+    run_blocks(fn, args + (bounds,), len(bounds) - 1, threads)
 
 
 class _one_blas_thread:
-    """BLAS on one thread inside the parallel loop (each of its threads calls BLAS on its
-    own rows); the previous count is restored after, for the products over all steps."""
+    """BLAS on one thread inside the compiled loop: in its parallel form each of its
+    threads calls BLAS on its own rows, and on one thread a step's product is too small
+    for BLAS threads, which would synchronise at every step (many times slower on a busy
+    machine). The previous count is restored after, for the products over all steps."""
+
+    def __init__(self, path):
+        self.on = path.name == "compiled"  # NumPy's BLAS (not the GPU's loop)
 
     def __enter__(self):
-        from .kernels import loop_numba
+        self.old = None
+        if self.on:
+            from .kernels import loop_numba
 
-        self.old = loop_numba.blas_threads(1)
+            self.old = loop_numba.blas_threads(1)
 
     def __exit__(self, *exc):
         if self.old is not None and self.old != 1:
@@ -242,12 +254,11 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
         for t0 in range(0, T, K):
             n_ = min(K, T - t0)
             _project(X, p, t0, n_, XW, p["bias_x"], xp)
-            if blocks is None:
-                loops.forward(t0, n_, XW, states, *args)
-            else:
-                with _one_blas_thread():
-                    blocks[1][0] = 0
-                    loops.forward_par(t0, n_, XW, states, *args, *blocks)
+            with _one_blas_thread(path):
+                if blocks is None:
+                    loops.forward(t0, n_, XW, states, *args)
+                else:
+                    _run_blocks(loops.forward_blocks, (t0, n_, XW, states) + args, blocks)
         return Tape(X, states, tape if keep_tape else {}, mask)
     tape = {}
     for t in range(T):
@@ -365,13 +376,13 @@ def _backward_compiled(path, cell, p, tp, xp, d_out, win, dstate, K, dXW, dX):
     margs = _mask_args(hm, B, H, dtype, xp)
     for t0 in range((T - 1) // K * K, -1, -K):
         n = min(K, T - t0)
-        if blocks is None:
-            loops.backward(t0, n, states, *args, dS, dN, dcell, d_out, win, m, thr, DU, *margs)
-        else:
-            with _one_blas_thread():
-                blocks[1][0] = 0
-                loops.backward_par(t0, n, states, *args, dS, dN, dcell, d_out, win, m, thr,
-                                   DUb, *margs, *blocks)
+        with _one_blas_thread(path):
+            if blocks is None:
+                loops.backward(t0, n, states, *args, dS, dN, dcell, d_out, win, m, thr, DU,
+                               *margs)
+            else:
+                _run_blocks(loops.backward_blocks, (t0, n, states) + args
+                            + (dS, dN, dcell, d_out, win, m, thr, DUb) + margs, blocks)
         if n % 2:  # the two buffers swapped roles an odd number of times
             dS, dN = dN, dS
         _block_input_grads(p, tp, xp, t0, n, dXW, dX, grads, acc)

@@ -226,11 +226,9 @@ def source(cell, dtype):
             "# compiled with -runtime-memory-check-threshold=256 (see compiled.py)",
             f"# helpers: {_helpers_hash()} (their machine code is inlined here)",
             "import numpy as np",
-            "from numba import prange",
-            "from unrolled.kernels.loop_numba import (JIT, JIT_PAR, JIT_ROWS, gemm{b} as gemm,"
+            "from unrolled.kernels.loop_numba import (JIT, JIT_ROWS, gemm{b} as gemm,"
             " tanh{b} as _tanh, exp{b} as _exp, cast{b} as cast, take_next)".format(b=bits),
             f"jit = JIT[{bits}]",
-            f"jit_par = JIT_PAR[{bits}]",
             f"jit_rows = JIT_ROWS[{bits}]"]
     head += [f"{name} = np.float{bits}({v!r})" for v, name in consts.items()]
     return "\n".join(head) + "\n\n\n" + body + "\n\n\n" + _TEMPLATE
@@ -260,20 +258,22 @@ def forward(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp):
     forward_rows(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp, 0, z.shape[0])
 
 
-@jit_par
-def forward_par(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp, bounds, counter,
-                workers):
-    """``forward`` with the batch cut into row blocks [bounds[k], bounds[k+1]): rows are
-    independent sequences, so each block runs all n steps without waiting for another.
-    ``workers`` threads take the next block from ``counter`` (zeroed by the caller) as
-    they finish one, so a thread slowed down by other work takes fewer blocks."""
+@jit
+def forward_blocks(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp, bounds, counter):
+    """``forward`` over row blocks [bounds[k], bounds[k+1]), taking the next block from
+    ``counter`` until none is left; returns how many it ran. Rows are independent
+    sequences, so a block runs all n steps without waiting for another, and several
+    threads can call this at once: each takes blocks as it finishes one, so a thread
+    slowed down by other work on its core takes fewer."""
     nb = bounds.shape[0] - 1
-    for w in prange(workers):
+    done = 0
+    k = take_next(counter)
+    while k < nb:
+        forward_rows(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp,
+                     bounds[k], bounds[k + 1])
+        done += 1
         k = take_next(counter)
-        while k < nb:
-            forward_rows(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp,
-                         bounds[k], bounds[k + 1])
-            k = take_next(counter)
+    return done
 
 
 @jit
@@ -324,19 +324,21 @@ def backward(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, D
                          DU, hm, tmp, 0, dS[0].shape[0])
 
 
-@jit_par
-def backward_par(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, DUb, hm,
-                 tmp, bounds, counter, workers):
-    """``backward`` over row blocks as in ``forward_par``; block k adds its per-unit
+@jit
+def backward_blocks(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, DUb, hm,
+                    tmp, bounds, counter):
+    """``backward`` over row blocks as ``forward_blocks``; block k adds its per-unit
     parameter gradients to ``DUb[k]`` (summed by the caller in block order, so the result
     does not depend on which thread ran which block)."""
     nb = bounds.shape[0] - 1
-    for w in prange(workers):
+    done = 0
+    k = take_next(counter)
+    while k < nb:
+        backward_rows(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr,
+                      DUb[k], hm, tmp, bounds[k], bounds[k + 1])
+        done += 1
         k = take_next(counter)
-        while k < nb:
-            backward_rows(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr,
-                          DUb[k], hm, tmp, bounds[k], bounds[k + 1])
-            k = take_next(counter)
+    return done
 '''
 
 

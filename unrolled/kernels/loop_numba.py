@@ -179,9 +179,6 @@ JIT = {32: _jit32, 64: _jit}
 # operations each) a row costs 0.5 µs less, which is most of a step at batch 1
 JIT_ROWS = {32: numba.njit(**JIT_FLAGS, fastmath=FASTMATH32, _nrt=False),
             64: numba.njit(**JIT_FLAGS, _nrt=False)}
-# the parallel loops over row blocks (numba.prange; each block runs every step itself)
-JIT_PAR = {32: numba.njit(**JIT_FLAGS, fastmath=FASTMATH32, parallel=True),
-           64: numba.njit(**JIT_FLAGS, parallel=True)}
 _ONE32, _ZERO32 = np.float32(1), np.float32(0)
 
 
