@@ -469,6 +469,7 @@ def test_row_blocks_equal_one_thread(kind, opts, monkeypatch):
     from unrolled import settings
 
     monkeypatch.setattr(unroll, "MIN_BLOCK_ROWS", 2)
+    monkeypatch.setattr(unroll, "SHARE_ROWS", 2)  # B = 13: 6 blocks on 3 threads
     kw = dict(B=7, T=8) | opts
     with settings.override(threads=1):
         one = run_layer(kind, "float64", "numba", **kw)
@@ -508,14 +509,15 @@ def test_row_blocks_with_masks_and_noise(opts, monkeypatch):
 
 
 def test_row_block_policy():
-    """Blocks of at least MIN_BLOCK_ROWS rows, BLOCKS_PER_THREAD per thread; one thread or
-    too small a batch runs without blocks."""
-    n = unroll.MIN_BLOCK_ROWS
-    per = unroll.BLOCKS_PER_THREAD
-    assert unroll.row_blocks(64 * n, 1) is None
+    """One block per thread of at least MIN_BLOCK_ROWS rows, up to BLOCKS_PER_THREAD per
+    thread where each keeps SHARE_ROWS; one thread or too small a batch: no blocks."""
+    n, share, per = unroll.MIN_BLOCK_ROWS, unroll.SHARE_ROWS, unroll.BLOCKS_PER_THREAD
+    assert unroll.row_blocks(64 * share, 1) is None
     assert unroll.row_blocks(2 * n - 1, 2) is None
-    b = unroll.row_blocks(64 * n, 2)
-    assert len(b) == 2 * per + 1 and b[0] == 0 and b[-1] == 64 * n
+    b = unroll.row_blocks(2 * n, 2)
+    assert b == [0, n, 2 * n]
+    b = unroll.row_blocks(64 * share, 2)
+    assert len(b) == 2 * per + 1 and b[0] == 0 and b[-1] == 64 * share
     b = unroll.row_blocks(3 * n + 1, 2)
     assert np.all(np.diff(b) >= n) and b[-1] == 3 * n + 1
 

@@ -25,6 +25,7 @@ class _Pool:
         self.job = None               # (fn, args, counter, active helpers)
         self.gen = 0                  # counts the jobs posted
         self.finished = 0             # blocks done in the current job
+        self.error = None             # an exception raised on a helper thread
         self.pid = os.getpid()
         self.threads = [threading.Thread(target=self._serve, args=(i,), daemon=True,
                                          name=f"unrolled-rows-{i}") for i in range(helpers)]
@@ -41,7 +42,13 @@ class _Pool:
                 fn, args, counter, active = self.job
             if idx >= active:
                 continue
-            got = fn(*args, counter)  # compiled with nogil: runs beside the caller
+            try:
+                got = fn(*args, counter)  # compiled with nogil: runs beside the caller
+            except BaseException as e:  # never expected; the caller must not wait forever
+                with self.cond:
+                    self.error = e
+                    self.cond.notify_all()
+                continue
             if got:
                 with self.cond:
                     self.finished += got
@@ -72,15 +79,17 @@ def run_blocks(fn, args, blocks, threads):
         return
     try:
         with pool.cond:
-            pool.finished = 0
+            pool.finished, pool.error = 0, None
             pool.job = (fn, args, counter, threads - 1)
             pool.gen += 1
             pool.cond.notify_all()
         got = fn(*args, counter)
         with pool.cond:
             pool.finished += got
-            while pool.finished < blocks:
+            while pool.finished < blocks and pool.error is None:
                 pool.cond.wait()
             pool.job = (fn, args, counter, 0)  # nothing for a helper that wakes up late
+            if pool.error is not None:
+                raise RuntimeError("a thread of the compiled loop failed") from pool.error
     finally:
         pool.busy.release()
