@@ -26,7 +26,7 @@ def to_numpy(a):
 
 def limit_blas_threads():
     """Run BLAS on ``unrolled.settings.threads`` threads (every core by default;
-    ``UNROLLED_THREADS``) for the rest of the process, and numba's pool on as many.
+    ``UNROLLED_THREADS``) for the rest of the process.
 
     Those threads serve the products over all steps (the input projection, the weight
     gradients). The steps themselves never use BLAS threads: the compiled loop splits the
@@ -41,12 +41,6 @@ def limit_blas_threads():
     except ImportError:
         return
     threadpool_limits(settings.threads)
-    try:
-        import numba
-
-        numba.set_num_threads(max(1, min(settings.threads, numba.config.NUMBA_NUM_THREADS)))
-    except (ImportError, ValueError):
-        pass
 
 
 _reuse = []

@@ -134,8 +134,8 @@ def _mask_args(hm, B, H, dtype, xp):
 
 
 # rows per block of the parallel loop, at least: every block reads all of W_hh at every
-# step, so cutting a batch finer costs time (one thread, LSTM H = 256, B = 64: 8 % more CPU
-# time in blocks of 32 rows, 16 % in 16, 44 % in 8)
+# step, so cutting a batch finer costs time (one thread, LSTM H = 256, B = 64: 16 % more
+# CPU time in blocks of 16 rows than in one block, 44 % in blocks of 8)
 MIN_BLOCK_ROWS = 16
 # more blocks than threads (up to BLOCKS_PER_THREAD each) where each keeps SHARE_ROWS rows:
 # a thread whose core is busy with other work then takes fewer of them
@@ -145,15 +145,9 @@ _BLOCKS = {}  # (B, threads) -> bounds
 
 
 def loop_threads():
-    """Threads the compiled loop runs on: ``settings.threads``, at most numba's pool."""
-    n = settings.threads
-    try:
-        import numba
-
-        n = min(n, numba.config.NUMBA_NUM_THREADS)
-    except ImportError:
-        return 1
-    return max(1, n)
+    """Threads the compiled loop runs on: ``settings.threads`` (the caller and helpers of
+    :mod:`unrolled.kernels.pool`)."""
+    return max(1, settings.threads)
 
 
 def row_blocks(B, threads=None):
