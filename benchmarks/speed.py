@@ -51,12 +51,14 @@ class UnrolledSide:
     def __init__(self, threads, backend):
         import numpy as np
 
-        sys.path.insert(0, str(ROOT))
-        from unrolled import kernels
+        sys.path.insert(0, os.environ.get("UNROLLED_BENCH_TREE") or str(ROOT))
+        from unrolled import kernels, settings
 
         self.np = np
         if backend:
             kernels.set_backend(backend)
+        if "threads" in getattr(settings, "__dataclass_fields__", {}):
+            settings.threads = threads  # the compiled loop's threads, as many as PyTorch's
         self.backend = kernels.get_backend()
 
     def versions(self):
@@ -295,12 +297,15 @@ def grid(quick):
 
 
 class Worker:
-    def __init__(self, side, threads, backend):
+    def __init__(self, side, threads, backend, tree=None):
         cmd = [sys.executable, __file__, "--worker", side, "--threads", str(threads)]
         if backend:
             cmd += ["--backend", backend]
+        env = dict(os.environ)
+        if tree:  # the same side from another checkout (before/after, side by side)
+            env["UNROLLED_BENCH_TREE"] = str(Path(tree).resolve())
         self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  text=True, env=os.environ)
+                                  text=True, env=env)
 
     def ask(self, req):
         self.p.stdin.write(json.dumps(req) + "\n")
@@ -325,23 +330,33 @@ def run(args):
     cases = grid(args.quick)
     if args.only:
         cases = [c for c in cases if c["cell"] in args.only.split(",")]
-    workers = {s: Worker(s, args.threads, args.backend) for s in ("unrolled", "torch")}
+    sides = ("unrolled", "torch") + (("base",) if args.base else ())
+    workers = {s: Worker(s.replace("base", "unrolled"), args.threads, args.backend,
+                         args.base if s == "base" else None) for s in sides}
     versions = {s: w.ask({"versions": True}) for s, w in workers.items()}
     print(json.dumps(versions, indent=1), flush=True)
-    times = {i: {"unrolled": [], "torch": []} for i in range(len(cases))}
+    busy = _busy(args.busy)
+    times = {i: {s: [] for s in sides} for i in range(len(cases))}
+    load = []
     for r in range(args.rounds):
-        order = ("unrolled", "torch") if r % 2 == 0 else ("torch", "unrolled")
+        order = sides if r % 2 == 0 else sides[::-1]
         for i, c in enumerate(cases):
             for s in order:
                 times[i][s].append(workers[s].ask({"case": c, "min_time": args.min_time})["t"])
-        print(f"round {r + 1}/{args.rounds} done", flush=True)
+        load.append(round(os.getloadavg()[0], 2))
+        print(f"round {r + 1}/{args.rounds} done (load average {load[-1]})", flush=True)
     for w in workers.values():
         w.close()
+    for b in busy:
+        b.kill()
     rows = []
     for i, c in enumerate(cases):
         u, t = (sorted(times[i][s])[len(times[i][s]) // 2] for s in ("unrolled", "torch"))
         row = {**c, "unrolled_s": u, "torch_s": t, "ratio": t / u,
-               "rounds": {s: times[i][s] for s in ("unrolled", "torch")}}
+               "rounds": {s: times[i][s] for s in sides}}
+        if args.base:
+            row["base_s"] = sorted(times[i]["base"])[len(times[i]["base"]) // 2]
+            row["ratio_base"] = t / row["base_s"]
         if c["kind"] == "gen":
             row["unrolled_us_per_token"] = u / c["tokens"] * 1e6
             row["torch_us_per_token"] = t / c["tokens"] * 1e6
@@ -353,6 +368,8 @@ def run(args):
                        f"{os.cpu_count()} CPUs",
             "python": platform.python_version(), "threads": args.threads,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "load_average_per_round": load, "busy_processes": args.busy,
+            "base_tree": args.base,
             "versions": versions, "rounds": args.rounds,
             "env_unset": [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                           if v not in os.environ]}
@@ -364,6 +381,11 @@ def run(args):
                                               indent=1))
     if args.md:
         Path(args.md).write_text(md)
+
+
+def _busy(n):
+    """``n`` processes spinning on the CPU beside the benchmark (other work's stand-in)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
 def _cpu_name():
@@ -380,15 +402,22 @@ def to_markdown(rows, mem, meta):
     out = [(f"Measured {meta['date']} on {meta['machine']}; Python {meta['python']}, "
            f"{meta['threads']} threads each side, median of {meta['rounds']} interleaved "
            f"rounds; load average at the end {meta['load_average_at_end']} (other work shared "
-           "the machine). Ratio = PyTorch time / unrolled time (> 1: unrolled is faster)."), "",
-           "| cell | work | B | T | H | unrolled ms | PyTorch ms | ratio |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]
+           "the machine). Ratio = PyTorch time / unrolled time (> 1: unrolled is faster)."
+           + (f" {meta['busy_processes']} busy process(es) ran beside both sides."
+              if meta.get("busy_processes") else "")
+           + (f" 'before': the checkout {meta['base_tree']}, in the same rounds."
+              if meta.get("base_tree") else "")), "",
+           "| cell | work | B | T | H | unrolled ms | PyTorch ms | ratio |"
+           + (" before ms | ratio before |" if meta.get("base_tree") else ""),
+           "|---|---|---:|---:|---:|---:|---:|---:|"
+           + ("---:|---:|" if meta.get("base_tree") else "")]
     for r in rows:
         if r["kind"] == "gen":
             continue
         out.append(f"| {r['cell']} | {r['kind']} | {r['B']} | {r['T']} | {r['H']} | "
                    f"{r['unrolled_s'] * 1e3:.2f} | {r['torch_s'] * 1e3:.2f} | "
-                   f"{r['ratio']:.2f} |")
+                   f"{r['ratio']:.2f} |" + (f" {r['base_s'] * 1e3:.2f} | {r['ratio_base']:.2f} |"
+                                           if "base_s" in r else ""))
     gens = [r for r in rows if r["kind"] == "gen"]
     if gens:
         out += ["", ("Generation (embedding -> LSTM -> dense -> softmax -> sample, V = 65), "
@@ -427,6 +456,10 @@ def main():
     ap.add_argument("--backend", default=None, help="unrolled backend: numpy, numba, reference")
     ap.add_argument("--only", default=None, help="comma-separated cells, e.g. lstm,gru")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--base", default=None,
+                    help="another checkout of unrolled timed in the same rounds (before/after)")
+    ap.add_argument("--busy", type=int, default=0,
+                    help="processes spinning on the CPU beside the benchmark")
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)

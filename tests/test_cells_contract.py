@@ -94,8 +94,14 @@ def test_finite_differences_masked_stacked_bidirectional(name, kw, side):
 @pytest.mark.parametrize("name, kw", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("opts", [{}, {"mask": "right"}, {"mask": "left", "truncate": 3},
-                                  {"stacked": True}], ids=["plain", "mask", "trunc", "stack"])
-def test_compiled_equals_readable(name, kw, dtype, opts):
+                                  {"stacked": True},
+                                  {"mask": "left", "truncate": 3, "rows": True}],
+                         ids=["plain", "mask", "trunc", "stack", "rowblocks"])
+def test_compiled_equals_readable(name, kw, dtype, opts, monkeypatch):
+    """``rowblocks``: the compiled loop's parallel form, every row a block, on 3 threads."""
+    if opts.get("rows"):
+        monkeypatch.setattr(unroll, "MIN_BLOCK_ROWS", 1)
+        monkeypatch.setattr(u.settings, "threads", 3)
     if not compiles(name, kw):
         pytest.skip("no compiled loop for this cell here")
     lk = {"truncate": opts.get("truncate")}

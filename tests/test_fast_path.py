@@ -455,3 +455,106 @@ def test_compiled_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
 
     assert saved() > 0   # the first process compiles and writes the cache
     assert saved() == 0  # the second loads it all
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("opts", [dict(), dict(mask=True, truncate=4),
+                                  dict(layers=2, bidirectional=True, mask=True),
+                                  dict(B=1), dict(B=13, T=5)])
+def test_row_blocks_equal_one_thread(kind, opts, monkeypatch):
+    """The compiled loop's parallel form (row blocks on several threads, B not a multiple
+    of the block) equals it on one thread, float64 to 1e-12."""
+    if "numba" not in FAST:
+        pytest.skip("numba not installed")
+    from unrolled import settings
+
+    monkeypatch.setattr(unroll, "MIN_BLOCK_ROWS", 2)
+    monkeypatch.setattr(unroll, "SHARE_ROWS", 2)  # B = 13: 6 blocks on 3 threads
+    kw = dict(B=7, T=8) | opts
+    with settings.override(threads=1):
+        one = run_layer(kind, "float64", "numba", **kw)
+    with settings.override(threads=3):
+        if kw["B"] > 1:
+            assert unroll.row_blocks(kw["B"]) is not None
+        many = run_layer(kind, "float64", "numba", **kw)
+    for a, b in zip(many, one):
+        assert rel_err(a, b) < 1e-12
+
+
+@pytest.mark.parametrize("opts", [dict(recurrent_dropout=0.3), dict(zoneout=0.2),
+                                  dict(peepholes=True)])
+def test_row_blocks_with_masks_and_noise(opts, monkeypatch):
+    """Recurrent dropout masks, zoneout's per-step noise and per-unit parameter gradients
+    (summed over the blocks) through the parallel form, against one thread and against
+    the readable loop."""
+    if "numba" not in FAST:
+        pytest.skip("numba not installed")
+    from unrolled import settings
+
+    monkeypatch.setattr(unroll, "MIN_BLOCK_ROWS", 2)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((9, 6, 3))
+    M = rng.random((9, 6)) > 0.2
+
+    def run(backend, threads):
+        m = LSTM(3, 5, dtype="float64", seed=1, **opts)
+        with kernels.backend(backend), settings.override(threads=threads):
+            out, _, c = m.forward(X, mask=M, training=True)
+            g, dX, _ = m.backward(c, np.cos(out))
+        return [out, dX] + [g[n][k] for n in g for k in sorted(g[n])]
+
+    ref, one, many = run("reference", 1), run("numba", 1), run("numba", 2)
+    for a, b, c in zip(many, one, ref):
+        assert rel_err(a, b) < 1e-12 and rel_err(a, c) < 1e-12
+
+
+def test_row_block_policy():
+    """One block per thread of at least MIN_BLOCK_ROWS rows, up to BLOCKS_PER_THREAD per
+    thread where each keeps SHARE_ROWS; one thread or too small a batch: no blocks."""
+    n, share, per = unroll.MIN_BLOCK_ROWS, unroll.SHARE_ROWS, unroll.BLOCKS_PER_THREAD
+    assert unroll.row_blocks(64 * share, 1) is None
+    assert unroll.row_blocks(2 * n - 1, 2) is None
+    b = unroll.row_blocks(2 * n, 2)
+    assert b == [0, n, 2 * n]
+    b = unroll.row_blocks(64 * share, 2)
+    assert len(b) == 2 * per + 1 and b[0] == 0 and b[-1] == 64 * share
+    b = unroll.row_blocks(3 * n + 1, 2)
+    assert np.all(np.diff(b) >= n) and b[-1] == 3 * n + 1
+
+
+def test_threads_setting_defaults_to_every_core():
+    from unrolled.settings import Settings, cores
+
+    assert Settings().threads == cores()
+    assert Settings.from_environment({"UNROLLED_THREADS": "1"}).threads == 1
+    assert Settings.from_environment({"UNROLLED_THREADS": "auto"}).threads == cores()
+    with pytest.raises(ValueError, match="UNROLLED_THREADS='0'"):
+        Settings.from_environment({"UNROLLED_THREADS": "0"})
+
+
+def test_block_pool_serves_several_python_threads(monkeypatch):
+    """Two Python threads running parallel loops at once: one gets the pool, the other
+    runs its blocks alone; both results are right."""
+    if "numba" not in FAST:
+        pytest.skip("numba not installed")
+    import threading
+
+    from unrolled import settings
+
+    monkeypatch.setattr(unroll, "MIN_BLOCK_ROWS", 2)
+    with settings.override(threads=1):
+        want = run_layer("lstm", "float64", "numba", B=8, T=30)
+    got = {}
+
+    def work(i):
+        got[i] = run_layer("lstm", "float64", "numba", B=8, T=30)
+
+    with settings.override(threads=2):
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    for i in range(3):
+        for a, b in zip(got[i], want):
+            assert rel_err(a, b) < 1e-12

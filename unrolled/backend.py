@@ -25,11 +25,14 @@ def to_numpy(a):
 
 
 def limit_blas_threads():
-    """Run BLAS on ``unrolled.settings.threads`` threads (1 by default; ``UNROLLED_THREADS``)
-    for the rest of the process.
+    """Run BLAS on ``unrolled.settings.threads`` threads (every core by default;
+    ``UNROLLED_THREADS``) for the rest of the process.
 
-    The matrices of an RNN step are small: extra BLAS threads only add synchronisation,
-    which is many times slower on a busy machine. Used by the CLI, the demos and the tests.
+    Those threads serve the products over all steps (the input projection, the weight
+    gradients). The steps themselves never use BLAS threads: the compiled loop splits the
+    batch into row blocks over its own threads and calls BLAS on one thread inside them
+    (BLAS threads would synchronise at every step, many times slower on a busy machine).
+    Used by the CLI, the demos and the tests.
     """
     from .settings import settings
 

@@ -159,6 +159,9 @@ def context():
 
 
 def _set_threads(n):
+    from .settings import settings
+
+    settings.threads = n  # the compiled loop's threads
     try:
         from threadpoolctl import threadpool_limits
 

@@ -12,6 +12,16 @@ def _recurrent_layers(model, prefix=""):
         yield prefix.rstrip("/") or type(model).__name__, model
 
 
+def _threads_line(path, batch, unroll):
+    if path.name != "compiled":
+        return ""
+    b = unroll.row_blocks(batch)
+    if b is None:
+        return "; its steps on one thread"
+    return (f"; {len(b) - 1} blocks of batch rows on {min(unroll.loop_threads(), len(b) - 1)} "
+            "threads (settings.threads)")
+
+
 def explain(model, batch=32, steps=100, masked=False, truncate=None, xp=np):
     """A few lines saying, for each recurrent layer of ``model``, which loop its forward
     and backward run for a batch of ``batch`` records of ``steps`` steps, and why
@@ -33,7 +43,7 @@ def explain(model, batch=32, steps=100, masked=False, truncate=None, xp=np):
         mem = ("full BPTT" if pol is unroll
                else f"checkpointed BPTT (segments of {pol.segment} steps)")
         lines.append(f"{key}: {type(layer).__name__} cell {cell.name!r} ({layer.dtype}), "
-                     f"{mem}: {path.name} loop; {path.why}")
+                     f"{mem}: {path.name} loop; {path.why}" + _threads_line(path, batch, unroll))
     if not found:
         lines.append(f"{type(model).__name__} holds no recurrent layer")
     return "\n".join(lines)

@@ -20,8 +20,11 @@ Fields (the environment variable that sets each, read once when unrolled is impo
     record the GPU loop as CUDA graphs.
 ``max_bytes`` (``UNROLLED_MAX_BYTES``)
     refuse a full BPTT planned above this many bytes (None: 80 % of available RAM).
-``threads`` (``UNROLLED_THREADS``, default 1)
-    BLAS threads for the command line and :func:`unrolled.backend.limit_blas_threads`.
+``threads`` (``UNROLLED_THREADS``, default: every core this process may run on)
+    threads of the compiled loop (its parallel form over blocks of batch rows, see
+    docs/performance.md) and, through :func:`unrolled.backend.limit_blas_threads` (the
+    command line calls it), of BLAS's products over all steps. With several processes on
+    one machine give each its share (``unrolled.distributed.init`` does, per MPI rank).
 ``scan`` (``UNROLLED_SCAN``, default "sequential")
     "parallel": cells whose state is a linear recurrence of their input (MinGRU, MinLSTM)
     run over all steps at once (:mod:`unrolled.scan`) instead of step by step.
@@ -32,7 +35,7 @@ Which loop runs for a given layer, and why: :func:`unrolled.explain`.
 """
 import contextlib
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 BACKENDS = ("auto", "reference", "numpy", "numba", "cupy")
 
@@ -85,7 +88,17 @@ def _scan(v):
     return v
 
 
+def cores():
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _threads(v):
+    if isinstance(v, str) and v.strip().lower() in ("auto", "all"):
+        return cores()
     n = int(v)
     if n < 1:
         raise ValueError(f"threads must be a positive integer, got {v!r}")
@@ -104,7 +117,7 @@ class Settings:
     block_steps: object = None
     cuda_graphs: bool = True
     max_bytes: object = None
-    threads: int = 1
+    threads: int = field(default_factory=cores)
     debug: bool = False
     scan: str = "sequential"
 

@@ -185,43 +185,49 @@ def source(cell, dtype):
         L.append(fl.format(i=ind, e=bexpr[G + Gr + k], dst=f"p{k}r[j]"))
     for k in range(U):
         L.append(f"{ind}du{k}[j] += {bexpr[G + Gr + S + k]}")
-    # -- one step forward and back, in the shapes the loop calls them with
-    st = lambda t: ", ".join(f"S[{k}][{t}]" for k in range(S))
-    L.append("\n\n@jit\ndef step(t, j, z, xw, br, S, C, U, W, hm, tmp):")
+    # -- one step forward and back over rows [b0, b1) (a row block of the batch: every
+    # array the step touches is (B, .) C-contiguous, so a row block is one too)
+    st = lambda t: ", ".join(f"S[{k}][{t}][b0:b1]" for k in range(S))
+    L.append("\n\n@jit\ndef step_rows(t, j, z, xw, br, S, C, U, W, hm, tmp, b0, b1):")
+    L.append("    zb = z[b0:b1]")
     if rec:  # recurrent dropout: the product reads h_(t-1) * hm (hm empty: no mask)
         L.append("    if hm.shape[0] > 0:")
-        L.append("        h = S[0][t]")
-        L.append("        for b in range(h.shape[0]):")
+        L.append("        h, m, tb = S[0][t], hm, tmp")
+        L.append("        for b in range(b0, b1):")
         L.append("            for k in range(h.shape[1]):")
-        L.append("                tmp[b, k] = h[b, k] * hm[b, k]")
-        L.append("        gemm(tmp, W, z, K0)")
+        L.append("                tb[b, k] = h[b, k] * m[b, k]")
+        L.append("        gemm(tb[b0:b1], W, zb, K0)")
         L.append("    else:")
-        L.append("        gemm(S[0][t], W, z, K0)")
-    L.append(f"    pw_forward(z, xw, br, {st('t')}, {st('t + 1')}, "
-             + "".join(f"C[{k}][j], " for k in range(C)) + "U)")
+        L.append("        gemm(S[0][t][b0:b1], W, zb, K0)")
+    L.append(f"    pw_forward(zb, xw[b0:b1], br, {st('t')}, {st('t + 1')}, "
+             + "".join(f"C[{k}][j][b0:b1], " for k in range(C)) + "U)")
+    L.append("\n\n@jit\ndef step(t, j, z, xw, br, S, C, U, W, hm, tmp):")
+    L.append("    step_rows(t, j, z, xw, br, S, C, U, W, hm, tmp, 0, z.shape[0])")
     rows = "dXW[i]" if tied or not rec else "SV[0][i]"
-    L.append("\n\n@jit\ndef back(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr, hm, tmp):")
-    L.append("    pw_backward(" + "".join(f"dS[{k}], " for k in range(S)) + st("t") + ", "
-             + st("t + 1") + ", " + "".join(f"C[{k}][t], " for k in range(C))
-             + f"U, dXW[i], {rows}, " + "".join(f"dN[{k}], " for k in range(S)) + "DU, thr)")
+    L.append("\n\n@jit\ndef back_rows(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr, hm, tmp, b0, b1):")
+    L.append("    rows = " + rows + "[b0:b1]")
+    L.append("    pw_backward(" + "".join(f"dS[{k}][b0:b1], " for k in range(S)) + st("t") + ", "
+             + st("t + 1") + ", " + "".join(f"C[{k}][t][b0:b1], " for k in range(C))
+             + "U, dXW[i][b0:b1], rows, " + "".join(f"dN[{k}][b0:b1], " for k in range(S))
+             + "DU, thr)")
     if rec:  # dh_(t-1) += rows W_hh (times the recurrent dropout mask)
         L.append("    if hm.shape[0] > 0:")
-        L.append(f"        gemm({rows}, W, tmp, K0)")
+        L.append("        gemm(rows, W, tmp[b0:b1], K0)")
         L.append("        d = dN[0]")
-        L.append("        for b in range(d.shape[0]):")
+        L.append("        for b in range(b0, b1):")
         L.append("            for k in range(d.shape[1]):")
         L.append("                d[b, k] = " + ("d[b, k] + " if h_direct else "")
                  + "tmp[b, k] * hm[b, k]")
         L.append("    else:")
-        L.append(f"        gemm({rows}, W, dN[0], {'K1' if h_direct else 'K0'})")
+        L.append(f"        gemm(rows, W, dN[0][b0:b1], {'K1' if h_direct else 'K0'})")
     body = "\n".join(L)
     head = [f'"""Generated from {type(cell).__module__}.{type(cell).__qualname__} '
             f'({cell!r}), float{bits}. Do not edit."""',
             "# compiled with -runtime-memory-check-threshold=256 (see compiled.py)",
             f"# helpers: {_helpers_hash()} (their machine code is inlined here)",
             "import numpy as np",
-            "from unrolled.kernels.loop_numba import (JIT, JIT_ROWS, gemm{b} as gemm, tanh{b} as _tanh,"
-            " exp{b} as _exp, cast{b} as cast)".format(b=bits),
+            "from unrolled.kernels.loop_numba import (JIT, JIT_ROWS, gemm{b} as gemm,"
+            " tanh{b} as _tanh, exp{b} as _exp, cast{b} as cast, take_next)".format(b=bits),
             f"jit = JIT[{bits}]",
             f"jit_rows = JIT_ROWS[{bits}]"]
     head += [f"{name} = np.float{bits}({v!r})" for v, name in consts.items()]
@@ -230,59 +236,109 @@ def source(cell, dtype):
 
 _TEMPLATE = '''
 @jit
-def forward(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp):
-    """Steps [t0, t0+n); XW[i] is step t0+i's input projection; ``keep`` (T, B) marks
-    padded steps (empty: none), which carry the state through; ``hm`` (B, H) is the
-    recurrent dropout mask (empty: none) and ``tmp`` a (B, H) buffer for it."""
+def forward_rows(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp, b0, b1):
+    """Steps [t0, t0+n) of batch rows [b0, b1); XW[i] is step t0+i's input projection;
+    ``keep`` (T, B) marks padded steps (empty: none), which carry the state through;
+    ``hm`` (B, H) is the recurrent dropout mask (empty: none) and ``tmp`` a (B, H) buffer
+    for it."""
     for i in range(n):
         t = t0 + i
         j = t if keep_tape else 0
-        step(t, j, z, XW[i], br, S, C, U, W, hm, tmp)
+        step_rows(t, j, z, XW[i], br, S, C, U, W, hm, tmp, b0, b1)
         if keep.shape[0] > 0:
-            for b in range(keep.shape[1]):
+            for b in range(b0, b1):
                 if keep[t, b]:
                     for s in S:
                         s[t + 1, b, :] = s[t, b, :]
 
 
 @jit
-def backward(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, DU, hm, tmp):
-    """BPTT over steps [t0+n-1 .. t0]; ``dS`` holds the gradient w.r.t. the state after
-    the block and ``dN`` is a second buffer (they swap roles every step). ``d_out``
-    (T, B, S0), ``win`` (T, B) and ``mask`` (T, B) are empty where they do not apply."""
+def forward(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp):
+    """All rows on the calling thread (see ``forward_rows``)."""
+    forward_rows(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp, 0, z.shape[0])
+
+
+@jit
+def forward_blocks(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp, bounds, counter):
+    """``forward`` over row blocks [bounds[k], bounds[k+1]), taking the next block from
+    ``counter`` until none is left; returns how many it ran. Rows are independent
+    sequences, so a block runs all n steps without waiting for another, and several
+    threads can call this at once: each takes blocks as it finishes one, so a thread
+    slowed down by other work on its core takes fewer."""
+    nb = bounds.shape[0] - 1
+    done = 0
+    k = take_next(counter)
+    while k < nb:
+        forward_rows(t0, n, XW, S, C, U, W, z, br, keep, keep_tape, hm, tmp,
+                     bounds[k], bounds[k + 1])
+        done += 1
+        k = take_next(counter)
+    return done
+
+
+@jit
+def backward_rows(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, DU, hm,
+                  tmp, b0, b1):
+    """BPTT of batch rows [b0, b1) over steps [t0+n-1 .. t0]; ``dS`` holds the gradient
+    w.r.t. the state after the block and ``dN`` is a second buffer (they swap roles every
+    step). ``d_out`` (T, B, S0), ``win`` (T, B) and ``mask`` (T, B) are empty where they do
+    not apply. The rows' per-unit parameter gradients are added to ``DU``."""
     one = K1
-    B = dS[0].shape[0]
     for i in range(n - 1, -1, -1):
         t = t0 + i
         if d_out.shape[0] > 0:
             g, o = dS[0], d_out[t]
-            for b in range(B):
+            for b in range(b0, b1):
                 for k in range(g.shape[1]):
                     g[b, k] += o[b, k]
         if win.shape[0] > 0:
             for d in dS:
-                for b in range(B):
+                for b in range(b0, b1):
                     w = win[t, b]
                     for k in range(d.shape[1]):
                         d[b, k] *= w
         if mask.shape[0] > 0:
             for q in range(len(dS)):
                 d, a = dS[q], dcell[q]
-                for b in range(B):
+                for b in range(b0, b1):
                     m = mask[t, b]
                     for k in range(d.shape[1]):
                         a[b, k] = d[b, k] * m
-            back(t, i, dcell, dXW, dN, SV, S, C, U, W, DU, thr, hm, tmp)
+            back_rows(t, i, dcell, dXW, dN, SV, S, C, U, W, DU, thr, hm, tmp, b0, b1)
             for q in range(len(dS)):  # a padded step passes the gradient on
                 d, a = dS[q], dN[q]
-                for b in range(B):
+                for b in range(b0, b1):
                     m = one - mask[t, b]
                     for k in range(d.shape[1]):
                         a[b, k] += d[b, k] * m
         else:
-            back(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr, hm, tmp)
+            back_rows(t, i, dS, dXW, dN, SV, S, C, U, W, DU, thr, hm, tmp, b0, b1)
         dS, dN = dN, dS
     return dS
+
+
+@jit
+def backward(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, DU, hm, tmp):
+    """All rows on the calling thread (see ``backward_rows``)."""
+    return backward_rows(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr,
+                         DU, hm, tmp, 0, dS[0].shape[0])
+
+
+@jit
+def backward_blocks(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr, DUb, hm,
+                    tmp, bounds, counter):
+    """``backward`` over row blocks as ``forward_blocks``; block k adds its per-unit
+    parameter gradients to ``DUb[k]`` (summed by the caller in block order, so the result
+    does not depend on which thread ran which block)."""
+    nb = bounds.shape[0] - 1
+    done = 0
+    k = take_next(counter)
+    while k < nb:
+        backward_rows(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask, thr,
+                      DUb[k], hm, tmp, bounds[k], bounds[k + 1])
+        done += 1
+        k = take_next(counter)
+    return done
 '''
 
 

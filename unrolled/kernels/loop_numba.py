@@ -55,8 +55,38 @@ def _find_gemm():
         if len(found) == 4:
             for name, addr in found.items():
                 llb.add_symbol(f"unrolled_cblas_{name}", addr)
+            _bind_thread_control(lib)
             return True
     return False
+
+
+_BLAS_THREADS = []  # [get, set]: the BLAS's own thread count, where it exports both
+
+
+def _bind_thread_control(lib):
+    """``openblas_get_num_threads``/``openblas_set_num_threads`` of the same library
+    (under the prefix NumPy's OpenBLAS gives its symbols)."""
+    for pre, suf in (("scipy_", "64_"), ("", "64_"), ("", "")):
+        get = getattr(lib, f"{pre}openblas_get_num_threads{suf}", None)
+        put = getattr(lib, f"{pre}openblas_set_num_threads{suf}", None)
+        if get is not None and put is not None:
+            get.restype, get.argtypes = ctypes.c_int, []
+            put.restype, put.argtypes = None, [ctypes.c_int]
+            _BLAS_THREADS[:] = [get, put]
+            return
+
+
+def blas_threads(n=None):
+    """The BLAS's thread count (None where it cannot be read); with ``n``, set it first
+    and return the old count. Cheap (two C calls): the parallel loop sets 1 around its
+    region, where each of its threads calls BLAS on its own rows."""
+    if not _BLAS_THREADS:
+        return None
+    get, put = _BLAS_THREADS
+    old = get()
+    if n is not None and n != old:
+        put(int(n))
+    return old
 
 
 # The calls into CBLAS, as numba intrinsics that declare the C function by name (resolved
@@ -112,7 +142,21 @@ def _cblas_gemv(typingctx, trans, m, n, alpha, a, lda, x, incx, beta, y, incy):
     return sig, codegen
 
 
-stabilize("unrolled.loop_numba", {"_cblas_gemm": _cblas_gemm, "_cblas_gemv": _cblas_gemv})
+@intrinsic
+def take_next(typingctx, counter):
+    """Atomically ``counter[0] += 1``, returning the old value: the next block of work
+    for the thread that asks (the parallel loop's dynamic schedule)."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", ary.data, ir.Constant(ir.IntType(64), 1), "seq_cst")
+    return types.int64(counter), codegen
+
+
+stabilize("unrolled.loop_numba", {"_cblas_gemm": _cblas_gemm, "_cblas_gemv": _cblas_gemv,
+                                  "take_next": take_next})
 
 
 def available():
