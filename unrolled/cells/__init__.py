@@ -11,11 +11,12 @@ from .gru import GRUCell
 from .jordan import JordanCell
 from .layernorm import LayerNormLSTMCell
 from .lstm import LSTMCell, ZoneoutLSTMCell
+from .lru import LRUCell
 from .parallel import MinGRUCell, MinLSTMCell, SRUCell
 from .peephole import PeepholeLSTMCell
 from .proj import ProjLSTMCell
 from .qrnn import QRNNCell
 
-__all__ = ["Cell", "ElmanCell", "GRUCell", "JordanCell", "LSTMCell", "LayerNormLSTMCell", "MinGRUCell",
+__all__ = ["Cell", "ElmanCell", "GRUCell", "JordanCell", "LSTMCell", "LayerNormLSTMCell", "LRUCell", "MinGRUCell",
            "MinLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell", "QRNNCell", "SRUCell", "ZoneoutLSTMCell",
            "REGISTRY", "get", "ops", "register"]
