@@ -13,6 +13,8 @@ measured ``--points`` times on the way.
     python benchmarks/charlm_cells.py --minutes 4 --json benchmarks/results/charlm_cells.json \\
         --plot docs/img/charlm_cells.png
     python benchmarks/charlm_cells.py --quick        # 20 s each, a smoke run
+    python benchmarks/charlm_cells.py --models lstm,ln_lstm --hidden 128 --steps 800 \
+        --json benchmarks/results/layernorm_lstm.json --plot docs/img/layernorm_lstm.png
 
 The AWD-style LSTM is the plain LSTM with DropConnect on W_hh (``--weight-drop``),
 recurrent dropout (one mask per sequence on h_(t-1)), embedding dropout (whole rows) and
@@ -44,7 +46,8 @@ def models(a):
     return {"lstm": dict(cell="lstm"),
             "awd_lstm": dict(cell="lstm", **awd),
             "mingru": dict(cell="mingru", num_layers=a.parallel_layers),
-            "qrnn": dict(cell="qrnn", num_layers=a.parallel_layers)}
+            "qrnn": dict(cell="qrnn", num_layers=a.parallel_layers),
+            "ln_lstm": dict(cell="layernorm_lstm")}
 
 
 def train_one(a, name, kw, V, train, held):
@@ -59,8 +62,11 @@ def train_one(a, name, kw, V, train, held):
     layers = kw.pop("num_layers", 1)
     model = build_char_model(V, a.embedding, a.hidden, layers, seed=a.seed, **kw)
     opt, ce = Adam(lr=a.lr), CrossEntropy()
-    budget = Budget(a.minutes * 60)
-    marks = [a.minutes * 60 * (k + 1) / a.points for k in range(a.points - 1)]
+    budget = Budget(a.minutes * 60 if not a.steps else float("inf"))
+    marks = [(k + 1) / a.points for k in range(a.points - 1)]
+
+    def progress():  # the share of the budget (wall time or steps) spent
+        return steps / a.steps if a.steps else 1 - budget.left() / budget.seconds
     load_before = os.getloadavg()
 
     def point():
@@ -81,7 +87,7 @@ def train_one(a, name, kw, V, train, held):
     point()  # the untrained model
     budget.start()
     for _, offset, i in schedule(len(train), a.batch, a.chunk, a.seed):
-        if budget.left() <= 0:
+        if progress() >= 1:
             break
         if offset not in streams:
             streams = {offset: stream_batches(train, a.batch, a.chunk, offset)}
@@ -91,11 +97,11 @@ def train_one(a, name, kw, V, train, held):
         last, d_out = ce.value_and_grad(out, Y)
         grads, _, _ = model.backward(cache, d_out)
         grads, _ = clip_grad_norm(grads, a.clip, inplace=True)
-        opt.lr = lr_at(a, 1 - budget.left() / budget.seconds)
+        opt.lr = lr_at(a, progress())
         opt.step(model.params, grads)
         steps += 1
         chars += X.size
-        if marks and budget.seconds - budget.left() >= marks[0]:
+        if marks and progress() >= marks[0]:
             marks.pop(0)
             point()
             budget.start()
@@ -106,7 +112,7 @@ def train_one(a, name, kw, V, train, held):
             "load_before": load_before, "load_after": os.getloadavg()}
 
 
-def plot(results, path, title):
+def plot(results, path, title, x="seconds"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,9 +121,9 @@ def plot(results, path, title):
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, r in results.items():
         c = r["curve"][1:]
-        ax.plot([p["seconds"] for p in c], [p["held_out_loss"] for p in c], "o-", ms=3,
+        ax.plot([p[x] for p in c], [p["held_out_loss"] for p in c], "o-", ms=3,
                 label=f"{name} ({r['held_out_loss']:.3f})")
-    ax.set_xlabel("training wall time (s)")
+    ax.set_xlabel("training wall time (s)" if x == "seconds" else "training steps")
     ax.set_ylabel("held-out loss (nats per character)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -132,7 +138,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--minutes", type=float, default=4.0, help="training wall time per model")
-    ap.add_argument("--models", default="lstm,awd_lstm,mingru,qrnn")
+    ap.add_argument("--models", default="lstm,awd_lstm,mingru,qrnn",
+                    help="of lstm, awd_lstm, mingru, qrnn, ln_lstm (layer-normalised LSTM)")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="train this many steps each instead of --minutes (convergence "
+                         "per step; the plot's x axis is then steps)")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--embedding", type=int, default=32)
     ap.add_argument("--parallel-layers", type=int, default=2,
@@ -156,6 +166,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.quick:
         a.minutes, a.hidden, a.points, a.held_chars = 1 / 3, 64, 3, 5000
+        a.steps = min(a.steps, 100)
 
     from unrolled.backend import limit_blas_threads, reuse_freed_memory
     from unrolled.data import Vocab, read_text
@@ -191,8 +202,10 @@ def main(argv=None):
         Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
         print(f"json: {a.json}")
     if a.plot:
-        plot(results, a.plot, f"tinyshakespeare, H={a.hidden}, {a.minutes:g} min each "
-             f"(load {results[next(iter(results))]['load_before'][0]:.1f})")
+        budget = f"{a.steps} steps" if a.steps else f"{a.minutes:g} min"
+        plot(results, a.plot, f"tinyshakespeare, H={a.hidden}, {budget} each "
+             f"(load {results[next(iter(results))]['load_before'][0]:.1f})",
+             "steps" if a.steps else "seconds")
     return 0
 
 

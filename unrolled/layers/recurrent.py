@@ -249,7 +249,8 @@ class Recurrent(Module):
                       and key not in getattr(self._cell, "derived_states", ())):
                     s = xp.broadcast_to(self._params[name][key + "0"], (B, size)).copy()
                 else:
-                    value = 0.0 if self.initial_state == "zeros" else float(self.initial_state)
+                    value = (float(self.initial_state)
+                             if isinstance(self.initial_state, (int, float)) else 0.0)
                     s = xp.full((B, size), value, dtype=self.dtype)
                 out[name].append(s)
         if hasattr(self._cell, "complete_state"):  # states derived from the others
