@@ -163,7 +163,15 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="20 s per model, a small model")
     ap.add_argument("--json")
     ap.add_argument("--plot")
+    ap.add_argument("--from-json", help="print and plot the results saved in this file, "
+                    "training nothing")
     a = ap.parse_args(argv)
+    if a.from_json:
+        saved = json.loads(Path(a.from_json).read_text())
+        for k in ("minutes", "steps", "hidden"):
+            setattr(a, k, saved["args"].get(k, getattr(a, k)))
+        report(a, saved["results"])
+        return 0
     if a.quick:
         a.minutes, a.hidden, a.points, a.held_chars = 1 / 3, 64, 3, 5000
         a.steps = min(a.steps, 100)
@@ -189,24 +197,29 @@ def main(argv=None):
     for name in a.models.split(","):
         print(f"training {name} {table[name]} ...", flush=True)
         results[name] = train_one(a, name, table[name], V, train, held)
-    print(f"\n{'model':10s} {'config':100s} {'steps':>6s} {'chars/s':>8s} {'held-out':>9s}"
-          f"  load before / after")
-    for name, r in results.items():
-        cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items())
-        print(f"{name:10s} {cfg:100s} {r['steps']:6d} {r['chars'] / r['train_seconds']:8.0f} "
-              f"{r['held_out_loss']:9.4f}  {r['load_before'][0]:.2f} / {r['load_after'][0]:.2f}")
+    report(a, results)
     out = {"args": vars(a), "python": platform.python_version(), "numpy": np.__version__,
            "cpu_count": os.cpu_count(), "results": results}
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
         print(f"json: {a.json}")
+    return 0
+
+
+def report(a, results):
+    print(f"\n{'model':10s} {'config':100s} {'steps':>6s} {'chars/s':>8s} {'held-out':>9s}"
+          f"  load before / after")
+    for name, r in results.items():
+        cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items())
+        print(f"{name:10s} {cfg:100s} {r['steps']:6d} {r['chars'] / r['train_seconds']:8.0f} "
+              f"{r['held_out_loss']:9.4f}  {r['load_before'][0]:.2f} / {r['load_after'][0]:.2f}")
     if a.plot:
         budget = f"{a.steps} steps" if a.steps else f"{a.minutes:g} min"
-        plot(results, a.plot, f"tinyshakespeare, H={a.hidden}, {budget} each "
-             f"(load {results[next(iter(results))]['load_before'][0]:.1f})",
+        loads = [r[k][0] for r in results.values() for k in ("load_before", "load_after")]
+        plot(results, a.plot, f"tinyshakespeare, H={a.hidden}, {budget} each, one after "
+             f"another (load average {min(loads):.1f}-{max(loads):.1f})",
              "steps" if a.steps else "seconds")
-    return 0
 
 
 if __name__ == "__main__":

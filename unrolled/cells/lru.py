@@ -53,6 +53,7 @@ class LRUCell(Cell):
     units = ("lambda_re", "lambda_im")
     recurrent = False
     derived_states = ("h_rot",)  # functions of "h", never inputs of their own
+    readout_params = ("C_re", "C_im", "D")  # the parameters of the readout alone
 
     def __post_init__(self):
         if self.gamma not in ("learned", "tied"):

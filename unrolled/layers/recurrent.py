@@ -336,8 +336,6 @@ class Recurrent(Module):
                 if hasattr(self._cell, "readout"):  # y = readout(h, x) over all steps
                     readouts[name] = (x_in, y)
                     y = self._cell.readout(self._params[name], y, x_in, xp)
-                elif name in readouts:
-                    del readouts[name]
                 outs.append(y if d == 0 else _gather_time(y, ridx, xp))
             if not seq_needed:
                 drops.append(None)
@@ -474,8 +472,9 @@ class Recurrent(Module):
                                            dd, tuple(d_final[name]), self.truncate,
                                            need_dx=need_dx)
                 if ro is not None:
-                    rg = ro_grads.get(name) or {
-                        key: xp.zeros_like(self._params[name][key]) for key in ("C_re", "C_im", "D")}
+                    rg = ro_grads.get(name) or {  # no gradient reached the outputs
+                        key: xp.zeros_like(self._params[name][key])
+                        for key in ro.readout_params}
                     g = {**ro.loop_grads(self._params[name], g, xp), **rg}
                     if need_dx and name in ro_dx:
                         dX = dX + ro_dx[name]
