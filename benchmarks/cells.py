@@ -147,12 +147,13 @@ def plot(rows, H, B, path):
         pts = sorted((r["T"], r["ms"]) for r in rows if r["H"] == H and r["cell"] == c)
         style = "k--" if c.startswith("torch") else ("k-" if c == "lstm" else "-")
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, label=c)
-    load = max(r["load_before"][0] for r in rows)
+    loads = [r[k][0] for r in rows for k in ("load_before", "load_after")]
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("sequence length T")
     ax.set_ylabel("training step (forward + BPTT), ms")
-    ax.set_title(f"B={B}, H={H}, float32, one thread (load average up to {load:.1f})",
+    ax.set_title(f"B={B}, H={H}, float32, one thread (load average {min(loads):.1f}-"
+                 f"{max(loads):.1f})",
                  fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
