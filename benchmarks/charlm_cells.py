@@ -163,14 +163,18 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="20 s per model, a small model")
     ap.add_argument("--json")
     ap.add_argument("--plot")
-    ap.add_argument("--from-json", help="print and plot the results saved in this file, "
-                    "training nothing")
+    ap.add_argument("--from-json", nargs="+", help="print and plot the results saved in "
+                    "these files (a name seen before gets a suffix), training nothing")
     a = ap.parse_args(argv)
     if a.from_json:
-        saved = json.loads(Path(a.from_json).read_text())
-        for k in ("minutes", "steps", "hidden"):
-            setattr(a, k, saved["args"].get(k, getattr(a, k)))
-        report(a, saved["results"])
+        merged = {}
+        for i, f in enumerate(a.from_json):
+            saved = json.loads(Path(f).read_text())
+            for k in ("minutes", "steps", "hidden"):
+                setattr(a, k, saved["args"].get(k, getattr(a, k)))
+            for name, r in saved["results"].items():
+                merged[name if name not in merged else f"{name} (run {i + 1})"] = r
+        report(a, merged)
         return 0
     if a.quick:
         a.minutes, a.hidden, a.points, a.held_chars = 1 / 3, 64, 3, 5000

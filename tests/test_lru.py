@@ -151,3 +151,20 @@ def test_in_a_model_saved_and_loaded(tmp_path):
     m2, _ = u.load_model(tmp_path / "m.npz")
     assert np.array_equal(model(ids), m2(ids))
     assert "lru" in u.explain(model.layers[1], batch=2, steps=9)
+
+
+def test_inspect_traces_and_gradient_flow():
+    """unrolled.inspect reads the loop's state: h = [Re h, Im h] at every step."""
+    from unrolled import inspect as ins
+
+    lru = u.LRU(3, 6, seed=0, dtype="float64")
+    model = u.Sequential(lru, u.Dense(6, 2, seed=1, dtype="float64"))
+    X = data()
+    tr = ins.traces(model, X)["0/l0"]
+    for t in range(1, X.shape[1] + 1):
+        _, ht = reference(lru, X[:, :t])
+        assert rel_err(tr["h"][:, t - 1], np.concatenate([ht.real, ht.imag], 1)) < 1e-13
+    assert ins.describe(model).cell == "lru"
+    gf = ins.gradient_flow(model, X, np.ones((3, 6, 2)), loss="mse")
+    d = gf.dstate["0/l0"]["h"]
+    assert d.shape == (3, 6, 6) and np.isfinite(d).all() and np.abs(d).max() > 0
