@@ -17,6 +17,6 @@ from .peephole import PeepholeLSTMCell
 from .proj import ProjLSTMCell
 from .qrnn import QRNNCell
 
-__all__ = ["Cell", "ElmanCell", "GRUCell", "JordanCell", "LSTMCell", "LayerNormLSTMCell", "LRUCell", "MinGRUCell",
-           "MinLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell", "QRNNCell", "SRUCell", "ZoneoutLSTMCell",
+__all__ = ["Cell", "ElmanCell", "GRUCell", "JordanCell", "LSTMCell", "LayerNormLSTMCell", "MinGRUCell",
+           "LRUCell", "MinLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell", "QRNNCell", "SRUCell", "ZoneoutLSTMCell",
            "REGISTRY", "get", "ops", "register"]
