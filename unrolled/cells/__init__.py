@@ -18,5 +18,5 @@ from .proj import ProjLSTMCell
 from .qrnn import QRNNCell
 
 __all__ = ["Cell", "ElmanCell", "GRUCell", "JordanCell", "LSTMCell", "LayerNormLSTMCell", "MinGRUCell",
-           "LRUCell", "MinLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell", "QRNNCell", "SRUCell", "ZoneoutLSTMCell",
-           "REGISTRY", "get", "ops", "register"]
+           "MinLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell", "QRNNCell", "SRUCell", "ZoneoutLSTMCell",
+           "LRUCell", "REGISTRY", "get", "ops", "register"]
