@@ -1,7 +1,7 @@
 """unrolled: recurrent neural networks from plain matrices, with exact hand-written BPTT."""
 from .grad import value_and_grad
 from . import data, interop
-from .layers import (GRU, LSTM, QRNN, SRU, Dense, Dropout, Elman, Embedding, Jordan, MinGRU,
+from .layers import (GRU, LRU, LSTM, QRNN, SRU, Dense, Dropout, Elman, Embedding, Jordan, MinGRU,
                      MinLSTM, PeepholeLSTM, RecursiveNet, Recurrent, Sequential)
 from . import metrics
 from .io import load_model, save_model
@@ -30,5 +30,5 @@ __all__ = ["Elman", "LSTM", "GRU", "Jordan", "Dense", "Embedding", "Dropout", "S
            "load_model", "metrics", "data", "interop", "Recurrence", "Fold", "RecurrenceFrom",
            "UnfoldFrom", "Seq2Seq", "plan_memory", "MemoryPlanError", "TBPTT", "evaluate_stream",
            "RTRL", "UORO", "Generator", "set_backend", "get_backend", "backend",
-           "settings", "explain", "cells", "Recurrent", "PeepholeLSTM", "MinGRU", "MinLSTM",
+           "settings", "explain", "cells", "Recurrent", "PeepholeLSTM", "MinGRU", "MinLSTM", "LRU",
            "SRU", "QRNN"]

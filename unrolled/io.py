@@ -283,6 +283,8 @@ def model_spec(model):
                 "dropout": getattr(model, "dropout", 0.0)}
     if isinstance(model, L.Dropout):
         return {"layer": "Dropout", "p": model.p}
+    if isinstance(model, L.ActivationRegularization):
+        return {"layer": "ActivationRegularization", "alpha": model.alpha, "beta": model.beta}
     if isinstance(model, L.Recurrent) and kind in _EXTRA_ARGS:
         spec = {"layer": kind}
         for k in _RECURRENT_ARGS + _EXTRA_ARGS[kind]:
@@ -334,6 +336,7 @@ def build_model(spec, seed=0):
                 from None
         return L.Recurrent(cell, **spec, seed=seed)
     classes = {"Dense": L.Dense, "Embedding": L.Embedding, "Dropout": L.Dropout,
+               "ActivationRegularization": L.ActivationRegularization,
                "Elman": L.Elman, "LSTM": L.LSTM, "GRU": L.GRU, "Jordan": L.Jordan}
     if kind not in classes:
         raise ValueError(f"unknown layer {kind!r} in the model file; it needs a newer unrolled")

@@ -12,6 +12,7 @@ from .hard import HardSigmoidGRUCell, HardSigmoidLSTMCell
 from .jordan import JordanCell
 from .layernorm import LayerNormLSTMCell
 from .lstm import LSTMCell, ZoneoutLSTMCell
+from .lru import LRUCell
 from .parallel import MinGRUCell, MinLSTMCell, SRUCell
 from .peephole import PeepholeLSTMCell
 from .proj import ProjLSTMCell
@@ -19,4 +20,4 @@ from .qrnn import QRNNCell
 
 __all__ = ["Cell", "ElmanCell", "GRUCell", "HardSigmoidGRUCell", "HardSigmoidLSTMCell", "JordanCell", "LSTMCell", "LayerNormLSTMCell", "MinGRUCell",
            "MinLSTMCell", "PeepholeLSTMCell", "ProjLSTMCell", "QRNNCell", "SRUCell", "ZoneoutLSTMCell",
-           "REGISTRY", "get", "ops", "register"]
+           "LRUCell", "REGISTRY", "get", "ops", "register"]

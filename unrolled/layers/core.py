@@ -168,6 +168,38 @@ class Dropout(Module):
         return {}, (d_out if cache is None else d_out * cache), None
 
 
+class ActivationRegularization(Module):
+    """AR and TAR (Merity et al. 2018) as a layer: the identity on a recurrent layer's
+    outputs (B, T, H) whose backward adds the gradient of
+    ``alpha·mean(h²) + beta·mean((h_t − h_(t−1))²)`` (over the valid steps) in training,
+    so a model of layers trains on its loss plus these terms
+    (:func:`unrolled.losses.activation_regularization`). The terms' value is not part of
+    the reported loss. Evaluation: the identity, nothing kept."""
+
+    _repr_always = ("alpha", "beta")
+
+    def __init__(self, alpha=0.0, beta=0.0, seed=None):  # seed: unused (no randomness)
+        for what, v in (("alpha", alpha), ("beta", beta)):
+            if not v >= 0:
+                raise ValueError(f"ActivationRegularization: {what} must be >= 0, got {v}")
+        self.alpha, self.beta = float(alpha), float(beta)
+        self._params = {}
+
+    def forward(self, X, mask=None, initial_state=None, training=False, keep_tape=True):
+        if not training or not (self.alpha or self.beta) or X.ndim != 3:
+            return X, None, None
+        return X, None, (X, mask)
+
+    def backward(self, cache, d_out, d_state=None):
+        if cache is None:
+            return {}, d_out, None
+        from ..losses import activation_regularization
+
+        X, mask = cache
+        _, g = activation_regularization(X, self.alpha, self.beta, mask)
+        return {}, (g if d_out is None else d_out + g), None
+
+
 class Sequential(Module):
     """Layers applied one after the other; ``params`` is ``{"0": ..., "1": ..., ...}``.
 

@@ -10,7 +10,7 @@ import numpy as np
 from .. import memory as _memory
 from .. import unroll
 from ..backend import get_xp
-from ..cells import (ElmanCell, GRUCell, JordanCell, LayerNormLSTMCell, LSTMCell,
+from ..cells import (ElmanCell, GRUCell, JordanCell, LayerNormLSTMCell, LRUCell, LSTMCell,
                      MinGRUCell, MinLSTMCell, PeepholeLSTMCell, ProjLSTMCell, QRNNCell,
                      SRUCell, ZoneoutLSTMCell)
 from ..cells import get as get_cell
@@ -141,7 +141,10 @@ class Recurrent(Module):
         self.seed = seed
         self.input_init, self.recurrent_init = input_init, recurrent_init
         self.state_sizes = cell.state_sizes(self.hidden_size)
-        self.output_size = self.state_sizes[0] * (2 if bidirectional else 1)
+        # a cell with a readout (LRU) outputs its own width, not its first state's
+        width = (cell.output_width(self.hidden_size) if hasattr(cell, "readout")
+                 else self.state_sizes[0])
+        self.output_size = width * (2 if bidirectional else 1)
         init_rng, self.rng = make_rng(seed)
         self._params = self._init_params(init_rng)
 
@@ -181,6 +184,10 @@ class Recurrent(Module):
             k = int(name[1:].split("_")[0])
             shapes = self._cell.param_shapes(self._layer_input_size(k), H)
             p = {}
+            if hasattr(self._cell, "init_params"):  # parameters initialised together (LRU)
+                p = {key: w.astype(self.dtype)
+                     for key, w in self._cell.init_params(shapes, rng, H).items()}
+                shapes = {}
             for key, shape in shapes.items():
                 if key.startswith("bias") and not self.bias:
                     continue
@@ -195,12 +202,15 @@ class Recurrent(Module):
                 p[key] = w.astype(self.dtype)
             if self.initial_state == "learned":
                 for sname, size in zip(self._state_keys(), self.state_sizes):
-                    p[sname + "0"] = np.zeros(size, dtype=self.dtype)
+                    if sname not in getattr(self._cell, "derived_states", ()):
+                        p[sname + "0"] = np.zeros(size, dtype=self.dtype)
             params[name] = p
         return params
 
     def _prepared(self, name, xp, weight_mask=None):
         p = self._params[name]
+        if hasattr(self._cell, "loop_params"):  # the loop's arrays derived from the params
+            return self._cell.prepare(self._cell.loop_params(p, xp), xp)
         if weight_mask is not None:  # DropConnect: the forward and backward see W_hh * mask
             p = {**p, "weight_hh": p["weight_hh"] * weight_mask}
         if not self.bias:
@@ -235,12 +245,16 @@ class Recurrent(Module):
             for i, name in enumerate(self.names):
                 if arr is not None:
                     s = xp.ascontiguousarray(arr[i])
-                elif self.initial_state == "learned":
+                elif (self.initial_state == "learned"
+                      and key not in getattr(self._cell, "derived_states", ())):
                     s = xp.broadcast_to(self._params[name][key + "0"], (B, size)).copy()
                 else:
-                    value = 0.0 if self.initial_state == "zeros" else float(self.initial_state)
+                    value = (float(self.initial_state)
+                             if isinstance(self.initial_state, (int, float)) else 0.0)
                     s = xp.full((B, size), value, dtype=self.dtype)
                 out[name].append(s)
+        if hasattr(self._cell, "complete_state"):  # states derived from the others
+            return {k: self._cell.complete_state(tuple(v), xp) for k, v in out.items()}
         return {k: tuple(v) for k, v in out.items()}
 
     # -- forward and backward -----------------------------------------------------------
@@ -262,7 +276,7 @@ class Recurrent(Module):
                              "recurrent dropout and zoneout masks act on; train without "
                              "teacher= or without those options")
         prev = self._teacher_states(teacher, s0, mT, T, B, xp) if teacher is not None else None
-        tapes, drops, finals = {}, [], {}
+        tapes, drops, finals, readouts = {}, [], {}, {}
         inp = Xt
         loops, prepared, weight_masks = {}, {}, {}
         in_masks = []
@@ -314,9 +328,14 @@ class Recurrent(Module):
                                   mT, keep_tape, prev)
                 tapes[name], loops[name] = tp, loop
                 finals[name] = loop.final_state(tp, xp)
+                if hasattr(self._cell, "readout"):
+                    readouts[name] = (x_in, None)
                 if not seq_needed:
                     continue  # only the final state leaves this layer
                 y = tp.states[0][1:] if loop is unroll else tp.outputs
+                if hasattr(self._cell, "readout"):  # y = readout(h, x) over all steps
+                    readouts[name] = (x_in, y)
+                    y = self._cell.readout(self._params[name], y, x_in, xp)
                 outs.append(y if d == 0 else _gather_time(y, ridx, xp))
             if not seq_needed:
                 drops.append(None)
@@ -338,14 +357,29 @@ class Recurrent(Module):
             out = xp.ascontiguousarray(inp.transpose(1, 0, 2))
         else:
             last = self.names[-1 - self.bidirectional:]
-            out = xp.concatenate([finals[n][0] for n in last], axis=-1)
+            if hasattr(self._cell, "readout"):  # the readout at each record's last valid step
+                tl = self._last_steps(mT, T, B, xp)
+                out = xp.concatenate([self._cell.readout(
+                    self._params[n], finals[n][0], readouts[n][0][tl, xp.arange(B)], xp)
+                    for n in last], axis=-1)
+            else:
+                out = xp.concatenate([finals[n][0] for n in last], axis=-1)
         cache = {"tapes": tapes, "drops": drops, "ridx": ridx, "mask": mT, "B": B, "T": T,
                  "given_state": initial_state is not None, "xp": xp,
                  "keep_tape": keep_tape, "loops": loops, "weight_masks": weight_masks,
-                 "input_masks": in_masks,
+                 "input_masks": in_masks, "readouts": readouts,
+                 "finals": {n: finals[n][0] for n in readouts},
                  # the weights as the forward used them (the backward differentiates those)
                  "prepared": prepared if keep_tape else {}}
         return out, state, cache
+
+    @staticmethod
+    def _last_steps(mT, T, B, xp):
+        """(B,) each record's last valid step (in either direction's own time: the reversal
+        keeps the pads in place)."""
+        if mT is None:
+            return xp.full(B, T - 1)
+        return T - 1 - xp.argmax(mT[::-1], axis=0)
 
     def _pinned(self, attr, key, shape, xp):
         """A mask pinned by the user (``layer.<attr>[key]``), checked and in the layer's
@@ -388,8 +422,11 @@ class Recurrent(Module):
         tapes = cache["tapes"]
         if not cache["keep_tape"]:
             raise ValueError("backward needs the tape: run forward(..., keep_tape=True)")
-        S = self.state_sizes[0]
         nd = 1 + self.bidirectional
+        S = self.output_size // nd
+        ro = self._cell if hasattr(self._cell, "readout") else None
+        mT = cache["mask"]
+        ro_grads, ro_dx = {}, {}  # the readout's parameter gradients and input gradients
         # gradient w.r.t. each final state, from d_state and from a folded output
         d_final = {n: [None] * len(self.state_sizes) for n in self.names}
         if d_state is not None:
@@ -403,6 +440,14 @@ class Recurrent(Module):
             d_seq = None
             for d, n in enumerate(self.names[-nd:]):
                 part = d_out[:, d * S:(d + 1) * S]
+                if ro is not None:  # through the readout at each record's last valid step
+                    B, T = cache["B"], cache["T"]
+                    tl = self._last_steps(mT, T, B, xp)
+                    x_in = cache["readouts"][n][0]
+                    part, dxl, ro_grads[n] = ro.readout_back(
+                        self._params[n], cache["finals"][n], x_in[tl, xp.arange(B)], part, xp)
+                    ro_dx[n] = xp.zeros_like(x_in)
+                    ro_dx[n][tl, xp.arange(B)] = dxl
                 d_final[n][0] = part if d_final[n][0] is None else d_final[n][0] + part
         grads, d_s0 = {}, {}
         for k in reversed(range(self.num_layers)):
@@ -414,12 +459,27 @@ class Recurrent(Module):
                 dd = None if d_seq is None else d_seq[..., d * S:(d + 1) * S]
                 if d == 1 and dd is not None:
                     dd = _gather_time(dd, ridx, xp)
+                if ro is not None and dd is not None:  # back through y = readout(h, x)
+                    if mT is not None:
+                        dd = dd * mT[:, :, None]  # padded steps' outputs are zeros
+                    x_in, h = cache["readouts"][name]
+                    dd, ro_dx[name], ro_grads[name] = ro.readout_back(
+                        self._params[name], h, x_in, dd, xp)
                 loop = cache["loops"][name]
                 need_dx = need_input_grad or k > 0
                 p = cache.get("prepared", {}).get(name) or self._prepared(name, xp)
                 g, dX, ds0 = loop.backward(self._cell, p, tapes[name], xp,
                                            dd, tuple(d_final[name]), self.truncate,
                                            need_dx=need_dx)
+                if ro is not None:
+                    rg = ro_grads.get(name) or {  # no gradient reached the outputs
+                        key: xp.zeros_like(self._params[name][key])
+                        for key in ro.readout_params}
+                    g = {**ro.loop_grads(self._params[name], g, xp), **rg}
+                    if need_dx and name in ro_dx:
+                        dX = dX + ro_dx[name]
+                if hasattr(self._cell, "complete_state"):
+                    ds0 = self._cell.complete_state_back(ds0, xp)
                 if need_dx:
                     if d == 1:
                         dX = _gather_time(dX, ridx, xp)
@@ -428,6 +488,8 @@ class Recurrent(Module):
                     g = {key: v for key, v in g.items() if not key.startswith("bias")}
                 if self.initial_state == "learned":
                     for j, key in enumerate(self._state_keys()):
+                        if key in getattr(self._cell, "derived_states", ()):
+                            continue
                         g[key + "0"] = (xp.zeros_like(ds0[j][0]) if cache["given_state"]
                                         else ds0[j].sum(0))
                 wm = cache.get("weight_masks", {}).get(name)
@@ -572,6 +634,28 @@ class QRNN(Recurrent):
 
     def __init__(self, input_size, hidden_size, **kw):
         super().__init__(QRNNCell(), input_size, hidden_size, **kw)
+
+
+class LRU(Recurrent):
+    """Linear Recurrent Unit (Orvieto et al. 2023): a complex diagonal recurrence
+    h_t = λ ⊙ h_(t−1) + γ ⊙ (B x_t), λ = exp(−exp ν + i exp θ), read out as
+    y_t = Re(C h_t) + D x_t (``hidden_size`` wide). ``state_size``: N complex units
+    (default hidden_size // 2); ring initialisation with |λ| in [``r_min``, ``r_max``] and
+    the phase in [0, ``max_phase``]; ``gamma="learned"`` (γ_log trained, the reference
+    code) or ``"tied"`` (γ = √(1 − |λ|²)). No recurrent product: B x and C h run over all
+    T steps at once, the per-unit complex step is compiled (:mod:`unrolled.cells.lru`).
+    D is a vector (the paper's diagonal) where input and output widths are equal, an
+    (H, input) matrix otherwise."""
+
+    cell_class = LRUCell
+
+    def __init__(self, input_size, hidden_size, state_size=0, r_min=0.0, r_max=1.0,
+                 max_phase=2 * math.pi, gamma="learned", **kw):
+        if not isinstance(state_size, (int, np.integer)) or state_size < 0:
+            raise ValueError(f"LRU: state_size must be a positive integer (or 0: "
+                             f"hidden_size // 2), got {state_size!r}")
+        cell = LRUCell(int(state_size), float(r_min), float(r_max), float(max_phase), gamma)
+        super().__init__(cell, input_size, hidden_size, **kw)
 
 
 def layer_class(cell):

@@ -41,18 +41,33 @@ __all__ = ["TextTask", "build_char_model", "chunk_xy", "encode_prime", "sample",
 # ------------------------------------------------------------------------ plain functions
 
 def build_char_model(vocab_size, embedding_size=32, hidden_size=256, num_layers=1,
-                     dropout=0.0, seed=0, dtype="float32"):
-    """Embedding(V, E) -> LSTM(E, H, num_layers) -> Dense(H, V), logits at every step.
+                     dropout=0.0, seed=0, dtype="float32", cell="lstm", weight_drop=0.0,
+                     recurrent_dropout=0.0, embed_dropout=0.0, ar=0.0, tar=0.0):
+    """Embedding(V, E) -> recurrent(E, H, num_layers) -> Dense(H, V), logits at every step.
+
+    ``cell``: the recurrent layer (``lstm`` by default, or any registered cell, e.g.
+    ``mingru``, ``qrnn``). An AWD-style LSTM (Merity et al. 2018) is ``weight_drop``
+    (DropConnect on W_hh), ``recurrent_dropout`` (one mask per sequence on h_(t-1)),
+    ``embed_dropout`` (whole rows of the embedding table) and ``ar``/``tar`` (activation
+    and temporal activation regularisation of the recurrent outputs, an
+    :class:`~unrolled.layers.ActivationRegularization` layer, present only when used).
 
     Returns a :class:`unrolled.layers.Sequential`; input (B, T) int ids, output
     (B, T, V) logits of the next character.
     """
-    return Sequential(
-        Embedding(vocab_size, embedding_size, dtype=dtype, seed=seed),
-        LSTM(embedding_size, hidden_size, num_layers=num_layers, dropout=dropout,
-             dtype=dtype, seed=seed + 1),
-        Dense(hidden_size, vocab_size, dtype=dtype, seed=seed + 2),
-    )
+    from ..layers import ActivationRegularization
+    from .base import recurrent_class
+
+    opts = {k: v for k, v in (("weight_drop", weight_drop),
+                              ("recurrent_dropout", recurrent_dropout)) if v}
+    layers = [Embedding(vocab_size, embedding_size, dtype=dtype, seed=seed,
+                        dropout=embed_dropout),
+              recurrent_class(cell)(embedding_size, hidden_size, num_layers=num_layers,
+                                    dropout=dropout, dtype=dtype, seed=seed + 1, **opts)]
+    if ar or tar:
+        layers.append(ActivationRegularization(ar, tar))
+    layers.append(Dense(hidden_size, vocab_size, dtype=dtype, seed=seed + 2))
+    return Sequential(*layers)
 
 
 def split_text(n, val_fraction, test_fraction):
@@ -234,7 +249,13 @@ class TextTask(Task):
         "embed": 32,            # character embedding size
         "hidden": 256,          # LSTM units per layer
         "layers": 1,
+        "cell": "lstm",         # lstm | gru | mingru | qrnn | ... (any registered cell)
         "dropout": 0.0,         # between stacked LSTM layers
+        "weight_drop": 0.0,     # AWD-LSTM: DropConnect on W_hh
+        "recurrent_dropout": 0.0,  # AWD-LSTM: one mask per sequence on h_(t-1)
+        "embed_dropout": 0.0,   # AWD-LSTM: whole rows of the embedding table
+        "ar": 0.0,              # AWD-LSTM: activation regularisation (alpha)
+        "tar": 0.0,             # AWD-LSTM: temporal activation regularisation (beta)
         "chunk": 64,            # truncated BPTT: steps per chunk, state carried across
         "k1": 0,                # TBPTT: new steps per update (0: the chunk)
         "k2": 0,                # TBPTT: steps the gradient reaches back (0: k1)
@@ -253,7 +274,14 @@ class TextTask(Task):
         "embed": "character embedding size",
         "hidden": "LSTM hidden units per layer",
         "layers": "stacked LSTM layers",
+        "cell": "recurrent cell: lstm, gru, elman, mingru, minlstm, sru, qrnn, ...",
         "dropout": "dropout between stacked LSTM layers (training only)",
+        "weight_drop": "DropConnect on the recurrent weight W_hh (AWD-LSTM)",
+        "recurrent_dropout": "dropout on h_(t-1) in the recurrent product, one mask per "
+                             "sequence",
+        "embed_dropout": "dropout of whole rows of the embedding table",
+        "ar": "activation regularisation: alpha * mean(h^2) on the recurrent outputs",
+        "tar": "temporal activation regularisation: beta * mean((h_t - h_(t-1))^2)",
         "chunk": "truncated BPTT: steps per chunk; the state is carried across chunks",
         "k1": "TBPTT(k1, k2): new steps per update; 0: --chunk (sets the chunk when given)",
         "k2": "TBPTT(k1, k2): steps the gradient reaches back, >= k1; 0: k1",
@@ -342,7 +370,11 @@ class TextTask(Task):
     def build_model(self):
         c = self.config
         return build_char_model(len(self.vocab), c["embed"], c["hidden"], c["layers"],
-                                c["dropout"], seed=c["seed"])
+                                c["dropout"], seed=c["seed"], cell=c.get("cell", "lstm"),
+                                weight_drop=c.get("weight_drop", 0.0),
+                                recurrent_dropout=c.get("recurrent_dropout", 0.0),
+                                embed_dropout=c.get("embed_dropout", 0.0),
+                                ar=c.get("ar", 0.0), tar=c.get("tar", 0.0))
 
     def _train_streams(self, offset):
         if self._streams[0] != offset:
