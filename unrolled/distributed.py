@@ -667,8 +667,14 @@ def command(name):
         expected = isinstance(e, (ValueError, TypeError, OSError))
         if expected and not os.environ.get("UNROLLED_DEBUG"):
             msg = " ".join(str(e).split("\n"))
-            print(f"unrolled {name}: error on rank {ctx.rank} of {ctx.size}: {msg}",
-                  file=sys.stderr, flush=True)
+            # one write of the whole line: mpiexec merges the ranks' streams, and a line
+            # written in two pieces can be cut by another rank's
+            line = f"unrolled {name}: error on rank {ctx.rank} of {ctx.size}: {msg}\n"
+            sys.stderr.flush()
+            try:
+                os.write(sys.stderr.fileno(), line.encode("utf-8", "replace"))
+            except (AttributeError, OSError, ValueError):  # a stream with no descriptor
+                print(line, end="", file=sys.stderr, flush=True)
         else:
             print(f"unrolled {name}: rank {ctx.rank} of {ctx.size} failed:", file=sys.stderr)
             traceback.print_exc()
