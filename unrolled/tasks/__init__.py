@@ -17,6 +17,7 @@ REGISTRY = {
     "tagging": "unrolled.tasks.tagging:TaggingTask",
     "ctf": "unrolled.tasks.ctf:CTFTask",
     "g2p": "unrolled.tasks.g2p:G2PTask",
+    "folk": "unrolled.tasks.folk:FolkTask",
 }
 
 DEFAULT_TASK = "names"
