@@ -435,6 +435,7 @@ def test_cli_inspect_writes_the_report(tmp_path):
     assert np.array_equal(arrays["record"][0], rec)
     assert arrays["gradflow/1/l0/norms"].shape == (1, 5)
     assert arrays["jacobian/1/l0/singular_values"].shape == (6, 10)
+    assert "the 3 largest of the 10 singular values" in page  # the part drawn, named
     # bad input names the fix
     assert main(["inspect", str(tmp_path / "model"), "--input", " ", "--out", str(out)]) == 2
 

@@ -192,8 +192,9 @@ def write_report(model, record, out_dir, target=None, loss=None, mask=None, labe
         f"<th>smallest</th></tr>{rows}</table>"
         + _figure_html("gradflow", "‖∂L/∂h_t‖ against t (log scale)")
         + "".join(share_figs)
-        + _figure_html("jacobians", "singular values of the Jacobian ∂s_T/∂s_t against the "
-                       "distance T − t: how fast a change at step t fades by the end"
+        + _figure_html("jacobians", f"the {_top_sv(jacs)} singular values of the Jacobian "
+                       "∂s_T/∂s_t against the distance T − t: how fast a change at step t "
+                       "fades by the end"
                        + (f" (the first {len(jacs)} of the {len(flow.norms)} layers and "
                           "directions)" if len(flow.norms) > len(jacs) else "")))
 
@@ -217,6 +218,13 @@ def write_report(model, record, out_dir, target=None, loss=None, mask=None, labe
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _top_sv(jacs, top=3):
+    """Which singular values the Jacobian picture draws: "3 largest of the 64" (or "64"
+    when it draws them all), for its caption."""
+    n = max((j["singular_values"].shape[1] for j in jacs.values()), default=0)
+    return f"{n}" if n <= top else f"{top} largest of the {n}"
 
 
 def _is_classifier(loss):
