@@ -46,7 +46,7 @@ class FolkTask(TextTask):
         "test_fraction": 0.05,
         "clean": True,
         "batch_size": 32,
-        "epochs": 8,
+        "epochs": 7,
         "lr": 3e-3,
     }
     help: ClassVar[dict] = {
