@@ -148,6 +148,14 @@ def test_folk_train_and_generate_through_the_cli(tmp_path, capsys):
     checks = (gen / "checks.txt").read_text()
     assert checks.startswith("generated: 2 tunes") and "real (held-out test tunes)" in checks
     assert "generated: 2 tunes" in err.out
+    # one tune printed without --tunes; bad use gives one-line errors naming the fix
+    assert main(["generate", str(out), "--length", "50", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("X:1\nT:Generated\nM:")
+    for argv in (["generate", str(out), "--tunes", "2"], ["predict", str(out), "ABc"],
+                 ["generate", str(out), "--prime", "A"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "unrolled generate MODEL --tunes" in err
 
 
 def test_generate_tunes_errors_are_one_line(tmp_path, capsys):

@@ -5,6 +5,7 @@
     unrolled evaluate MODEL --data PATH
     unrolled predict MODEL INPUT [INPUT ...] [--top K]
     unrolled generate MODEL [--length N] [--temperature T] [--prime TEXT] [--top-k K]
+    unrolled generate MODEL --tunes N --out DIR [--check]      (folk models)
     unrolled info MODEL
 
 Subcommands live in :data:`COMMANDS` (name -> ``(add_parser, run)``); a module can add

@@ -213,6 +213,10 @@ class FolkTask(TextTask):
             x = ids
         return out
 
+    def predict(self, model, inputs, top=3):
+        raise ValueError("the folk task has no predict; sample tunes with `unrolled generate "
+                         "MODEL --tunes N --out DIR`")
+
     def generate(self, model, length=500, temperature=1.0, prime="", top_k=None, seed=None,
                  progress=False):
         if prime or top_k:
