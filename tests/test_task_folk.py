@@ -182,3 +182,15 @@ def test_split_keeps_copies_together(tmp_path):
     assert len(holding) == 1 and task.tunes[holding[0]].count(jig) == 6
     assert sum(len(v) for v in task.tunes.values()) == 12
     assert np.all(task.splits["train"][[0, -1]] == task.vocab.index(abc.END))
+
+
+def test_music21_is_given_a_time_limit(monkeypatch):
+    pytest.importorskip("music21")
+    import time
+
+    from music21 import converter
+
+    monkeypatch.setattr(converter, "parse", lambda *a, **k: time.sleep(5))
+    t0 = time.perf_counter()
+    ok, msg = abc.parse_ok(REEL, seconds=0.2)
+    assert not ok and "did not finish in 0.2 s" in msg and time.perf_counter() - t0 < 2

@@ -363,9 +363,44 @@ def bars_ok(tokens):
     return True, ""
 
 
-def parse_ok(text):
+class _Timeout:
+    """Raise TimeoutError in the block after ``seconds`` (SIGALRM; in the main thread of
+    a Unix process only, elsewhere the block runs to its end)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.on = (hasattr(signal, "setitimer")
+                   and threading.current_thread() is threading.main_thread())
+        if self.on:
+            def stop(signum, frame):
+                raise TimeoutError(f"did not finish in {self.seconds:g} s")
+
+            self.old = signal.signal(signal.SIGALRM, stop)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.on:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old)
+        return False
+
+
+#: seconds music21 may spend on one tune (its ABC reader can take minutes re-barring a
+#: bar whose overflow has an odd length)
+MUSIC21_SECONDS = 10
+
+
+def parse_ok(text, seconds=None):
     """``(ok, message)``: whether music21 parses the ABC tune ``text`` into at least one
-    note (needs music21)."""
+    note within ``seconds`` (default :data:`MUSIC21_SECONDS`; needs music21)."""
     import warnings
 
     try:
@@ -374,10 +409,12 @@ def parse_ok(text):
         raise ValueError("checking tunes needs music21's ABC parser; pip install "
                          "'unrolled[folk]' (or music21)") from None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _Timeout(seconds or MUSIC21_SECONDS):
             warnings.simplefilter("ignore")
             score = converter.parse(text, format="abc")
-        n = len(score.flatten().notes)
+            n = len(score.flatten().notes)
+    except TimeoutError as e:
+        return False, f"music21 {e}"
     except Exception as e:  # music21 raises many kinds of errors on bad ABC
         return False, f"{type(e).__name__}: {str(e)[:80]}"
     return (n > 0), ("" if n else "no notes")

@@ -241,10 +241,12 @@ def _midi(text, path):
     for t in (text, re.sub(r":*\|[\]|]?:*[1-4]?|:*\[\|:*|::|\[[1-4]", "|", text.split("K:", 1)[1])):
         try:
             src = t if t is text else text.split("K:", 1)[0] + "K:" + t
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), abc._Timeout(abc.MUSIC21_SECONDS):
                 warnings.simplefilter("ignore")
                 converter.parse(src, format="abc").write("midi", fp=str(path))
             return None
+        except TimeoutError as e:
+            return f"music21 {e}"
         except Exception as e:  # music21 raises many kinds of errors
             last = f"{type(e).__name__}: {str(e)[:80]}"
     return last
