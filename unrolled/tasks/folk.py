@@ -229,27 +229,28 @@ class FolkTask(TextTask):
 # ------------------------------------------------------------------------------ output
 
 def _midi(text, path):
-    """Write the tune ``text`` as MIDI with music21; repeats that do not expand are
-    played once. Returns None or the reason it failed."""
+    """Write the tune ``text`` as MIDI with music21; when music21 cannot write the score
+    as parsed (repeats that do not expand, a meter it cannot place), its notes and rests
+    are written in order, played once through. Returns None or the reason it failed."""
     import warnings
 
     try:
         from music21 import converter
     except ModuleNotFoundError:
         return "music21 is not installed; pip install 'unrolled[folk]'"
-    last = None
-    for t in (text, re.sub(r":*\|[\]|]?:*[1-4]?|:*\[\|:*|::|\[[1-4]", "|", text.split("K:", 1)[1])):
-        try:
-            src = t if t is text else text.split("K:", 1)[0] + "K:" + t
-            with warnings.catch_warnings(), abc._Timeout(abc.MUSIC21_SECONDS):
-                warnings.simplefilter("ignore")
-                converter.parse(src, format="abc").write("midi", fp=str(path))
-            return None
-        except TimeoutError as e:
-            return f"music21 {e}"
-        except Exception as e:  # music21 raises many kinds of errors
-            last = f"{type(e).__name__}: {str(e)[:80]}"
-    return last
+    try:
+        with warnings.catch_warnings(), abc._Timeout(abc.MUSIC21_SECONDS):
+            warnings.simplefilter("ignore")
+            score = converter.parse(text, format="abc")
+            try:
+                score.write("midi", fp=str(path))
+            except Exception:  # noqa: BLE001 - music21 raises many kinds of errors
+                score.flatten().notesAndRests.stream().write("midi", fp=str(path))
+        return None
+    except TimeoutError as e:
+        return f"music21 {e}"
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {str(e)[:80]}"
 
 
 def _renderer():
