@@ -388,6 +388,8 @@ def test_every_picture_is_a_real_image(tmp_path):
         else:
             text = (tmp_path / name).read_text()
             assert "<svg" in text and text.count("<path") + text.count("<image") > 5
+    # a picture of one layer of several says which
+    assert "(1 of 2 layers and directions" in mon.plot().axes[0].get_title()
     with pytest.raises(ValueError, match=r"\.png or \.svg"):
         plot_traces(tr, tmp_path / "x.jpg")
 
