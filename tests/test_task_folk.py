@@ -182,6 +182,9 @@ def test_split_keeps_copies_together(tmp_path):
     assert len(holding) == 1 and task.tunes[holding[0]].count(jig) == 6
     assert sum(len(v) for v in task.tunes.values()) == 12
     assert np.all(task.splits["train"][[0, -1]] == task.vocab.index(abc.END))
+    cfg["unit"] = "1/3"
+    with pytest.raises(ValueError, match="--unit must be a unit length such as 1/8"):
+        FolkTask(cfg).load(f)
 
 
 def test_music21_is_given_a_time_limit(monkeypatch):
@@ -194,3 +197,19 @@ def test_music21_is_given_a_time_limit(monkeypatch):
     t0 = time.perf_counter()
     ok, msg = abc.parse_ok(REEL, seconds=0.2)
     assert not ok and "did not finish in 0.2 s" in msg and time.perf_counter() - t0 < 2
+
+
+def test_rescale_to_one_unit_keeps_the_music():
+    tune = ("X:1\nM:2/4\nL:1/16\nK:G\nB/2-c/2 | d2 d>-c B2 A-B | (GBAG) F2 D-F | "
+            "G4 z2 (3ABc | G8 ||\n")
+    t = tokens(tune)
+    r = abc.rescale(t, "1/8")
+    assert r[:3] == ["M:2/4", "L:1/8", "K:G"]
+    assert r[3:8] == ["B", "/4", "c", "/4", "|"] and "2" not in r[8:10]
+    # every bar lasts the same in whole notes: half as many eighths as sixteenths
+    assert [b[0] * 2 for b in abc.bar_lengths(r)] == [b[0] for b in abc.bar_lengths(t)]
+    assert abc.bars_ok(r) == abc.bars_ok(t) == (True, "")
+    assert abc.rescale(abc.rescale(r, "1/16"), "1/8") == r  # and back
+    assert abc.rescale(tokens(REEL), "1/8") == tokens(REEL)  # already in eighths
+    long_bar = tokens(tune.replace("G8 ||", "G8 A ||"))
+    assert not abc.bars_ok(abc.rescale(long_bar, "1/8"))[0]  # negative control

@@ -205,6 +205,46 @@ def read_tunes(path=None, collections=FOLK_COLLECTIONS):
     return tunes, dropped
 
 
+def _length_token(d):
+    """The ABC length token of a duration ``d`` (a Fraction of the unit): "" for 1, "3",
+    "/2", "3/2", ..."""
+    if d == 1:
+        return ""
+    if d.denominator == 1:
+        return str(d.numerator)
+    return ("" if d.numerator == 1 else str(d.numerator)) + f"/{d.denominator}"
+
+
+def rescale(tokens, unit="1/8"):
+    """The tune ``tokens`` written with the unit length ``unit`` (``L:`` replaced, every
+    note's and rest's length multiplied by old unit / new unit and written in one way:
+    ``/2`` never ``/``). Broken rhythms and tuplets are relative and stay as they are; the
+    music (every duration in whole notes) is unchanged."""
+    new = Fraction(unit)
+    out, factor = [], Fraction(1)
+    for t in tokens:
+        if t.startswith("L:"):
+            factor = Fraction(t[2:]) / new
+            out.append(f"L:{new.numerator}/{new.denominator}")
+    i, body = 0, [t for t in tokens if not t.startswith("L:")]
+    head = [t for t in body if re.match(r"^[MK]:", t)]
+    out = head[:1] + out + head[1:]
+    body = [t for t in body if t not in head]
+    while i < len(body):
+        t = body[i]
+        out.append(t)
+        if re.fullmatch(r"[_^=]{0,2}[A-Ga-g][,']*|z", t):
+            d = Fraction(1)
+            if i + 1 < len(body) and re.fullmatch(r"\d*/+\d*|\d+", body[i + 1]):
+                d = _length(body[i + 1])
+                i += 1
+            tok = _length_token(d * factor)
+            if tok:
+                out.append(tok)
+        i += 1
+    return out
+
+
 # ------------------------------------------------------------------------------ writing
 
 def detokenize(tokens, bars_per_line=4):

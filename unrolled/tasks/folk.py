@@ -45,6 +45,7 @@ class FolkTask(TextTask):
         "val_fraction": 0.05,
         "test_fraction": 0.05,
         "clean": True,
+        "unit": "",
         "batch_size": 32,
         "epochs": 7,
         "lr": 3e-3,
@@ -55,6 +56,7 @@ class FolkTask(TextTask):
         "val_fraction": "share of the tunes held out for validation",
         "test_fraction": "share of the tunes held out for the test",
         "clean": "train only on tunes whose inner bars all fit the meter",
+        "unit": "write every tune with this unit length, e.g. 1/8 (empty: as written)",
     }
     default_data = "music21"
 
@@ -94,6 +96,11 @@ class FolkTask(TextTask):
                 raise ValueError(f"--{key.replace('_', '-')} must be in (0, 0.5), got "
                                  f"{cfg[key]}")
         tunes, dropped = self._read(path)
+        if cfg["unit"]:
+            if not re.fullmatch(r"1/(1|2|4|8|16|32)", str(cfg["unit"])):
+                raise ValueError(f"--unit must be a unit length such as 1/8 or 1/16, got "
+                                 f"{cfg['unit']!r}")
+            tunes = [(a, b, abc.rescale(t, cfg["unit"])) for a, b, t in tunes]
         if len(tunes) < 3:
             raise ValueError(f"{path}: {len(tunes)} usable tune(s); the folk task needs at "
                              "least 3 (train, validation, test); pass more ABC tunes")
