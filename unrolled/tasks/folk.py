@@ -96,7 +96,7 @@ class FolkTask(TextTask):
                 raise ValueError(f"--{key.replace('_', '-')} must be in (0, 0.5), got "
                                  f"{cfg[key]}")
         tunes, dropped = self._read(path)
-        if cfg["unit"]:
+        if cfg.get("unit"):
             if not re.fullmatch(r"1/(1|2|4|8|16|32)", str(cfg["unit"])):
                 raise ValueError(f"--unit must be a unit length such as 1/8 or 1/16, got "
                                  f"{cfg['unit']!r}")
@@ -185,13 +185,17 @@ class FolkTask(TextTask):
         del self.last_report["metrics"]["bits_per_char"]
         return {"sampled tunes": str(path)}
 
-    def sample_tunes(self, model, n, temperature=1.0, seed=None, max_tokens=800):
-        """``n`` tunes sampled from ``model``: lists of tokens (END left out), each started
-        from ``<end>`` and stopped at the next ``<end>`` (or after ``max_tokens``).
+    def sample_tunes(self, model, n, temperature=1.0, seed=None, max_tokens=800,
+                     burn_in=1):
+        """``n`` tunes sampled from ``model``: lists of tokens (END left out), each from
+        one ``<end>`` to the next (or ``max_tokens`` tokens).
 
-        The grammar of a tune is kept by masking: its first three tokens are drawn among
-        the M:, L: and K: tokens respectively, and no header token is drawn in the body;
-        within those sets the model's probabilities are used unchanged (renormalised)."""
+        Training carries the state from one tune into the next, so a tune starts from the
+        state the previous one left, never from zeros; each row therefore first samples
+        ``burn_in`` tunes that are thrown away, and keeps the next one. The grammar of a
+        tune is kept by masking: its first three tokens are drawn among the M:, L: and K:
+        tokens respectively, and no header token is drawn in the body; within those sets
+        the model's probabilities are used unchanged (renormalised)."""
         from ..generate import Generator
 
         emb, rnn, dense = model.layers
@@ -199,22 +203,33 @@ class FolkTask(TextTask):
         syms = self.vocab.symbols
         end = self.vocab.index(abc.END)
         kind = np.array([s[:2] if re.match(r"^[MLK]:", s) else "" for s in syms])
-        allowed = [kind == "M:", kind == "L:", kind == "K:", kind == ""]
+        allowed = np.stack([kind == "M:", kind == "L:", kind == "K:", kind == ""])
+        if not allowed[:3].any(axis=1).all():
+            raise ValueError("the model's vocabulary has no M:, L: or K: token; it was not "
+                             "trained on ABC tunes")
         x = np.full(n, end, np.int64)
         out = [[] for _ in range(n)]
+        pos = np.zeros(n, np.int64)       # tokens of the current tune so far
+        left = np.full(n, int(burn_in))   # tunes still to throw away
         done = np.zeros(n, bool)
-        for t in range(max_tokens):
+        for _ in range((int(burn_in) + 1) * max_tokens):
             logits = gen.step(x)
-            logits[:, ~allowed[min(t, 3)]] = -np.inf
-            if t < 3 and not allowed[t].any():
-                raise ValueError("the model's vocabulary has no M:, L: or K: token; it was "
-                                 "not trained on ABC tunes")
+            logits[~allowed[np.minimum(pos, 3)]] = -np.inf
             ids = gen.draw(logits, temperature).copy()
             for i in np.flatnonzero(~done):
+                if ids[i] != end and pos[i] + 1 >= max_tokens and left[i]:
+                    ids[i] = end  # a thrown-away tune that does not end: end it here
                 if ids[i] == end:
+                    if left[i]:
+                        left[i] -= 1
+                        out[i], pos[i] = [], 0
+                    else:
+                        done[i] = True
+                    continue
+                out[i].append(syms[ids[i]])
+                pos[i] += 1
+                if pos[i] >= max_tokens and not left[i]:
                     done[i] = True
-                else:
-                    out[i].append(syms[ids[i]])
             if done.all():
                 break
             x = ids
