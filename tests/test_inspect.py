@@ -388,6 +388,8 @@ def test_every_picture_is_a_real_image(tmp_path):
         else:
             text = (tmp_path / name).read_text()
             assert "<svg" in text and text.count("<path") + text.count("<image") > 5
+    # a picture of one layer of several says which
+    assert "(1 of 2 layers and directions" in mon.plot().axes[0].get_title()
     with pytest.raises(ValueError, match=r"\.png or \.svg"):
         plot_traces(tr, tmp_path / "x.jpg")
 
@@ -435,6 +437,7 @@ def test_cli_inspect_writes_the_report(tmp_path):
     assert np.array_equal(arrays["record"][0], rec)
     assert arrays["gradflow/1/l0/norms"].shape == (1, 5)
     assert arrays["jacobian/1/l0/singular_values"].shape == (6, 10)
+    assert "the 3 largest of the 10 singular values" in page  # the part drawn, named
     # bad input names the fix
     assert main(["inspect", str(tmp_path / "model"), "--input", " ", "--out", str(out)]) == 2
 

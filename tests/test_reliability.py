@@ -628,6 +628,30 @@ def test_cjk_labels_use_an_installed_cjk_font_or_say_there_is_none(monkeypatch):
     assert note is None and families[-1] == "IPAexGothic" and len(families) >= 2
 
 
+def test_labels_pick_a_font_by_its_glyphs_and_name_the_characters_none_has(monkeypatch):
+    from matplotlib import font_manager
+
+    from unrolled.inspect.report import CJK_FONTS, label_fonts
+
+    plain = [f for f in font_manager.fontManager.ttflist if f.name not in CJK_FONTS]
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", plain)
+    # a Japanese name with no CJK font installed: the note names its characters
+    families, note = label_fonts(["山", "田", " ", "花", "子"])
+    assert families is None and "4 character(s)" in note and "(山田花子)" in note
+    # a glyph the default font lacks but another installed font has (DejaVu Sans Mono's
+    # U+2312 ARC): that font is added after the default family, found by its glyphs
+    if any(f.name == "DejaVu Sans Mono" for f in plain):
+        families, note = label_fonts(list("a\u2312"))
+        assert note is None and families[-1] == "DejaVu Sans Mono"
+        families, note = label_fonts(list("\u2312山"))
+        assert families[-1] == "DejaVu Sans Mono" and "(山)" in note
+        mono = [f for f in plain if f.name != "DejaVu Sans Mono"]  # negative control
+        monkeypatch.setattr(font_manager.fontManager, "ttflist", mono)
+        families, note = label_fonts(list("a\u2312"))
+        assert "DejaVu Sans Mono" not in (families or [])
+        assert families is not None or "(\u2312)" in note  # another font, or named
+
+
 def test_non_finite_metrics_are_an_error_not_a_figure(tmp_path, monkeypatch, capsys):
     from unrolled.tasks.base import SequenceClassification
 

@@ -5,6 +5,7 @@
     unrolled evaluate MODEL --data PATH
     unrolled predict MODEL INPUT [INPUT ...] [--top K]
     unrolled generate MODEL [--length N] [--temperature T] [--prime TEXT] [--top-k K]
+    unrolled generate MODEL --tunes N --out DIR [--check]      (folk models)
     unrolled info MODEL
 
 Subcommands live in :data:`COMMANDS` (name -> ``(add_parser, run)``); a module can add
@@ -355,7 +356,7 @@ def _train(args, extra, mpi=None):
     task = task_cls(cfg)
     task.load(data)  # bad data fails here, before anything is printed or written
     trainer = Trainer(task, cfg, log=_out, distributed=mpi is not None)  # so does a bad option
-    data_sha = fingerprint(data)
+    data_sha = fingerprint(data, getattr(task, "data_files", None))
     if args.resume and saved_sha is not None and data_sha != saved_sha:
         raise ValueError(f"{data}: the data changed since the run started; restore it to "
                          "resume, or train into a new --out")
@@ -388,7 +389,8 @@ def _train(args, extra, mpi=None):
     # -- the model first (training is never lost to a failing report), then the report
     extra = {"history": history.rows, "best_epoch": trainer.best["epoch"],
              "train_seconds": round(seconds, 1), "data_sha256": data_sha,
-             "data_files": _file_hashes(data), "sizes": _split_sizes(task)}
+             "data_files": _file_hashes(data, getattr(task, "data_files", None)),
+             "sizes": _split_sizes(task)}
     seen = {"train_records": record_hashes(task, "train")}
     model_path = io.save_model(trainer.model, out, config=cfg, task_state=task.state(),
                                extra=extra, arrays=seen) if root else None
@@ -450,14 +452,15 @@ def _add_evaluate(sub):
     return p
 
 
-def fingerprint(path):
+def fingerprint(path, files=None):
     """sha256 of a file's bytes, or of the names and bytes of a directory's data files
-    (documentation such as SOURCE.md and hidden files are left out)."""
+    (documentation such as SOURCE.md and hidden files are left out; ``files``: only these
+    files of the directory, as a task that reads part of a folder gives them)."""
     import hashlib
 
     h = hashlib.sha256()
     path = Path(path)
-    files = [path] if path.is_file() else sorted(
+    files = sorted(map(Path, files)) if files else [path] if path.is_file() else sorted(
         p for p in path.rglob("*")
         if p.is_file() and p.suffix != ".md" and not p.name.startswith("."))
     for f in files:
@@ -466,12 +469,15 @@ def fingerprint(path):
     return h.hexdigest()
 
 
-def _file_hashes(path):
+def _file_hashes(path, files=None):
     """``{relative name: sha256}`` of each data file of ``path`` (as :func:`fingerprint`
     walks it; a file's own name for a single file)."""
     import hashlib
 
     path = Path(path)
+    if files:
+        return {Path(f).relative_to(path).as_posix(): hashlib.sha256(Path(f).read_bytes())
+                .hexdigest() for f in sorted(map(Path, files))}
     if path.is_file():
         return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
     return {f.relative_to(path).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
@@ -602,11 +608,19 @@ def _add_generate(sub):
     p.add_argument("--prime", default="", help="text to start from (default: none)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest only")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
+    p.add_argument("--tunes", type=int, default=None,
+                   help="folk models: sample N whole tunes into --out (.abc, .mid, index.html)")
+    p.add_argument("--out", default=None, help="folder for --tunes")
+    p.add_argument("--check", action="store_true",
+                   help="with --tunes: judge the tunes (parse, bar lengths, novelty) beside "
+                        "30 held-out real tunes; writes checks.txt and checks.json")
     return p
 
 
 def _run_generate(args):
     model, _, task = _load(args.model)
+    if args.tunes is not None or args.out is not None or args.check:
+        return _generate_tunes(args, model, task)
     if args.length < 1:
         raise ValueError(f"--length must be at least 1, got {args.length}")
     if not args.temperature > 0:
@@ -614,6 +628,25 @@ def _run_generate(args):
     text = task.generate(model, length=args.length, temperature=args.temperature,
                          prime=args.prime, top_k=args.top_k, seed=args.seed, progress=True)
     _out(text)
+    return 0
+
+
+def _generate_tunes(args, model, task):
+    if not hasattr(task, "sample_tunes"):
+        raise ValueError(f"--tunes needs a model trained by `unrolled train folk`, not "
+                         f"{task.name!r}; drop --tunes/--out/--check")
+    if args.tunes is None or args.tunes < 1 or args.out is None:
+        raise ValueError("pass --tunes N (at least 1) and --out DIR, e.g. "
+                         "`unrolled generate MODEL --tunes 30 --out tunes`")
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {args.temperature}")
+    from .tasks.folk import write_tunes
+
+    rows, lines = write_tunes(task, model, args.tunes, args.out, args.temperature, args.seed,
+                              args.check, log=_out)
+    midi = sum(r["midi"] is not None for r in rows)
+    _out(f"{len(rows)} tunes in {args.out}: tune_NNN.abc, {midi} MIDI files, index.html",
+         *lines[:2])
     return 0
 
 

@@ -205,7 +205,9 @@ class GradientMonitor(_Base):
                         label=f"step {s}" if i in (0, len(steps) - 1) else None)
         ax.set_xlabel("time step t")
         ax.set_ylabel(r"$\|\partial L / \partial h_t\|$")
-        ax.set_title(f"{layer}: gradient flow during training", fontsize=10)
+        part = (f" ({layers.index(layer) + 1} of {len(layers)} layers and directions; "
+                "plot(layer=...) draws the others)" if len(layers) > 1 else "")
+        ax.set_title(f"{layer}: gradient flow during training{part}", fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=8)
         if path is not None:

@@ -192,8 +192,9 @@ def write_report(model, record, out_dir, target=None, loss=None, mask=None, labe
         f"<th>smallest</th></tr>{rows}</table>"
         + _figure_html("gradflow", "‖∂L/∂h_t‖ against t (log scale)")
         + "".join(share_figs)
-        + _figure_html("jacobians", "singular values of the Jacobian ∂s_T/∂s_t against the "
-                       "distance T − t: how fast a change at step t fades by the end"
+        + _figure_html("jacobians", f"the {_top_sv(jacs)} singular values of the Jacobian "
+                       "∂s_T/∂s_t against the distance T − t: how fast a change at step t "
+                       "fades by the end"
                        + (f" (the first {len(jacs)} of the {len(flow.norms)} layers and "
                           "directions)" if len(flow.norms) > len(jacs) else "")))
 
@@ -223,6 +224,13 @@ def write_page(out, title, notes, model, sections, arrays, files):
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _top_sv(jacs, top=3):
+    """Which singular values the Jacobian picture draws: "3 largest of the 64" (or "64"
+    when it draws them all), for its caption."""
+    n = max((j["singular_values"].shape[1] for j in jacs.values()), default=0)
+    return f"{n}" if n <= top else f"{top} largest of the {n}"
 
 
 def _is_classifier(loss):
@@ -305,22 +313,70 @@ CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans JP", "Source Han
              "Microsoft YaHei", "SimHei", "Arial Unicode MS")
 
 
-def label_fonts(labels):
-    """``(font families, note)`` for drawing ``labels``: the default family followed by
-    the installed CJK fonts when a label has CJK characters; the note (or None) says when
-    no installed font has them, so they would be drawn as boxes."""
-    text = "".join(map(str, labels))
-    if not any(ord(ch) >= 0x2E80 for ch in text):
-        return None, None
-    from matplotlib import font_manager, rcParams
+def _charmap(path):
+    """The code points a font file has glyphs for (empty when it cannot be read)."""
+    if path not in _CHARMAPS:
+        from matplotlib.ft2font import FT2Font
 
-    have = {f.name for f in font_manager.fontManager.ttflist}
-    found = [f for f in CJK_FONTS if f in have]
+        try:
+            _CHARMAPS[path] = frozenset(FT2Font(path).get_charmap())
+        except (OSError, RuntimeError, ValueError):
+            _CHARMAPS[path] = frozenset()
+    return _CHARMAPS[path]
+
+
+_CHARMAPS = {}
+
+
+def label_fonts(labels):
+    """``(font families, note)`` for drawing ``labels``.
+
+    The characters the default font has no glyph for are looked up in the installed fonts
+    (by their character maps; the CJK fonts of :data:`CJK_FONTS` first, and trusted for
+    CJK by name), and the fonts that have them are added after the default family, so
+    matplotlib falls back to them glyph by glyph. ``families`` is None when the default
+    font has every glyph or no installed font has any that is missing. ``note`` (or None)
+    names the characters no installed font has: the pictures draw them as boxes."""
+    from matplotlib import font_manager, rcParams
+    from matplotlib.font_manager import FontProperties
+
+    chars = list(dict.fromkeys(ch for ch in "".join(map(str, labels)) if not ch.isspace()))
+    if not chars:
+        return None, None
+    try:
+        default = font_manager.findfont(FontProperties(family=rcParams["font.family"]),
+                                        fallback_to_default=True)
+        have = _charmap(default)
+    except (OSError, RuntimeError, ValueError):
+        have = frozenset()
+    missing = [ch for ch in chars if ord(ch) not in have]
+    if not missing:
+        return None, None
+    entries = [f for f in font_manager.fontManager.ttflist
+               if "last resort" not in f.name.lower()]  # its glyphs are boxes too
+    entries.sort(key=lambda f: CJK_FONTS.index(f.name) if f.name in CJK_FONTS
+                 else len(CJK_FONTS))
+    found, left = [], list(missing)
+    for f in entries:
+        cmap = _charmap(f.fname) if f.fname else frozenset()
+        if not cmap and f.name in CJK_FONTS:  # a known CJK font: its CJK glyphs
+            cmap = {ord(ch) for ch in left if ord(ch) >= 0x2E80}
+        got = [ch for ch in left if ord(ch) in cmap]
+        if got and f.name not in found:
+            found.append(f.name)
+            left = [ch for ch in left if ch not in got]
+        if not left:
+            break
+    note = None
+    if left:
+        shown = "".join(left[:40]) + ("..." if len(left) > 40 else "")
+        note = (f"no installed font has the glyphs of {len(left)} character(s) of the input "
+                f"({shown}), so the pictures draw them as boxes; install a font that has "
+                "them (for CJK, e.g. the fonts-noto-cjk or fonts-wqy-zenhei package)")
     if not found:
-        return None, ("no installed font has the input's CJK characters, so the pictures "
-                      "draw them as boxes; install one (e.g. the fonts-noto-cjk package)")
+        return None, note
     base = rcParams["font.family"]
-    return (list(base) if isinstance(base, list) else [base]) + found, None
+    return (list(base) if isinstance(base, list) else [base]) + found, note
 
 
 def cli_inspect(model_dir, input_text, out_dir):

@@ -18,6 +18,7 @@ REGISTRY = {
     "ctf": "unrolled.tasks.ctf:CTFTask",
     "g2p": "unrolled.tasks.g2p:G2PTask",
     "imported": "unrolled.tasks.imported:ImportedTask",
+    "folk": "unrolled.tasks.folk:FolkTask",
 }
 
 DEFAULT_TASK = "names"
