@@ -298,6 +298,8 @@ def worker(args):
     import traceback
 
     side = args.worker
+    if side == "ours":  # imported first, as the command line imports it: before NumPy
+        import unrolled  # noqa: F401  (it sets OpenBLAS's thread timeout; see __init__)
     # the protocol has stdout to itself: anything else printed goes to stderr
     proto = os.fdopen(os.dup(1), "w")
     sys.stdout = sys.stderr

@@ -1,4 +1,6 @@
 """The public contract: value_and_grad with named losses, params assignment, bad input."""
+import os
+
 import numpy as np
 import pytest
 from helpers import rel_err
@@ -169,3 +171,18 @@ def test_skipping_the_input_gradient_changes_no_parameter_gradient(memory):
     assert dX is not None
     assert np.array_equal(grads["0"]["l0"]["weight_ih"], full["0"]["l0"]["weight_ih"])
     assert np.array_equal(grads["1"]["weight"], full["1"]["weight"])
+
+
+def test_importing_unrolled_first_shortens_openblas_spinning_unless_set():
+    import subprocess
+    import sys
+
+    code = "import os, unrolled; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert got == "16"
+    env["OPENBLAS_THREAD_TIMEOUT"] = "25"   # the user's own setting wins
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert got == "25"

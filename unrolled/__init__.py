@@ -1,4 +1,12 @@
 """unrolled: recurrent neural networks from plain matrices, with exact hand-written BPTT."""
+import os as _os
+
+# OpenBLAS's idle threads spin for about 2**28 cycles after every product before they
+# sleep; the compiled loop's row blocks run on threads of their own right after the input
+# projection, and a spinning BLAS thread takes the core the second block needs (an LSTM
+# step, B=64, H=256: 68 ms on one thread, 79 on two with the spin, 54 without it).
+# OpenBLAS reads this once, when NumPy loads it: it must come before `import numpy`.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 from .grad import value_and_grad
 from . import data, interop
 from .layers import (GRU, LRU, LSTM, QRNN, SRU, Dense, Dropout, Elman, Embedding, Jordan, MinGRU,
