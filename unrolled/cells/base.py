@@ -40,6 +40,8 @@ import math
 
 import numpy as np
 
+from . import ops as _ops
+
 REGISTRY = {}
 
 
@@ -91,6 +93,15 @@ class Cell:
     @property
     def gates(self):
         return len(self.gate_names)
+
+    def gate(self, a):
+        """The squashing of a gate (the LSTM's i, f, o; the GRU's r, z): σ. A variant with
+        other gates overrides this and :meth:`gate_back` (see ``cells/hard.py``)."""
+        return _ops.sigmoid(a)
+
+    def gate_back(self, d, s):
+        """``d`` times the derivative of :meth:`gate`, from the gate's output ``s``."""
+        return d * (s * (1 - s))
 
     def compiles(self):
         """Whether the compiled loop can run this cell (it has a per-unit definition)."""

@@ -12,7 +12,7 @@ written below as a general step on whole arrays.
 from dataclasses import dataclass
 
 from .base import Cell, register
-from .ops import sigmoid, tanh
+from .ops import tanh
 
 
 @register
@@ -31,8 +31,8 @@ class GRUCell(Cell):
         return self.reset_after  # the reset-after step is the base class's
 
     def forward(self, x, r, s, u):
-        rg = sigmoid(x[0] + r[0])
-        z = sigmoid(x[1] + r[1])
+        rg = self.gate(x[0] + r[0])
+        z = self.gate(x[1] + r[1])
         hn = r[2]
         n = tanh(x[2] + rg * hn)
         return (n + z * (s[0] - n),), (rg, z, n, hn)
@@ -41,8 +41,8 @@ class GRUCell(Cell):
         dh = d[0]
         rg, z, n, hn = cache
         dn = dh * (1 - z) * (1 - n * n)            # into n's pre-activation
-        dr = dn * hn * (rg * (1 - rg))             # reset gate
-        du = dh * (s[0] - n) * (z * (1 - z))       # update gate
+        dr = self.gate_back(dn * hn, rg)           # reset gate
+        du = self.gate_back(dh * (s[0] - n), z)    # update gate
         return (dr, du, dn), (dr, du, dn * rg), (dh * z,), ()
 
     # -- the reset before the product: a second product inside the step ------------------
@@ -59,7 +59,7 @@ class GRUCell(Cell):
             return super().step(p, xw, state, xp)
         h = state[0]
         H = h.shape[-1]
-        rz = sigmoid(xw[:, :2 * H] + h @ p["W_rzT"] + p["bias_hh"][:2 * H])
+        rz = self.gate(xw[:, :2 * H] + h @ p["W_rzT"] + p["bias_hh"][:2 * H])
         r, z = rz[:, :H], rz[:, H:]
         n = tanh(xw[:, 2 * H:] + (r * h) @ p["W_nT"] + p["bias_hh"][2 * H:])
         return (n + z * (h - n),), {"r": r, "z": z, "n": n}
@@ -73,10 +73,10 @@ class GRUCell(Cell):
         W = p["weight_hh"]
         dxw = xp.empty(h.shape[:-1] + (3 * H,), dtype=h.dtype)
         dan = dh * (1 - z) * (1 - n * n)             # into n's pre-activation
-        dxw[:, H:2 * H] = dh * (h - n) * z * (1 - z)  # update gate
+        dxw[:, H:2 * H] = self.gate_back(dh * (h - n), z)  # update gate
         dxw[:, 2 * H:] = dan
         drh = dan @ W[2 * H:]                         # into r ⊙ h
-        dxw[:, :H] = drh * h * r * (1 - r)
+        dxw[:, :H] = self.gate_back(drh * h, r)
         dprev = dh * z + drh * r + dxw[:, :2 * H] @ W[:2 * H]
         return dxw, (dprev,), {}
 

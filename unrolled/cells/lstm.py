@@ -19,10 +19,10 @@ class LSTMCell(Cell):
     cache = ("i", "f", "g", "o", "tanh_c")
 
     def forward(self, x, r, s, u):
-        i = sigmoid(x[0] + r[0])
-        f = sigmoid(x[1] + r[1])
+        i = self.gate(x[0] + r[0])
+        f = self.gate(x[1] + r[1])
         g = tanh(x[2] + r[2])
-        o = sigmoid(x[3] + r[3])
+        o = self.gate(x[3] + r[3])
         c = f * s[1] + i * g
         tc = tanh(c)
         return (o * tc, c), (i, f, g, o, tc)
@@ -31,10 +31,10 @@ class LSTMCell(Cell):
         dh, dc = d
         i, f, g, o, tc = cache
         dct = dc + dh * o * (1 - tc * tc)  # total gradient into c_t
-        dz = (dct * g * (i * (1 - i)),        # input gate
-              dct * s[1] * (f * (1 - f)),     # forget gate
+        dz = (self.gate_back(dct * g, i),     # input gate
+              self.gate_back(dct * s[1], f),  # forget gate
               dct * i * (1 - g * g),          # candidate
-              dh * tc * (o * (1 - o)))        # output gate
+              self.gate_back(dh * tc, o))     # output gate
         return dz, dz, (0.0, dct * f), ()
 
 
