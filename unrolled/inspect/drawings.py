@@ -1074,6 +1074,21 @@ def _sums(ax, spec, nodes, T, jordan):
 
 
 # ------------------------------------------------------------- encoder–decoder
+def _encoder_decoder_config(model):
+    """``(cfg, cell name, attention)`` of a ``Seq2Seq`` or of a dict describing one."""
+    if isinstance(model, Mapping):
+        cfg = dict(model)
+    else:
+        cfg = {"cell": model.cell, "hidden_size": model.hidden_size,
+               "attention": model.attention, "num_layers": model.num_layers}
+    cell = _cell_name(cfg["cell"])
+    attention = cfg.get("attention")
+    if attention not in (None, "dot", "general", "additive"):
+        raise ValueError(f"attention must be None, 'dot', 'general' or 'additive', got "
+                         f"{attention!r}")
+    return cfg, cell, attention
+
+
 def draw_encoder_decoder(model, T=3, path=None, backward=False, T_source=None):
     """Draw an encoder–decoder (:class:`unrolled.seq2seq.Seq2Seq`) unrolled.
 
@@ -1093,16 +1108,7 @@ def draw_encoder_decoder(model, T=3, path=None, backward=False, T_source=None):
     s_t scores every encoder state h_j, and the context they give (c_t) and s_t make the
     output.
     """
-    if isinstance(model, Mapping):
-        cfg = dict(model)
-    else:
-        cfg = {"cell": model.cell, "hidden_size": model.hidden_size,
-               "attention": model.attention, "num_layers": model.num_layers}
-    cell = _cell_name(cfg["cell"])
-    attention = cfg.get("attention")
-    if attention not in (None, "dot", "general", "additive"):
-        raise ValueError(f"attention must be None, 'dot', 'general' or 'additive', got "
-                         f"{attention!r}")
+    cfg, cell, attention = _encoder_decoder_config(model)
     for name, v in (("T", T), ("T_source", T if T_source is None else T_source)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -1208,16 +1214,7 @@ def draw_encoder_decoder_rolled(model, path=None):
         model: a ``Seq2Seq``, or a dict as :func:`draw_encoder_decoder` takes.
         path: ``.png`` or ``.svg``; None to only return the figure.
     """
-    if isinstance(model, Mapping):
-        cfg = dict(model)
-    else:
-        cfg = {"cell": model.cell, "hidden_size": model.hidden_size,
-               "attention": model.attention, "num_layers": model.num_layers}
-    cell = _cell_name(cfg["cell"])
-    attention = cfg.get("attention")
-    if attention not in (None, "dot", "general", "additive"):
-        raise ValueError(f"attention must be None, 'dot', 'general' or 'additive', got "
-                         f"{attention!r}")
+    cfg, cell, attention = _encoder_decoder_config(model)
     _check_path(path)
     hw, hh, r, xe, xd = 0.6, 0.45, 0.36, 0.0, 4.2
     y_h = 2.6
