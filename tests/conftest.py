@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -16,3 +17,14 @@ def one_blas_thread():
         return
     with threadpool_limits(1):
         yield
+
+
+@pytest.fixture(scope="module")
+def keras():
+    """Keras 3 on the torch backend, as a test oracle (skips where it is not installed)."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    pytest.importorskip("torch")
+    k = pytest.importorskip("keras")
+    if k.backend.backend() != "torch":
+        pytest.skip("Keras runs on another backend here")
+    return k

@@ -5,7 +5,6 @@ Keras-2-layout HDF5 files are written here with h5py from known arrays (no Tenso
 the results are compared with the recurrent equations written out below, with Keras 3
 itself (torch backend) where it is installed, and with PyTorch modules."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -332,16 +331,6 @@ def test_refusals(tmp_path):
 
 
 # ------------------------------------------------------------------------- Keras 3 itself
-
-@pytest.fixture(scope="module")
-def keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    pytest.importorskip("torch")
-    k = pytest.importorskip("keras")
-    if k.backend.backend() != "torch":
-        pytest.skip("Keras runs on another backend here")
-    return k
-
 
 def _softmax(z):
     e = np.exp(z - z.max(-1, keepdims=True))

@@ -1,6 +1,5 @@
 """Keras layouts both ways: against the documented Keras equations written out here, and
 against Keras itself (torch backend) where it is installed."""
-import os
 
 import numpy as np
 import pytest
@@ -92,16 +91,6 @@ def test_bidirectional_weights():
     assert rel_err(out[..., :H], keras_reference("LSTM", wf, X)) < 1e-12
     assert rel_err(out[..., H:], keras_reference("LSTM", wb, X[:, ::-1])[:, ::-1]) < 1e-12
     assert len(to_keras_weights(layer)) == 6
-
-
-@pytest.fixture(scope="module")
-def keras():
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    pytest.importorskip("torch")
-    k = pytest.importorskip("keras")
-    if k.backend.backend() != "torch":
-        pytest.skip("Keras runs on another backend here")
-    return k
 
 
 @pytest.mark.parametrize("kind,reset_after,act", CASES)

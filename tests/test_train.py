@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import helpers
 
 from unrolled import io
 from unrolled.config import resolve_config
@@ -22,13 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_names(tmp_path, langs=("Japanese", "Russian", "Italian", "Greek"), n=60):
     """A small names directory: the first ``n`` distinct names of a few languages."""
-    d = tmp_path / "names"
-    d.mkdir()
-    src = bundled_path("names")
-    for lang in langs:
-        names = list(dict.fromkeys((src / f"{lang}.txt").read_text("utf-8").split()))[:n]
-        (d / f"{lang}.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
-    return d
+    return helpers.tiny_names(tmp_path / "names", n=n, langs=langs)
 
 
 def names_task(path, **over):

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..memory import _fmt as _fmt_bytes
+
 # the sizes a layer is built from, positional and in the constructor's order
 _SIZES = (("num_embeddings", "embedding_dim"), ("in_features", "out_features"),
           ("input_size", "hidden_size"))
@@ -197,13 +199,6 @@ def tape_bytes_per_step(layer, shape):
     return 0
 
 
-def _bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
 @dataclass
 class Summary:
     """The rows of :func:`summary` (``rows``: dicts with ``layer``, ``type``,
@@ -223,9 +218,9 @@ class Summary:
         rule = "-" * (sum(w) + 6)
         out = [rule, line.format(*head), rule] + [line.format(*b) for b in body] + [rule]
         ex = self.tape_bytes * 32 * 100
-        out += [f"Total params: {self.total_params:,} ({_bytes(self.param_bytes)})",
+        out += [f"Total params: {self.total_params:,} ({_fmt_bytes(self.param_bytes)})",
                 f"Tape: {self.tape_bytes:,} bytes per record per time step "
-                f"(a batch of 32 records of 100 steps keeps {_bytes(ex)} for the backward)",
+                f"(a batch of 32 records of 100 steps keeps {_fmt_bytes(ex)} for the backward)",
                 "B: records in a batch, T: time steps"]
         return "\n".join(out)
 
