@@ -77,6 +77,8 @@ class Generator:
             p = self.rnn._prepared(name, np)
             p = {k: (None if v is None else asx(v)) for k, v in p.items()}
             p["W_ihT"] = xp.ascontiguousarray(p["weight_ih"].T)
+            if p.get("W_hhT") is not None:  # packed once for the compiled step
+                p["W_hhP"] = unroll.packed(p["W_hhT"], xp)
             self.p.append(p)
         self.table = None
         if self.embedding is not None:  # (V, G*H): embedding . W_ih^T + every foldable bias

@@ -208,6 +208,16 @@ class _one_blas_thread:
             loop_numba.blas_threads(self.old)
 
 
+def packed(W, xp):
+    """The recurrent weight as the compiled loop's product reads it: W (K, N) packed into
+    panels once per call (:mod:`unrolled.kernels.microkernel`), or W itself where that
+    product is off."""
+    from .kernels import microkernel
+
+    W = _c(W, xp)
+    return microkernel.pack(W, xp) if W.size else W
+
+
 def _units(cell, p, H, dtype, xp):
     from .kernels.compiled import units_array
 
@@ -246,7 +256,7 @@ def forward(cell, p, X, state0, xp, mask=None, keep_tape=True, prev_states=None,
         pad = xp.logical_not(mask) if mask is not None else xp.zeros((0, 0), bool)
         z = xp.empty((B, p["weight_ih"].shape[0]), dtype=dtype)  # a step's recurrent product
         br = p["bias_r"] if p.get("bias_r") is not None else xp.zeros(0, dtype)
-        args = (tuple(tape.values()), _units(cell, p, H, dtype, xp), _c(p["W_hhT"], xp), z,
+        args = (tuple(tape.values()), _units(cell, p, H, dtype, xp), packed(p["W_hhT"], xp), z,
                 _c(br, xp), pad, keep_tape) + _mask_args(hm, B, H, dtype, xp)
         blocks = _row_blocks(path, B, xp)
         for t0 in range(0, T, K):
@@ -366,7 +376,7 @@ def _backward_compiled(path, cell, p, tp, xp, d_out, win, dstate, K, dXW, dX):
     DU = xp.zeros((len(cell.units), H), dtype)
     DUb = None if blocks is None else xp.zeros((len(blocks[0]) - 1,) + DU.shape, dtype)
     args = (tuple(_c(tp.tape[k], xp) for k in cell.cache), _units(cell, p, H, dtype, xp),
-            _c(p["weight_hh"], xp), dXW, SV)
+            packed(p["weight_hh"], xp), dXW, SV)
     acc = _grad_gemm(xp, dtype)
     grads = {}
     thr = flush_threshold(dtype)
@@ -504,7 +514,9 @@ def step_once(cell, p, xw, S, C, xp, backend=None, z=None, units=None):
         e = _EMPTY.get(xw.dtype)
         if e is None:
             e = _EMPTY[xw.dtype] = xp.zeros((0, 0), xw.dtype)
-        loops.step(0, 0, z, xw, br, S, C, units, p["W_hhT"], e, e)
+        W = p.get("W_hhP")
+        loops.step(0, 0, z, xw, br, S, C, units, packed(p["W_hhT"], xp) if W is None else W,
+                   e, e)
         return
     # readable: the step takes x W_ihᵀ + b_ih; xw holds the folded biases
     x = xw - (p["bias_x"] - p["bias_ih"])

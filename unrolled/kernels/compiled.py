@@ -3,8 +3,8 @@
 A cell with a per-unit definition (``forward``/``backward``, see
 :class:`unrolled.cells.Cell`) is traced once (:mod:`.trace`) and printed, with the
 loop written once below (``_TEMPLATE``), as the source of a small Python module that
-numba compiles: the recurrent product of each step through NumPy's own BLAS, the
-cell's arithmetic fused over each row in one vectorised pass, masks and truncation
+numba compiles: the recurrent product of each step on weights packed once per call
+(:mod:`.microkernel`; NumPy's own BLAS where that is off), the cell's arithmetic fused over each row in one vectorised pass, masks and truncation
 windows inside the loop. The module is written to a cache folder under a name made
 from a hash of its source, so numba caches its machine code on disk and a changed
 cell never meets stale code (``UNROLLED_CACHE_DIR``, default ``~/.cache/unrolled``).
@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import trace
+from . import microkernel, trace
 
 _LOADED = {}  # (source hash) -> module
 
@@ -88,8 +88,8 @@ def _helpers_hash():
 
         from . import cells_numba, loop_numba
 
-        h = hashlib.sha256()
-        for mod in (cells_numba, loop_numba):
+        h = hashlib.sha256(f"{microkernel.VECTOR_BYTES} {microkernel.MR}".encode())
+        for mod in (cells_numba, loop_numba, microkernel):
             with open(os.path.abspath(mod.__file__), "rb") as f:
                 h.update(f.read())
         _HELPERS.append(h.hexdigest()[:16])
@@ -196,9 +196,9 @@ def source(cell, dtype):
         L.append("        for b in range(b0, b1):")
         L.append("            for k in range(h.shape[1]):")
         L.append("                tb[b, k] = h[b, k] * m[b, k]")
-        L.append("        gemm(tb[b0:b1], W, zb, K0)")
+        L.append("        matmul(tb[b0:b1], W, zb, K0)")
         L.append("    else:")
-        L.append("        gemm(S[0][t][b0:b1], W, zb, K0)")
+        L.append("        matmul(S[0][t][b0:b1], W, zb, K0)")
     L.append(f"    pw_forward(zb, xw[b0:b1], br, {st('t')}, {st('t + 1')}, "
              + "".join(f"C[{k}][j][b0:b1], " for k in range(C)) + "U)")
     L.append("\n\n@jit\ndef step(t, j, z, xw, br, S, C, U, W, hm, tmp):")
@@ -212,14 +212,14 @@ def source(cell, dtype):
              + "DU, thr)")
     if rec:  # dh_(t-1) += rows W_hh (times the recurrent dropout mask)
         L.append("    if hm.shape[0] > 0:")
-        L.append("        gemm(rows, W, tmp[b0:b1], K0)")
+        L.append("        matmul(rows, W, tmp[b0:b1], K0)")
         L.append("        d = dN[0]")
         L.append("        for b in range(b0, b1):")
         L.append("            for k in range(d.shape[1]):")
         L.append("                d[b, k] = " + ("d[b, k] + " if h_direct else "")
                  + "tmp[b, k] * hm[b, k]")
         L.append("    else:")
-        L.append(f"        gemm(rows, W, dN[0][b0:b1], {'K1' if h_direct else 'K0'})")
+        L.append(f"        matmul(rows, W, dN[0][b0:b1], {'K1' if h_direct else 'K0'})")
     body = "\n".join(L)
     head = [f'"""Generated from {type(cell).__module__}.{type(cell).__qualname__} '
             f'({cell!r}), float{bits}. Do not edit."""',
@@ -228,6 +228,8 @@ def source(cell, dtype):
             "import numpy as np",
             "from unrolled.kernels.loop_numba import (JIT, JIT_ROWS, gemm{b} as gemm,"
             " tanh{b} as _tanh, exp{b} as _exp, cast{b} as cast, take_next)".format(b=bits),
+            ("from unrolled.kernels.microkernel import matmul{b} as matmul".format(b=bits)
+             if microkernel.available() else "matmul = gemm"),
             f"jit = JIT[{bits}]",
             f"jit_rows = JIT_ROWS[{bits}]"]
     head += [f"{name} = np.float{bits}({v!r})" for v, name in consts.items()]

@@ -1,0 +1,217 @@
+"""The recurrent product of one step, on weights packed once per call: ``C = A W (+ C)``.
+
+Each step of the compiled loop multiplies a few rows (a block of the batch: 1 to 32) by
+the recurrent weight. A general BLAS call does this poorly: it packs W again at every
+call and its kernels are tuned for large products (OpenBLAS, one thread, (16, 256) times
+(256, 1024): 110 GFLOP/s where the same core does 220 on large products). Here W is
+packed once per call of the loop (the layout oneDNN's RNN kernels reorder into): panels of
+``NR`` columns, each (K, NR) contiguous and zero-padded, so every step reads each panel
+as one stream. A tile of ``m <= MR`` rows by ``NR`` columns keeps its sums in vector
+registers over all of K: one broadcast of A and one fused multiply-add per vector of W
+(the outer-product form of the BLIS micro-kernels). The tiles are written in LLVM's own
+vector types (``<16 x float>`` on AVX-512), so the compiler needs no auto-vectorisation
+to produce them; each sum runs in k order, so a row's result does not depend on which
+block of rows it was computed in.
+
+``available()`` is True on x86 CPUs with AVX2 and FMA (AVX-512: 2 x 16 float32 lanes,
+8 rows a tile; AVX2: 2 x 8 lanes, 6 rows) unless ``UNROLLED_MICROKERNEL=0``; elsewhere
+the loop calls BLAS with W as it is, and :func:`pack` returns W unchanged.
+"""
+import os
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .cells_numba import _jit, _jit32, stabilize
+
+
+def _host_vector_bytes():
+    """64 (AVX-512), 32 (AVX2 with FMA) or 0 (neither, or switched off)."""
+    if os.environ.get("UNROLLED_MICROKERNEL", "1").strip().lower() in ("0", "off", "no"):
+        return 0
+    try:
+        import llvmlite.binding as llb
+
+        feats = llb.get_host_cpu_features()
+    except Exception:  # not an x86 host llvmlite can describe: BLAS serves
+        return 0
+    if feats.get("avx512f") and feats.get("fma"):
+        return 64
+    if feats.get("avx2") and feats.get("fma"):
+        return 32
+    return 0
+
+
+VECTOR_BYTES = _host_vector_bytes()
+MR = 8 if VECTOR_BYTES == 64 else 6  # rows a tile: 2 * MR vector sums in registers
+
+
+def available():
+    """True where the loop's products run on packed weights (see the module's text)."""
+    return VECTOR_BYTES > 0
+
+
+def lanes(dtype):
+    """Vector lanes for ``dtype``; 0 where the packed product is off."""
+    return VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+def panel(dtype):
+    """NR: the columns of a packed panel (two vectors)."""
+    return 2 * lanes(dtype)
+
+
+def pack(W, xp=np):
+    """W (K, N) as panels (ceil(N / NR), K, NR), zero-padded; W itself where the packed
+    product is off, for a dtype other than float32/float64, or for other arrays than
+    NumPy's (the GPU's loop)."""
+    if (not available() or getattr(xp, "__name__", "") != "numpy"
+            or W.dtype not in (np.float32, np.float64) or W.ndim != 2):
+        return W
+    K, N = W.shape
+    nr = panel(W.dtype)
+    P = -(-N // nr)
+    out = np.zeros((P, K, nr), W.dtype)
+    full = N // nr
+    if full:
+        out[:full] = W[:, :full * nr].reshape(K, full, nr).transpose(1, 0, 2)
+    if full < P:
+        out[full, :, :N - full * nr] = W[:, full * nr:]
+    return out
+
+
+def _tile(bits, m, accumulate):
+    """The intrinsic ``tile(a, lda, w, c, ldc, k)``: rows [0, m) of C (row stride ldc)
+    = (or +=) A (m rows, stride lda) times the packed panel at ``w`` (k, NR); addresses
+    as integers, strides in elements."""
+    L = VECTOR_BYTES * 8 // bits
+    nv = 2  # vectors a panel row
+
+    @intrinsic
+    def tile(typingctx, a, lda, w, c, ldc, k):
+        i64 = types.int64
+        sig = types.void(i64, i64, i64, i64, i64, i64)
+
+        def codegen(context, builder, signature, args):
+            a, lda, w, c, ldc, K = args
+            ft = ir.FloatType() if bits == 32 else ir.DoubleType()
+            vt = ir.VectorType(ft, L)
+            fp, vp = ft.as_pointer(), vt.as_pointer()
+            li = ir.IntType(64)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{L}f{bits}")
+            A, Wp, Cp = (builder.inttoptr(v, fp) for v in (a, w, c))
+            zero = ir.Constant(vt, [0.0] * L)
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)]
+                    for _ in range(m)]
+            rows = [builder.gep(A, [builder.mul(lda, ir.Constant(li, r))]) for r in range(m)]
+            splat = ir.Constant(ir.VectorType(ir.IntType(32), L), [0] * L)
+            undef = ir.Constant(vt, ir.Undefined)
+            with cgutils.for_range(builder, K) as loop:
+                kk = loop.index
+                wrow = builder.gep(Wp, [builder.mul(kk, ir.Constant(li, nv * L))])
+                ws = [builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(li, L * j)]),
+                                                   vp), align=bits // 8) for j in range(nv)]
+                for r in range(m):
+                    x = builder.load(builder.gep(rows[r], [kk]))
+                    xb = builder.shuffle_vector(
+                        builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)),
+                        undef, splat)
+                    for j in range(nv):
+                        builder.store(builder.call(fma, [xb, ws[j], builder.load(accs[r][j])]),
+                                      accs[r][j])
+            for r in range(m):
+                crow = builder.gep(Cp, [builder.mul(ldc, ir.Constant(li, r))])
+                for j in range(nv):
+                    p = builder.bitcast(builder.gep(crow, [ir.Constant(li, L * j)]), vp)
+                    v = builder.load(accs[r][j])
+                    if accumulate:
+                        v = builder.fadd(v, builder.load(p, align=bits // 8))
+                    builder.store(v, p, align=bits // 8)
+            return context.get_dummy_value()
+        return sig, codegen
+    return tile
+
+
+# the tiles: MR rows, then 4, 2 and 1 for the rows left over; set (0) and added (1); for
+# each dtype (module-level names with fixed identities, so that compiled code calling them
+# is cached on disk)
+_HEIGHTS = {"big": MR, "4": 4, "2": 2, "1": 1}
+_TILES = {}
+for _bits in (32, 64):
+    for _name, _m in _HEIGHTS.items():
+        for _acc in (0, 1):
+            _TILES[f"_t{_bits}_{_name}_{_acc}"] = (_tile(_bits, _m, bool(_acc))
+                                                   if available() else None)
+globals().update(_TILES)
+stabilize("unrolled.microkernel", {k: v for k, v in _TILES.items() if v is not None})
+
+
+def _drivers(jit, size, big0, big1, t40, t41, t20, t21, t10, t11):
+    mr = MR
+
+    @jit
+    def rows(M, K, a, lda, w, c, ldc, acc):
+        """Rows [0, M) of C at ``c`` against one panel at ``w``, MR rows a tile."""
+        b = 0
+        while b + mr <= M:
+            if acc:
+                big1(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
+            else:
+                big0(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
+            b += mr
+        if M - b >= 4:
+            if acc:
+                t41(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
+            else:
+                t40(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
+            b += 4
+        if M - b >= 2:
+            if acc:
+                t21(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
+            else:
+                t20(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
+            b += 2
+        if M - b >= 1:
+            if acc:
+                t11(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
+            else:
+                t10(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
+
+    @jit
+    def matmul(A, Wp, C, beta):
+        """C = A W + beta C for beta 0 or 1 (A (M, K) and C (M, N) C-contiguous; Wp from
+        :func:`pack`). Full panels are written in place; the last, narrower one through
+        a buffer of NR columns."""
+        M, K = A.shape
+        N = C.shape[1]
+        P, _, nr = Wp.shape
+        acc = beta != 0
+        a, c, w0 = A.ctypes.data, C.ctypes.data, Wp.ctypes.data
+        edge = N - (P - 1) * nr  # columns of the last panel that exist
+        full = P if edge == nr else P - 1
+        for p in range(full):
+            rows(M, K, a, K, w0 + p * K * nr * size, c + p * nr * size, N, acc)
+        if full < P:
+            buf = np.empty((M, nr), C.dtype)
+            rows(M, K, a, K, w0 + full * K * nr * size, buf.ctypes.data, nr, False)
+            j0 = full * nr
+            for b in range(M):
+                for j in range(edge):
+                    if acc:
+                        C[b, j0 + j] += buf[b, j]
+                    else:
+                        C[b, j0 + j] = buf[b, j]
+    return rows, matmul
+
+
+if available():
+    _rows32, matmul32 = _drivers(_jit32, 4, *(_TILES[f"_t32_{n}_{a}"] for n in _HEIGHTS
+                                                for a in (0, 1)))
+    _rows64, matmul64 = _drivers(_jit, 8, *(_TILES[f"_t64_{n}_{a}"] for n in _HEIGHTS
+                                              for a in (0, 1)))
+    stabilize("unrolled.microkernel", {"_rows32": _rows32, "matmul32": matmul32,
+                                       "_rows64": _rows64, "matmul64": matmul64})
