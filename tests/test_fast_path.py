@@ -231,6 +231,32 @@ def test_generator_steps_equal_layer_forward(cls, layers, batch, backend):
             assert rel_err(gen.state[k], v) < 1e-5
 
 
+@pytest.mark.parametrize("cls, layers", [(LSTM, 1), (GRU, 1), (Elman, 2), (LSTM, 2)])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("temperature", [0.8, 0])
+def test_compiled_sampler_draws_what_the_step_loop_draws(cls, layers, batch, temperature):
+    """``sample`` runs its whole token loop compiled where it can; with the same seed it
+    draws the same symbols as stepping from Python (``step`` + ``draw``), and leaves the
+    same state."""
+    if "numba" not in FAST:
+        pytest.skip("numba not installed")
+    emb, rnn, out = _char_model(cls, V=13, H=16, layers=layers)
+    fast = Generator(rnn, embedding=emb, output=out, batch=batch, seed=5)
+    assert fast._compiled_sampler() is not None
+    slow = Generator(rnn, embedding=emb, output=out, batch=batch, seed=5)
+    slow._compiled_sampler = lambda: None
+    a = fast.sample(60, start=2, temperature=temperature)
+    b = slow.sample(60, start=2, temperature=temperature)
+    assert np.mean(a == b) > 0.95 and np.array_equal(a[:, :10], b[:, :10])
+    if np.array_equal(a, b):
+        for k, v in slow.state.items():
+            assert rel_err(fast.state[k], v) < 1e-5
+    with pytest.raises(ValueError, match="temperature"):
+        fast.sample(3, temperature=-1.0)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        fast.sample(3, start=13)
+
+
 def test_generator_greedy_and_distribution():
     emb, rnn, out = _char_model(V=5)
     gen = Generator(rnn, embedding=emb, output=out, batch=1, seed=0)
@@ -509,9 +535,12 @@ def test_row_blocks_with_masks_and_noise(opts, monkeypatch):
 
 
 def test_row_block_policy():
-    """One block per thread of at least MIN_BLOCK_ROWS rows, up to BLOCKS_PER_THREAD per
+    """One block per thread of at least min_block_rows() rows, up to BLOCKS_PER_THREAD per
     thread where each keeps SHARE_ROWS; one thread or too small a batch: no blocks."""
-    n, share, per = unroll.MIN_BLOCK_ROWS, unroll.SHARE_ROWS, unroll.BLOCKS_PER_THREAD
+    from unrolled.kernels import microkernel
+
+    n, share, per = unroll.min_block_rows(), unroll.SHARE_ROWS, unroll.BLOCKS_PER_THREAD
+    assert n == (4 if microkernel.available() else 16)
     assert unroll.row_blocks(64 * share, 1) is None
     assert unroll.row_blocks(2 * n - 1, 2) is None
     b = unroll.row_blocks(2 * n, 2)

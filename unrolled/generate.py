@@ -84,8 +84,12 @@ class Generator:
         if self.embedding is not None:  # (V, G*H): embedding . W_ih^T + every foldable bias
             E = asx(self.embedding._params["weight"])
             self.table = E @ self.p[0]["W_ihT"] + self.p[0]["bias_x"]
+        # the compiled sampler's packed products: each layer's input weight (layer 0's
+        # is folded into the table) and the output layer's
+        self._packed_ih = [unroll.packed(p["W_ihT"], xp) for p in self.p]
         if self.output is not None:
             self.W_outT = xp.ascontiguousarray(asx(self.output._params["weight"]).T)
+            self.W_outP = unroll.packed(self.W_outT, xp)
             self.b_out = asx(self.output._params["bias"]) if self.output.bias else None
             V = self.output.out_features
             self.logits = xp.empty((B, V), self.dtype)
@@ -203,8 +207,55 @@ class Generator:
         x = start
         if isinstance(x, (int, np.integer)) and self.batch > 1:
             x = xp.full(self.batch, x, np.int64)
+        if n > 0 and self._compiled_sampler() is not None:
+            return self._sample_compiled(n, x, temperature, out)
         for t in range(n):
             ids = self.draw(self.step(x), temperature)
             out[:, t] = ids
             x = int(ids[0]) if self.batch == 1 else ids
+        return out
+
+    # -- the whole token loop compiled -------------------------------------------------
+    def _compiled_sampler(self):
+        """The cell's compiled ``sample_tokens`` where every step runs compiled on NumPy
+        arrays (None elsewhere: ``sample`` then steps from Python)."""
+        if self.xp is not np or self.dtype not in (np.float32, np.float64):
+            return None
+        from . import kernels
+
+        if kernels.plan(self.cell, np, self.dtype, None).name != "compiled":
+            return None
+        from .kernels import compiled
+
+        return getattr(compiled.loops(self.cell, self.dtype), "sample_tokens", None)
+
+    def _sample_compiled(self, n, x, temperature, out):
+        """``sample`` in one compiled call: the same tables, buffers, draws (B uniforms a
+        token from the same stream) and rule as the step-by-step loop; the exponentials
+        are numba's, so a draw within a rounding of a boundary may differ."""
+        if temperature != 0 and not temperature > 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        B, V = self.batch, self.table.shape[0]
+        ids = np.empty(B, np.int64)
+        ids[:] = x
+        if ids.min() < 0 or ids.max() >= V:
+            bad = int(ids[(ids < 0) | (ids >= V)][0])
+            raise ValueError(f"symbol {bad} is outside the vocabulary of {V}")
+        greedy = temperature == 0
+        u = (np.zeros((n, B), self.dtype) if greedy
+             else self.rng.random((n, B), dtype=self.dtype))
+        inv = self.dtype.type(0 if greedy else 1.0 / temperature)
+        ps = self.p
+        e = np.zeros((0, 0), self.dtype)
+        none = np.zeros(0, self.dtype)
+        W = tuple(p.get("W_hhP", p["W_hhT"]) for p in ps)
+        BR = tuple(none if p.get("bias_r") is None else np.ascontiguousarray(p["bias_r"])
+                   for p in ps)
+        WI = tuple(self._packed_ih[k] for k in range(len(ps)))
+        BX = tuple(np.ascontiguousarray(p["bias_x"]) for p in ps)
+        bout = none if self.b_out is None else np.ascontiguousarray(self.b_out)
+        self._compiled_sampler()(
+            n, ids, self.table, tuple(self.states), self.cache, tuple(self.units), W, BR, WI,
+            BX, self.W_outP, bout, self.xw, self.z, self.logits, self.cum, u, inv, greedy,
+            out, e)
         return out

@@ -233,7 +233,7 @@ def source(cell, dtype):
             f"jit = JIT[{bits}]",
             f"jit_rows = JIT_ROWS[{bits}]"]
     head += [f"{name} = np.float{bits}({v!r})" for v, name in consts.items()]
-    return "\n".join(head) + "\n\n\n" + body + "\n\n\n" + _TEMPLATE
+    return "\n".join(head) + "\n\n\n" + body + "\n\n\n" + _TEMPLATE + _GENERATE
 
 
 _TEMPLATE = '''
@@ -341,6 +341,67 @@ def backward_blocks(t0, n, S, C, U, W, dXW, SV, dS, dN, dcell, d_out, win, mask,
         done += 1
         k = take_next(counter)
     return done
+'''
+
+
+_GENERATE = '''
+
+@jit
+def sample_tokens(n, ids, table, S, C, U, W, BR, WI, BX, Wout, bout, xw, z, logits, cum, u,
+                  inv_temp, greedy, out, e):
+    """``n`` tokens of step-by-step generation, each fed back as the next input: the
+    embedding table row (``table``: embedding times W_ih of layer 0 and its biases),
+    ``step`` through the layers (per layer: states ``S`` (2, B, H), units ``U``, recurrent
+    weight ``W``, ``BR``; from layer 1 on, input weight ``WI`` and biases ``BX``), the
+    output layer and one draw per row from ``u[t]`` (B uniforms a token): the number of
+    cumulative softmax weights below ``u`` times their sum, at temperature 1 / inv_temp
+    (``greedy``: the most likely symbol). Writes ``out`` (B, n) and leaves ``ids`` at the
+    last symbols."""
+    B, V = logits.shape
+    L = len(S)
+    for t in range(n):
+        for b in range(B):
+            row, src = xw[b], table[ids[b]]
+            for g in range(row.shape[0]):
+                row[g] = src[g]
+        for k in range(L):
+            if k > 0:
+                matmul(S[k - 1][0][0], WI[k], xw, K0)
+                bx = BX[k]
+                for b in range(B):
+                    for g in range(xw.shape[1]):
+                        xw[b, g] += bx[g]
+            step(0, 0, z, xw, BR[k], S[k], C, U[k], W[k], e, e)
+            for s in S[k]:
+                for b in range(B):
+                    for h in range(s.shape[2]):
+                        s[0, b, h] = s[1, b, h]
+        matmul(S[L - 1][0][0], Wout, logits, K0)
+        for b in range(B):
+            row = logits[b]
+            if bout.shape[0] > 0:
+                for v in range(V):
+                    row[v] += bout[v]
+            best = 0
+            top = row[0]
+            for v in range(1, V):
+                if row[v] > top:
+                    top = row[v]
+                    best = v
+            if not greedy:
+                acc = K0
+                cb = cum[b]
+                for v in range(V):
+                    acc += _exp((row[v] - top) * inv_temp)
+                    cb[v] = acc
+                edge = u[t, b] * acc
+                best = 0
+                for v in range(V):
+                    if cb[v] < edge:
+                        best += 1
+                best = min(best, V - 1)
+            out[b, t] = best
+            ids[b] = best
 '''
 
 

@@ -215,3 +215,54 @@ if available():
                                               for a in (0, 1)))
     stabilize("unrolled.microkernel", {"_rows32": _rows32, "matmul32": matmul32,
                                        "_rows64": _rows64, "matmul64": matmul64})
+
+
+# -- a product over many rows, shared out over threads by blocks of rows -----------------
+if available():
+    from .loop_numba import take_next
+
+    def _blocked(jit, matmul):
+        @jit
+        def matmul_blocks(A, Wp, C, bias, bounds, counter):
+            """Rows [bounds[k], bounds[k+1]) of C = A W (+ bias, where it is not empty),
+            block by block from ``counter`` (see :mod:`.pool`); returns the blocks run."""
+            nb = bounds.shape[0] - 1
+            done = 0
+            k = take_next(counter)
+            while k < nb:
+                b0, b1 = bounds[k], bounds[k + 1]
+                c = C[b0:b1]
+                matmul(A[b0:b1], Wp, c, 0)
+                if bias.shape[0] > 0:
+                    for b in range(b1 - b0):
+                        for j in range(c.shape[1]):
+                            c[b, j] += bias[j]
+                done += 1
+                k = take_next(counter)
+            return done
+        return matmul_blocks
+
+    matmul_blocks32 = _blocked(_jit32, matmul32)
+    matmul_blocks64 = _blocked(_jit, matmul64)
+    stabilize("unrolled.microkernel", {"matmul_blocks32": matmul_blocks32,
+                                       "matmul_blocks64": matmul_blocks64})
+
+BLOCK_ROWS = 64  # rows a block of a product over many rows
+_BOUNDS = {}
+
+
+def product(A, Wp, out, bias=None, threads=1):
+    """out = A W (+ bias): A (M, K), out (M, N) C-contiguous NumPy arrays, ``Wp`` from
+    :func:`pack`, over ``threads`` threads in blocks of BLOCK_ROWS rows (:mod:`.pool`)."""
+    from .pool import run_blocks
+
+    M = A.shape[0]
+    bounds = _BOUNDS.get(M)
+    if bounds is None:
+        if len(_BOUNDS) > 256:
+            _BOUNDS.clear()
+        bounds = _BOUNDS[M] = np.array(list(range(0, M, BLOCK_ROWS)) + [M], np.int64)
+    f = matmul_blocks32 if A.dtype == np.float32 else matmul_blocks64
+    b = np.zeros(0, A.dtype) if bias is None else bias
+    nb = len(bounds) - 1
+    run_blocks(f, (A, Wp, out, b, bounds), nb, max(1, min(threads, nb)))

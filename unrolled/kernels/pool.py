@@ -41,6 +41,7 @@ class _Pool:
                 seen = self.gen
                 fn, args, counter, active = self.job
             if idx >= active:
+                fn = args = None
                 continue
             try:
                 got = fn(*args, counter)  # compiled with nogil: runs beside the caller
@@ -49,6 +50,8 @@ class _Pool:
                     self.error = e
                     self.cond.notify_all()
                 continue
+            finally:  # no reference kept to the job's arrays while waiting for the next
+                fn = args = None
             if got:
                 with self.cond:
                     self.finished += got
@@ -88,7 +91,9 @@ def run_blocks(fn, args, blocks, threads):
             pool.finished += got
             while pool.finished < blocks and pool.error is None:
                 pool.cond.wait()
-            pool.job = (fn, args, counter, 0)  # nothing for a helper that wakes up late
+            # nothing for a helper that wakes up late, and no reference kept to the
+            # arrays of this job (they may be large buffers the caller frees next)
+            pool.job = (None, (), None, 0)
             if pool.error is not None:
                 raise RuntimeError("a thread of the compiled loop failed") from pool.error
     finally:
