@@ -33,7 +33,9 @@ def _same_malloc():
     """Both sides keep freed heap blocks for reuse (unrolled's trainer and CLI do this,
     :func:`unrolled.backend.reuse_freed_memory`; it is applied to PyTorch's worker too, so
     that both run under the same C library settings)."""
-    sys.path.insert(0, str(ROOT))
+    # the tree under test (``--base``), not this one: whatever imports ``unrolled`` first
+    # fixes the package for the whole worker
+    sys.path.insert(0, os.environ.get("UNROLLED_BENCH_TREE") or str(ROOT))
     from unrolled.backend import reuse_freed_memory
 
     return reuse_freed_memory()
@@ -68,7 +70,10 @@ class UnrolledSide:
         info = [{k: d.get(k) for k in ("internal_api", "version", "architecture",
                                         "num_threads", "threading_layer")}
                 for d in threadpool_info()]
-        v = {"numpy": numpy.__version__, "backend": self.backend, "blas": info}
+        import unrolled
+
+        v = {"numpy": numpy.__version__, "backend": self.backend, "blas": info,
+             "unrolled": os.path.dirname(unrolled.__file__)}
         try:
             import numba
 
