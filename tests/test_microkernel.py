@@ -71,22 +71,47 @@ m = LSTM(5, 7, seed=0, dtype="float64")
 X = np.random.default_rng(1).standard_normal((3, 11, 5))
 out, _, cache = m.forward(X, training=True)
 g, dX, _ = m.backward(cache, np.ones_like(out))
-print(json.dumps({"on": microkernel.available(), "out": out.ravel().tolist(),
+print(json.dumps({"on": microkernel.available(), "bytes": microkernel.VECTOR_BYTES,
+                  "out": out.ravel().tolist(),
                   "dX": dX.ravel().tolist(), "dW": g["l0"]["weight_hh"].ravel().tolist()}))
 """
 
 
 @needs
 def test_loop_with_and_without_the_packed_product(tmp_path):
-    """The compiled loop on packed weights equals the loop on BLAS (switched off by
-    UNROLLED_MICROKERNEL=0) to rounding, in float64."""
+    """The compiled loop on packed weights (the host's vectors, and AVX2's 32-byte form)
+    equals the loop on BLAS (switched off by UNROLLED_MICROKERNEL=0) to rounding, in
+    float64."""
     runs = []
-    for flag in ("1", "0"):
+    for flag in ("auto", "0", "avx2"):
         env = dict(os.environ, UNROLLED_MICROKERNEL=flag, UNROLLED_CACHE_DIR=str(tmp_path))
         r = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True,
                            text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    assert runs[0]["on"] and not runs[1]["on"]
+    assert runs[0]["on"] and not runs[1]["on"] and runs[2]["on"]
+    assert runs[2]["bytes"] == 32
     for k in ("out", "dX", "dW"):
         np.testing.assert_allclose(runs[0][k], runs[1][k], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(runs[2][k], runs[1][k], rtol=1e-12, atol=1e-12)
+    # the tiles themselves in AVX2's form, every height and an edge panel, float32
+    env = dict(os.environ, UNROLLED_MICROKERNEL="avx2", UNROLLED_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", _TILES], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok 6"), r.stderr[-2000:]
+
+
+_TILES = r"""
+import numpy as np
+import unrolled
+from unrolled.kernels import microkernel as mk
+rng = np.random.default_rng(0)
+for M in range(1, 15):
+    A = rng.standard_normal((M, 40)).astype(np.float32)
+    W = rng.standard_normal((40, 37)).astype(np.float32)
+    C = rng.standard_normal((M, 37)).astype(np.float32)
+    want = A @ W + C
+    mk.matmul32(A, mk.pack(W), C, np.float32(1))
+    assert np.abs(C - want).max() < 1e-4, M
+print("ok", mk.MR)
+"""

@@ -238,8 +238,8 @@ def packed(W, xp):
     product is off."""
     from .kernels import microkernel
 
-    W = _c(W, xp)
-    return microkernel.pack(W, xp) if W.size else W
+    P = microkernel.pack(W, xp) if W.size else W
+    return _c(W, xp) if P is W else P  # packed from a view (W_ih.T) without a copy first
 
 
 def _units(cell, p, H, dtype, xp):

@@ -14,7 +14,8 @@ to produce them; each sum runs in k order, so a row's result does not depend on 
 block of rows it was computed in.
 
 ``available()`` is True on x86 CPUs with AVX2 and FMA (AVX-512: 2 x 16 float32 lanes,
-8 rows a tile; AVX2: 2 x 8 lanes, 6 rows) unless ``UNROLLED_MICROKERNEL=0``; elsewhere
+8 rows a tile; AVX2: 2 x 8 lanes, 6 rows) unless ``UNROLLED_MICROKERNEL=0`` (``avx2``:
+the AVX2 form on an AVX-512 machine too); elsewhere
 the loop calls BLAS with W as it is, and :func:`pack` returns W unchanged.
 """
 import os
@@ -29,8 +30,10 @@ from .cells_numba import _jit, _jit32, stabilize
 
 
 def _host_vector_bytes():
-    """64 (AVX-512), 32 (AVX2 with FMA) or 0 (neither, or switched off)."""
-    if os.environ.get("UNROLLED_MICROKERNEL", "1").strip().lower() in ("0", "off", "no"):
+    """64 (AVX-512), 32 (AVX2 with FMA) or 0 (neither, or switched off).
+    ``UNROLLED_MICROKERNEL``: 0 (off), avx2 (32-byte vectors even with AVX-512)."""
+    want = os.environ.get("UNROLLED_MICROKERNEL", "auto").strip().lower()
+    if want in ("0", "off", "no", "false"):
         return 0
     try:
         import llvmlite.binding as llb
@@ -38,7 +41,7 @@ def _host_vector_bytes():
         feats = llb.get_host_cpu_features()
     except Exception:  # not an x86 host llvmlite can describe: BLAS serves
         return 0
-    if feats.get("avx512f") and feats.get("fma"):
+    if feats.get("avx512f") and feats.get("fma") and want != "avx2":
         return 64
     if feats.get("avx2") and feats.get("fma"):
         return 32
@@ -47,6 +50,9 @@ def _host_vector_bytes():
 
 VECTOR_BYTES = _host_vector_bytes()
 MR = 8 if VECTOR_BYTES == 64 else 6  # rows a tile: 2 * MR vector sums in registers
+# the compiled functions' fixed identities (numba's disk cache keys) name the vector width:
+# code compiled for one width is never loaded for another
+_KEY = f"unrolled.microkernel.v{VECTOR_BYTES}x{MR}"
 
 
 def available():
@@ -74,11 +80,15 @@ def pack(W, xp=np):
     K, N = W.shape
     nr = panel(W.dtype)
     P = -(-N // nr)
-    out = np.zeros((P, K, nr), W.dtype)
+    out = np.empty((P, K, nr), W.dtype)
     full = N // nr
-    if full:
+    if W.flags.c_contiguous:
         out[:full] = W[:, :full * nr].reshape(K, full, nr).transpose(1, 0, 2)
+    else:  # a transposed view (W_ih.T, say): panel by panel, with no copy of W first
+        for k in range(full):
+            out[k] = W[:, k * nr:(k + 1) * nr]
     if full < P:
+        out[full] = 0
         out[full, :, :N - full * nr] = W[:, full * nr:]
     return out
 
@@ -147,7 +157,7 @@ for _bits in (32, 64):
             _TILES[f"_t{_bits}_{_name}_{_acc}"] = (_tile(_bits, _m, bool(_acc))
                                                    if available() else None)
 globals().update(_TILES)
-stabilize("unrolled.microkernel", {k: v for k, v in _TILES.items() if v is not None})
+stabilize(_KEY, {k: v for k, v in _TILES.items() if v is not None})
 
 
 def _drivers(jit, size, big0, big1, t40, t41, t20, t21, t10, t11):
@@ -213,7 +223,7 @@ if available():
                                                 for a in (0, 1)))
     _rows64, matmul64 = _drivers(_jit, 8, *(_TILES[f"_t64_{n}_{a}"] for n in _HEIGHTS
                                               for a in (0, 1)))
-    stabilize("unrolled.microkernel", {"_rows32": _rows32, "matmul32": matmul32,
+    stabilize(_KEY, {"_rows32": _rows32, "matmul32": matmul32,
                                        "_rows64": _rows64, "matmul64": matmul64})
 
 
@@ -244,7 +254,7 @@ if available():
 
     matmul_blocks32 = _blocked(_jit32, matmul32)
     matmul_blocks64 = _blocked(_jit, matmul64)
-    stabilize("unrolled.microkernel", {"matmul_blocks32": matmul_blocks32,
+    stabilize(_KEY, {"matmul_blocks32": matmul_blocks32,
                                        "matmul_blocks64": matmul_blocks64})
 
 BLOCK_ROWS = 64  # rows a block of a product over many rows
