@@ -61,6 +61,9 @@ def set_block_steps(k):
     return old
 
 
+CHUNK_ROWS = 128  # rows (steps times batch), at least, of a block of steps ("auto")
+
+
 def time_chunk(T, B):
     """Steps per block of the sequence-sized products.
 
@@ -74,7 +77,7 @@ def time_chunk(T, B):
     if k is None:
         return T
     if k == "auto":
-        k = max(4, -(-128 // B))
+        k = max(4, -(-CHUNK_ROWS // B))
     return max(1, min(T, k))
 
 
