@@ -93,10 +93,16 @@ def _project(X, p, a, n, out, bias, xp, Wx=None):
     G = p["weight_ih"].shape[0]
     noise = p.get("noise")
     if noise is None:
-        A, o = X[a:a + n].reshape(n * B, D), out[:n].reshape(n * B, G)
         if Wx is not None and Wx.ndim == 3:
-            _product(A, Wx, o, bias, xp)
+            if not X[a:a + n].flags.c_contiguous and X.transpose(1, 0, 2).flags.c_contiguous:
+                from .kernels import microkernel  # the caller's batch-first rows, uncopied
+
+                microkernel.project(X, a, n, Wx, out, _c(xp.asarray(bias, dtype=X.dtype), xp),
+                                    loop_threads())
+                return
+            _product(X[a:a + n].reshape(n * B, D), Wx, out[:n].reshape(n * B, G), bias, xp)
             return
+        A, o = X[a:a + n].reshape(n * B, D), out[:n].reshape(n * B, G)
         xp.matmul(A, p["weight_ih"].T, out=o)
         out[:n] += bias
         return

@@ -193,21 +193,22 @@ def _drivers(jit, size, big0, big1, t40, t41, t20, t21, t10, t11):
 
     @jit
     def matmul(A, Wp, C, beta):
-        """C = A W + beta C for beta 0 or 1 (A (M, K) and C (M, N) C-contiguous; Wp from
-        :func:`pack`). Full panels are written in place; the last, narrower one through
-        a buffer of NR columns."""
+        """C = A W + beta C for beta 0 or 1 (A (M, K) and C (M, N) with rows of unit
+        stride, at any row stride; Wp from :func:`pack`). Full panels are written in
+        place; the last, narrower one through a buffer of NR columns."""
         M, K = A.shape
         N = C.shape[1]
+        lda, ldc = A.strides[0] // size, C.strides[0] // size
         P, _, nr = Wp.shape
         acc = beta != 0
         a, c, w0 = A.ctypes.data, C.ctypes.data, Wp.ctypes.data
         edge = N - (P - 1) * nr  # columns of the last panel that exist
         full = P if edge == nr else P - 1
         for p in range(full):
-            rows(M, K, a, K, w0 + p * K * nr * size, c + p * nr * size, N, acc)
+            rows(M, K, a, lda, w0 + p * K * nr * size, c + p * nr * size, ldc, acc)
         if full < P:
             buf = np.empty((M, nr), C.dtype)
-            rows(M, K, a, K, w0 + full * K * nr * size, buf.ctypes.data, nr, False)
+            rows(M, K, a, lda, w0 + full * K * nr * size, buf.ctypes.data, nr, False)
             j0 = full * nr
             for b in range(M):
                 for j in range(edge):
@@ -252,10 +253,33 @@ if available():
             return done
         return matmul_blocks
 
+    def _by_record(jit, matmul):
+        @jit
+        def project_records(X, a, n, Wp, XW, bias, counter):
+            """XW[i] = X[:, a+i] W + bias for the steps i < n of a batch-first X (B, T, D)
+            into the time-major XW (n, B, G), one step a block: the input projection
+            without a time-major copy of X first."""
+            done = 0
+            i = take_next(counter)
+            while i < n:
+                c = XW[i]
+                matmul(X[:, a + i], Wp, c, 0)
+                if bias.shape[0] > 0:
+                    for b in range(c.shape[0]):
+                        for j in range(c.shape[1]):
+                            c[b, j] += bias[j]
+                done += 1
+                i = take_next(counter)
+            return done
+        return project_records
+
     matmul_blocks32 = _blocked(_jit32, matmul32)
     matmul_blocks64 = _blocked(_jit, matmul64)
-    stabilize(_KEY, {"matmul_blocks32": matmul_blocks32,
-                                       "matmul_blocks64": matmul_blocks64})
+    project_records32 = _by_record(_jit32, matmul32)
+    project_records64 = _by_record(_jit, matmul64)
+    stabilize(_KEY, {"matmul_blocks32": matmul_blocks32, "matmul_blocks64": matmul_blocks64,
+                     "project_records32": project_records32,
+                     "project_records64": project_records64})
 
 BLOCK_ROWS = 64  # rows a block of a product over many rows
 _BOUNDS = {}
@@ -276,3 +300,14 @@ def product(A, Wp, out, bias=None, threads=1):
     b = np.zeros(0, A.dtype) if bias is None else bias
     nb = len(bounds) - 1
     run_blocks(f, (A, Wp, out, b, bounds), nb, max(1, min(threads, nb)))
+
+
+def project(X, a, n, Wp, XW, bias, threads=1):
+    """XW[:n] = X[a:a+n] W (+ bias) for a time-major view X (T, B, D) of a batch-first
+    C-contiguous array, record by record over ``threads`` threads (:mod:`.pool`)."""
+    from .pool import run_blocks
+
+    Xb = X.transpose(1, 0, 2)
+    f = project_records32 if X.dtype == np.float32 else project_records64
+    b = np.zeros(0, X.dtype) if bias is None else bias
+    run_blocks(f, (Xb, a, n, Wp, XW, b), n, max(1, min(threads, n)))
