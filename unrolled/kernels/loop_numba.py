@@ -231,4 +231,6 @@ def loops(dtype, kind):
     C = A^T B + beta C, for ``dtype``."""
     if kind != "gemm_tn":
         raise ValueError(f"unknown compiled routine {kind!r}")
+    if not available():  # the CBLAS symbols are registered by available(): never call unbound
+        raise RuntimeError("no BLAS with CBLAS symbols was found for the compiled loop")
     return gemm_tn32 if np.dtype(dtype) == np.float32 else gemm_tn64
