@@ -125,14 +125,16 @@ class Cell:
         return (hidden_size,) * len(self.state)
 
     def prepare(self, params, xp):
-        """Arrays derived once per call: the transposed recurrent weight and the biases as
-        the compiled loop folds them (``bias_x`` into the input projection, ``bias_r``
-        added to the recurrent product where a gate's parts are not summed)."""
+        """Arrays derived once per call: the transposed recurrent weight (a view) and the
+        biases as the compiled loop folds them (``bias_x`` into the input projection,
+        ``bias_r`` added to the recurrent product where a gate's parts are not summed)."""
         if not self.recurrent:  # nothing to fold; an empty recurrent weight for the loop
             b = params["bias_ih"]
             return {**params, "W_hhT": xp.zeros((0, 0), b.dtype),
                     "weight_hh": xp.zeros((0, 0), b.dtype), "bias_x": b, "bias_r": None}
-        p = {**params, "W_hhT": params["weight_hh"].T.copy()}
+        # a view: the compiled loop packs from it and the readable one multiplies through
+        # it (BLAS takes the transpose), so no copy of W_hh is made per call
+        p = {**params, "W_hhT": params["weight_hh"].T}
         if self.tied:
             p["bias_x"], p["bias_r"] = params["bias_ih"] + params["bias_hh"], None
         else:
