@@ -93,20 +93,20 @@ def pack(W, xp=np):
     return out
 
 
-def _tile(bits, m, accumulate):
-    """The intrinsic ``tile(a, lda, w, c, ldc, k)``: rows [0, m) of C (row stride ldc)
-    = (or +=) A (m rows, stride lda) times the packed panel at ``w`` (k, NR); addresses
-    as integers, strides in elements."""
+def _tile(bits, m):
+    """The intrinsic ``tile(a, lda, w, c, ldc, k, acc)``: rows [0, m) of C (row stride
+    ldc) = A (m rows, stride lda) times the packed panel at ``w`` (k, NR), added to C
+    where ``acc`` is not 0; addresses as integers, strides in elements."""
     L = VECTOR_BYTES * 8 // bits
     nv = 2  # vectors a panel row
 
     @intrinsic
-    def tile(typingctx, a, lda, w, c, ldc, k):
+    def tile(typingctx, a, lda, w, c, ldc, k, acc):
         i64 = types.int64
-        sig = types.void(i64, i64, i64, i64, i64, i64)
+        sig = types.void(i64, i64, i64, i64, i64, i64, i64)
 
         def codegen(context, builder, signature, args):
-            a, lda, w, c, ldc, K = args
+            a, lda, w, c, ldc, K, acc = args
             ft = ir.FloatType() if bits == 32 else ir.DoubleType()
             vt = ir.VectorType(ft, L)
             fp, vp = ft.as_pointer(), vt.as_pointer()
@@ -133,34 +133,33 @@ def _tile(bits, m, accumulate):
                     for j in range(nv):
                         builder.store(builder.call(fma, [xb, ws[j], builder.load(accs[r][j])]),
                                       accs[r][j])
+            add = builder.icmp_signed("!=", acc, ir.Constant(li, 0))
             for r in range(m):
                 crow = builder.gep(Cp, [builder.mul(ldc, ir.Constant(li, r))])
                 for j in range(nv):
                     p = builder.bitcast(builder.gep(crow, [ir.Constant(li, L * j)]), vp)
                     v = builder.load(accs[r][j])
-                    if accumulate:
-                        v = builder.fadd(v, builder.load(p, align=bits // 8))
+                    v = builder.select(add, builder.fadd(v, builder.load(p, align=bits // 8)),
+                                       v)
                     builder.store(v, p, align=bits // 8)
             return context.get_dummy_value()
         return sig, codegen
     return tile
 
 
-# the tiles: MR rows, then 4, 2 and 1 for the rows left over; set (0) and added (1); for
-# each dtype (module-level names with fixed identities, so that compiled code calling them
-# is cached on disk)
+# the tiles: MR rows, then 4, 2 and 1 for the rows left over; for each dtype
+# (module-level names with fixed identities, so that compiled code calling them is cached
+# on disk)
 _HEIGHTS = {"big": MR, "4": 4, "2": 2, "1": 1}
 _TILES = {}
 for _bits in (32, 64):
     for _name, _m in _HEIGHTS.items():
-        for _acc in (0, 1):
-            _TILES[f"_t{_bits}_{_name}_{_acc}"] = (_tile(_bits, _m, bool(_acc))
-                                                   if available() else None)
+        _TILES[f"_t{_bits}_{_name}"] = _tile(_bits, _m) if available() else None
 globals().update(_TILES)
 stabilize(_KEY, {k: v for k, v in _TILES.items() if v is not None})
 
 
-def _drivers(jit, size, big0, big1, t40, t41, t20, t21, t10, t11):
+def _drivers(jit, size, big, t4, t2, t1):
     mr = MR
 
     @jit
@@ -168,28 +167,16 @@ def _drivers(jit, size, big0, big1, t40, t41, t20, t21, t10, t11):
         """Rows [0, M) of C at ``c`` against one panel at ``w``, MR rows a tile."""
         b = 0
         while b + mr <= M:
-            if acc:
-                big1(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
-            else:
-                big0(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
+            big(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K, acc)
             b += mr
         if M - b >= 4:
-            if acc:
-                t41(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
-            else:
-                t40(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
+            t4(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K, acc)
             b += 4
         if M - b >= 2:
-            if acc:
-                t21(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
-            else:
-                t20(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
+            t2(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K, acc)
             b += 2
         if M - b >= 1:
-            if acc:
-                t11(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
-            else:
-                t10(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K)
+            t1(a + b * lda * size, lda, w, c + b * ldc * size, ldc, K, acc)
 
     @jit
     def matmul(A, Wp, C, beta):
@@ -200,7 +187,7 @@ def _drivers(jit, size, big0, big1, t40, t41, t20, t21, t10, t11):
         N = C.shape[1]
         lda, ldc = A.strides[0] // size, C.strides[0] // size
         P, _, nr = Wp.shape
-        acc = beta != 0
+        acc = 1 if beta != 0 else 0
         a, c, w0 = A.ctypes.data, C.ctypes.data, Wp.ctypes.data
         edge = N - (P - 1) * nr  # columns of the last panel that exist
         full = P if edge == nr else P - 1
@@ -208,7 +195,7 @@ def _drivers(jit, size, big0, big1, t40, t41, t20, t21, t10, t11):
             rows(M, K, a, lda, w0 + p * K * nr * size, c + p * nr * size, ldc, acc)
         if full < P:
             buf = np.empty((M, nr), C.dtype)
-            rows(M, K, a, lda, w0 + full * K * nr * size, buf.ctypes.data, nr, False)
+            rows(M, K, a, lda, w0 + full * K * nr * size, buf.ctypes.data, nr, 0)
             j0 = full * nr
             for b in range(M):
                 for j in range(edge):
@@ -220,12 +207,10 @@ def _drivers(jit, size, big0, big1, t40, t41, t20, t21, t10, t11):
 
 
 if available():
-    _rows32, matmul32 = _drivers(_jit32, 4, *(_TILES[f"_t32_{n}_{a}"] for n in _HEIGHTS
-                                                for a in (0, 1)))
-    _rows64, matmul64 = _drivers(_jit, 8, *(_TILES[f"_t64_{n}_{a}"] for n in _HEIGHTS
-                                              for a in (0, 1)))
+    _rows32, matmul32 = _drivers(_jit32, 4, *(_TILES[f"_t32_{n}"] for n in _HEIGHTS))
+    _rows64, matmul64 = _drivers(_jit, 8, *(_TILES[f"_t64_{n}"] for n in _HEIGHTS))
     stabilize(_KEY, {"_rows32": _rows32, "matmul32": matmul32,
-                                       "_rows64": _rows64, "matmul64": matmul64})
+                     "_rows64": _rows64, "matmul64": matmul64})
 
 
 # -- a product over many rows, shared out over threads by blocks of rows -----------------
