@@ -257,6 +257,29 @@ def test_compiled_sampler_draws_what_the_step_loop_draws(cls, layers, batch, tem
         fast.sample(3, start=13)
 
 
+def test_sampler_refuses_an_output_vocabulary_larger_than_the_embedding():
+    emb, rnn = Embedding(5, 6, seed=0), LSTM(6, 6, seed=1)
+    gen = Generator(rnn, embedding=emb, output=Dense(6, 40, seed=2), batch=2, seed=0)
+    with pytest.raises(ValueError, match="40 symbols and the embedding has 5"):
+        gen.sample(10)
+
+
+@pytest.mark.parametrize("rnn_dtype, dense_dtype", [("float64", "float32"),
+                                                    ("float32", "float64")])
+def test_sampler_with_an_output_layer_of_another_dtype(rnn_dtype, dense_dtype):
+    """The output layer's weights are taken in the generator's dtype: the compiled sampler
+    and the step loop draw the same symbols."""
+    emb = Embedding(9, 8, seed=0, dtype=rnn_dtype)
+    rnn = LSTM(8, 8, seed=1, dtype=rnn_dtype)
+    out = Dense(8, 9, seed=2, dtype=dense_dtype)
+    fast = Generator(rnn, embedding=emb, output=out, batch=2, seed=3)
+    slow = Generator(rnn, embedding=emb, output=out, batch=2, seed=3)
+    slow._compiled_sampler = lambda: None
+    for t in (0, 0.9):
+        fast.reset(), slow.reset()
+        assert np.array_equal(fast.sample(30, 1, t), slow.sample(30, 1, t))
+
+
 def test_generator_greedy_and_distribution():
     emb, rnn, out = _char_model(V=5)
     gen = Generator(rnn, embedding=emb, output=out, batch=1, seed=0)

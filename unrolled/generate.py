@@ -77,20 +77,18 @@ class Generator:
             p = self.rnn._prepared(name, np)
             p = {k: (None if v is None else asx(v)) for k, v in p.items()}
             p["W_ihT"] = xp.ascontiguousarray(p["weight_ih"].T)
-            if p.get("W_hhT") is not None:  # packed once for the compiled step
-                p["W_hhP"] = unroll.packed(p["W_hhT"], xp)
+            if p.get("W_hhT") is not None:  # a snapshot (the prepared one is a view)
+                p["W_hhT"] = xp.ascontiguousarray(p["W_hhT"])
             self.p.append(p)
         self.table = None
         if self.embedding is not None:  # (V, G*H): embedding . W_ih^T + every foldable bias
             E = asx(self.embedding._params["weight"])
-            self.table = E @ self.p[0]["W_ihT"] + self.p[0]["bias_x"]
-        # the compiled sampler's packed products: each layer's input weight (layer 0's
-        # is folded into the table) and the output layer's
-        self._packed_ih = [unroll.packed(p["W_ihT"], xp) for p in self.p]
-        if self.output is not None:
-            self.W_outT = xp.ascontiguousarray(asx(self.output._params["weight"]).T)
-            self.W_outP = unroll.packed(self.W_outT, xp)
-            self.b_out = asx(self.output._params["bias"]) if self.output.bias else None
+            self.table = (E @ self.p[0]["W_ihT"] + self.p[0]["bias_x"]).astype(self.dtype)
+        if self.output is not None:  # in the layer's dtype, as the compiled sampler reads it
+            self.W_outT = xp.ascontiguousarray(
+                asx(self.output._params["weight"]).T.astype(self.dtype))
+            self.b_out = (asx(self.output._params["bias"]).astype(self.dtype)
+                          if self.output.bias else None)
             V = self.output.out_features
             self.logits = xp.empty((B, V), self.dtype)
             self.cum = xp.empty((B, V), self.dtype)
@@ -98,6 +96,7 @@ class Generator:
             self.below = xp.empty((B, V), bool)
             self.ids = xp.empty(B, np.int64)
             self.top = xp.empty((B, 1), self.dtype)
+        self._fast = self._packed_for_sampler()
         G = self.p[0]["weight_ih"].shape[0]
         self.xw = xp.empty((B, G), self.dtype)
         ns = len(self.rnn.state_sizes)
@@ -202,6 +201,12 @@ class Generator:
         if self.table is None or self.output is None:
             raise ValueError("sample needs a Generator built with an embedding and an output "
                              "layer; call step() and draw() yourself otherwise")
+        V_in, V_out = self.table.shape[0], self.output.out_features
+        if V_out > V_in:
+            raise ValueError(f"sample feeds each drawn symbol back through the embedding, but "
+                             f"the output layer draws from {V_out} symbols and the embedding "
+                             f"has {V_in}; give them one vocabulary, or call step() and draw() "
+                             "yourself")
         xp = self.xp
         out = xp.empty((self.batch, n), np.int64)
         x = start
@@ -219,15 +224,29 @@ class Generator:
     def _compiled_sampler(self):
         """The cell's compiled ``sample_tokens`` where every step runs compiled on NumPy
         arrays (None elsewhere: ``sample`` then steps from Python)."""
-        if self.xp is not np or self.dtype not in (np.float32, np.float64):
-            return None
-        from . import kernels
-
-        if kernels.plan(self.cell, np, self.dtype, None).name != "compiled":
+        if not self._fast:
             return None
         from .kernels import compiled
 
         return getattr(compiled.loops(self.cell, self.dtype), "sample_tokens", None)
+
+    def _packed_for_sampler(self):
+        """Where the compiled sampler can run (NumPy, float32/64, the compiled loop), pack
+        its products once: each layer's recurrent and input weights (layer 0's input is
+        folded into the table) and the output layer's. False elsewhere (nothing packed,
+        numba not needed)."""
+        if self.xp is not np or self.dtype not in (np.float32, np.float64):
+            return False
+        from . import kernels
+
+        if kernels.plan(self.cell, np, self.dtype, None, warn=False).name != "compiled":
+            return False
+        for p in self.p:
+            p["W_hhP"] = unroll.packed(p["W_hhT"], np)
+        self._packed_ih = [unroll.packed(p["W_ihT"], np) for p in self.p]
+        if self.output is not None:
+            self.W_outP = unroll.packed(self.W_outT, np)
+        return True
 
     def _sample_compiled(self, n, x, temperature, out):
         """``sample`` in one compiled call: the same tables, buffers, draws (B uniforms a

@@ -245,9 +245,11 @@ def packed(W, xp):
     """The recurrent weight as the compiled loop's product reads it: W (K, N) packed into
     panels once per call (:mod:`unrolled.kernels.microkernel`), or W itself where that
     product is off."""
+    if getattr(xp, "__name__", "") != "numpy" or not W.size:  # the GPU's loop: W itself
+        return _c(W, xp)
     from .kernels import microkernel
 
-    P = microkernel.pack(W, xp) if W.size else W
+    P = microkernel.pack(W, xp)
     return _c(W, xp) if P is W else P  # packed from a view (W_ih.T) without a copy first
 
 

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import microkernel, trace
+from . import trace
 
 _LOADED = {}  # (source hash) -> module
 
@@ -86,7 +86,7 @@ def _helpers_hash():
     if not _HELPERS:
         import os.path
 
-        from . import cells_numba, loop_numba
+        from . import cells_numba, loop_numba, microkernel
 
         h = hashlib.sha256(f"{microkernel.VECTOR_BYTES} {microkernel.MR}".encode())
         for mod in (cells_numba, loop_numba, microkernel):
@@ -101,6 +101,8 @@ _HELPERS = []
 
 def source(cell, dtype):
     """The compiled module's source for ``cell`` and ``dtype`` (float32 or float64)."""
+    from . import microkernel  # numba: imported only where a loop is compiled
+
     bits = 32 if np.dtype(dtype) == np.float32 else 64
     G, S, C, U = len(cell.gate_names), len(cell.state), len(cell.cache), len(cell.units)
     NX = G + len(getattr(cell, "noise", ()))

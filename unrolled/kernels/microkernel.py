@@ -185,6 +185,8 @@ def _drivers(jit, size, big, t4, t2, t1):
         place; the last, narrower one through a buffer of NR columns."""
         M, K = A.shape
         N = C.shape[1]
+        if (K > 1 and A.strides[1] != size) or (N > 1 and C.strides[1] != size):
+            raise ValueError("the packed product needs rows of unit stride")
         lda, ldc = A.strides[0] // size, C.strides[0] // size
         P, _, nr = Wp.shape
         acc = 1 if beta != 0 else 0
