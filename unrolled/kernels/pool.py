@@ -91,10 +91,11 @@ def run_blocks(fn, args, blocks, threads):
             pool.finished += got
             while pool.finished < blocks and pool.error is None:
                 pool.cond.wait()
-            # nothing for a helper that wakes up late, and no reference kept to the
-            # arrays of this job (they may be large buffers the caller frees next)
-            pool.job = (None, (), None, 0)
             if pool.error is not None:
                 raise RuntimeError("a thread of the compiled loop failed") from pool.error
     finally:
+        # nothing for a helper that wakes up late, and no reference kept to the arrays of
+        # this job (they may be large buffers the caller frees next)
+        with pool.cond:
+            pool.job = (None, (), None, 0)
         pool.busy.release()
