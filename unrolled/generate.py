@@ -21,6 +21,11 @@ import numpy as np
 from . import unroll
 
 
+def _check_temperature(t):
+    if not (t == 0 or t > 0):
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {t}")
+
+
 class Generator:
     """Sample from ``rnn`` one step at a time.
 
@@ -96,7 +101,7 @@ class Generator:
             self.below = xp.empty((B, V), bool)
             self.ids = xp.empty(B, np.int64)
             self.top = xp.empty((B, 1), self.dtype)
-        self._fast = self._packed_for_sampler()
+        self._sampler_args = self._sampler_arguments()
         G = self.p[0]["weight_ih"].shape[0]
         self.xw = xp.empty((B, G), self.dtype)
         ns = len(self.rnn.state_sizes)
@@ -177,8 +182,7 @@ class Generator:
         xp = self.xp
         if temperature == 0:
             return xp.argmax(logits, axis=1, out=self.ids)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        _check_temperature(temperature)
         # softmax without temporaries: subtract the row maximum, scale, exponentiate
         xp.max(logits, axis=1, keepdims=True, out=self.top)
         logits -= self.top
@@ -224,36 +228,42 @@ class Generator:
     def _compiled_sampler(self):
         """The cell's compiled ``sample_tokens`` where every step runs compiled on NumPy
         arrays (None elsewhere: ``sample`` then steps from Python)."""
-        if not self._fast:
+        if self._sampler_args is None:
             return None
         from .kernels import compiled
 
         return getattr(compiled.loops(self.cell, self.dtype), "sample_tokens", None)
 
-    def _packed_for_sampler(self):
-        """Where the compiled sampler can run (NumPy, float32/64, the compiled loop), pack
-        its products once: each layer's recurrent and input weights (layer 0's input is
-        folded into the table) and the output layer's. False elsewhere (nothing packed,
-        numba not needed)."""
+    def _sampler_arguments(self):
+        """Where the compiled sampler can run (NumPy, float32/64, the compiled loop), its
+        per-layer arguments, built once: recurrent weights (packed), ``bias_r``, input
+        weights (packed; layer 0's input is folded into the table), ``bias_x``, and the
+        output layer's weight (packed) and bias. None elsewhere (nothing packed, numba
+        not needed)."""
         if self.xp is not np or self.dtype not in (np.float32, np.float64):
-            return False
+            return None
         from . import kernels
 
         if kernels.plan(self.cell, np, self.dtype, None, warn=False).name != "compiled":
-            return False
+            return None
+        none = np.zeros(0, self.dtype)
         for p in self.p:
             p["W_hhP"] = unroll.packed(p["W_hhT"], np)
-        self._packed_ih = [unroll.packed(p["W_ihT"], np) for p in self.p]
-        if self.output is not None:
-            self.W_outP = unroll.packed(self.W_outT, np)
-        return True
+        W = tuple(p["W_hhP"] for p in self.p)
+        BR = tuple(none if p.get("bias_r") is None else np.ascontiguousarray(p["bias_r"])
+                   for p in self.p)
+        WI = tuple(unroll.packed(p["W_ihT"], np) for p in self.p)
+        BX = tuple(np.ascontiguousarray(p["bias_x"]) for p in self.p)
+        if self.output is None:
+            return W, BR, WI, BX, None, none
+        bout = none if self.b_out is None else np.ascontiguousarray(self.b_out)
+        return W, BR, WI, BX, unroll.packed(self.W_outT, np), bout
 
     def _sample_compiled(self, n, x, temperature, out):
         """``sample`` in one compiled call: the same tables, buffers, draws (B uniforms a
         token from the same stream) and rule as the step-by-step loop; the exponentials
         are numba's, so a draw within a rounding of a boundary may differ."""
-        if temperature != 0 and not temperature > 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        _check_temperature(temperature)
         B, V = self.batch, self.table.shape[0]
         ids = np.empty(B, np.int64)
         ids[:] = x
@@ -264,17 +274,9 @@ class Generator:
         u = (np.zeros((n, B), self.dtype) if greedy
              else self.rng.random((n, B), dtype=self.dtype))
         inv = self.dtype.type(0 if greedy else 1.0 / temperature)
-        ps = self.p
-        e = np.zeros((0, 0), self.dtype)
-        none = np.zeros(0, self.dtype)
-        W = tuple(p.get("W_hhP", p["W_hhT"]) for p in ps)
-        BR = tuple(none if p.get("bias_r") is None else np.ascontiguousarray(p["bias_r"])
-                   for p in ps)
-        WI = tuple(self._packed_ih[k] for k in range(len(ps)))
-        BX = tuple(np.ascontiguousarray(p["bias_x"]) for p in ps)
-        bout = none if self.b_out is None else np.ascontiguousarray(self.b_out)
+        W, BR, WI, BX, Wout, bout = self._sampler_args
         self._compiled_sampler()(
             n, ids, self.table, tuple(self.states), self.cache, tuple(self.units), W, BR, WI,
-            BX, self.W_outP, bout, self.xw, self.z, self.logits, self.cum, u, inv, greedy,
-            out, e)
+            BX, Wout, bout, self.xw, self.z, self.logits, self.cum, u, inv, greedy, out,
+            np.zeros((0, 0), self.dtype))
         return out

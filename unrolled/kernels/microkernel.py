@@ -221,6 +221,14 @@ if available():
 
     def _blocked(jit, matmul):
         @jit
+        def add_bias(c, bias):
+            """c += bias on every row (bias empty: nothing)."""
+            if bias.shape[0] > 0:
+                for b in range(c.shape[0]):
+                    for j in range(c.shape[1]):
+                        c[b, j] += bias[j]
+
+        @jit
         def matmul_blocks(A, Wp, C, bias, bounds, counter):
             """Rows [bounds[k], bounds[k+1]) of C = A W (+ bias, where it is not empty),
             block by block from ``counter`` (see :mod:`.pool`); returns the blocks run."""
@@ -231,16 +239,11 @@ if available():
                 b0, b1 = bounds[k], bounds[k + 1]
                 c = C[b0:b1]
                 matmul(A[b0:b1], Wp, c, 0)
-                if bias.shape[0] > 0:
-                    for b in range(b1 - b0):
-                        for j in range(c.shape[1]):
-                            c[b, j] += bias[j]
+                add_bias(c, bias)
                 done += 1
                 k = take_next(counter)
             return done
-        return matmul_blocks
 
-    def _by_record(jit, matmul):
         @jit
         def project_records(X, a, n, Wp, XW, bias, counter):
             """XW[i] = X[:, a+i] W + bias for the steps i < n of a batch-first X (B, T, D)
@@ -251,20 +254,16 @@ if available():
             while i < n:
                 c = XW[i]
                 matmul(X[:, a + i], Wp, c, 0)
-                if bias.shape[0] > 0:
-                    for b in range(c.shape[0]):
-                        for j in range(c.shape[1]):
-                            c[b, j] += bias[j]
+                add_bias(c, bias)
                 done += 1
                 i = take_next(counter)
             return done
-        return project_records
+        return add_bias, matmul_blocks, project_records
 
-    matmul_blocks32 = _blocked(_jit32, matmul32)
-    matmul_blocks64 = _blocked(_jit, matmul64)
-    project_records32 = _by_record(_jit32, matmul32)
-    project_records64 = _by_record(_jit, matmul64)
-    stabilize(_KEY, {"matmul_blocks32": matmul_blocks32, "matmul_blocks64": matmul_blocks64,
+    _add_bias32, matmul_blocks32, project_records32 = _blocked(_jit32, matmul32)
+    _add_bias64, matmul_blocks64, project_records64 = _blocked(_jit, matmul64)
+    stabilize(_KEY, {"_add_bias32": _add_bias32, "_add_bias64": _add_bias64,
+                     "matmul_blocks32": matmul_blocks32, "matmul_blocks64": matmul_blocks64,
                      "project_records32": project_records32,
                      "project_records64": project_records64})
 
